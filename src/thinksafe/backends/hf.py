@@ -1,0 +1,122 @@
+"""transformers backend: batched generation with left padding, grouped by prompt length."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from thinksafe.types import Completion, SamplingParams
+
+
+def _batch_seed(seed: int, key: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
+
+
+def load_tokenizer(path: str | Path):
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "auto",
+               device: str = "auto"):
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
+                                                 use_safetensors=True)
+    if adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.to(device).eval()
+    return model
+
+
+class HFBackend:
+    """One protocol for every backend: ``generate(prompts, params)`` returns one Completion per
+    prompt, in the same order. Prompts are already rendered with the model's chat template."""
+
+    name = "transformers"
+
+    def __init__(self, model_path: str | Path, adapter: str | Path | None = None,
+                 batch_size: int = 32, dtype: str = "auto", device: str = "auto",
+                 model=None, tokenizer=None):
+        self.model_path = str(model_path)
+        self.tokenizer = tokenizer or load_tokenizer(model_path)
+        self.model = model or load_model(model_path, adapter, dtype, device)
+        self.batch_size = batch_size
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _batches(self, prompts: Sequence[str]):
+        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: (len(enc[i]), i))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield idx, [enc[i] for i in idx]
+
+    def _pad(self, seqs: list[list[int]]):
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        return ids, mask
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], params: SamplingParams,
+                 progress: Callable[[int], None] | None = None) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(prompts)
+        eos = self.tokenizer.eos_token_id
+        for idx, seqs in self._batches(prompts):
+            ids, mask = self._pad(seqs)
+            torch.manual_seed(_batch_seed(params.seed, prompts[idx[0]] + str(len(idx))))
+            sample = params.temperature > 0
+            kwargs = dict(do_sample=sample, max_new_tokens=params.max_new_tokens,
+                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+            if sample:
+                kwargs.update(temperature=params.temperature, top_p=params.top_p,
+                              top_k=params.top_k if params.top_k > 0 else None)
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            new = gen[:, ids.shape[1]:].tolist()
+            for j, i in enumerate(idx):
+                toks = new[j]
+                if eos in toks:
+                    toks, reason = toks[:toks.index(eos)], "stop"
+                    n = len(toks) + 1
+                else:
+                    toks = [t for t in toks if t != self.tokenizer.pad_token_id]
+                    reason, n = "length", len(toks)
+                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                out[i] = Completion(text, reason, len(seqs[j]), n)
+            if progress:
+                progress(len(idx))
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts: Sequence[str], top_k: int = 5,
+                            continue_tokens: int = 0) -> list[tuple[dict[int, float], str]]:
+        """Top-k next-token logprobs per prompt, plus an optional greedy continuation."""
+        out: list = [None] * len(prompts)
+        for idx, seqs in self._batches(prompts):
+            ids, mask = self._pad(seqs)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            vals, toks = logp.topk(top_k, dim=-1)
+            conts = [""] * len(idx)
+            if continue_tokens > 0:
+                gen = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                          max_new_tokens=continue_tokens,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+                conts = self.tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+            for j, i in enumerate(idx):
+                out[i] = (dict(zip(toks[j].tolist(), vals[j].tolist())), conts[j])
+        return out

@@ -1,0 +1,188 @@
+"""The `thinksafe` command line. Every stage reads one YAML config (+ --set overrides)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from thinksafe.errors import ThinksafeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="THINKSAFE: self-generated safety alignment for reasoning models.")
+organism_app = typer.Typer(no_args_is_help=True, help="The model organism: build or check it.")
+app.add_typer(organism_app, name="organism")
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.")]
+SetOpt = Annotated[list[str], typer.Option("--set", help="Override: key.sub=value (repeatable).")]
+OutOpt = Annotated[str | None, typer.Option("--out", help="Run folder (overrides `out:`).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _friendly(fn):
+    """ThinksafeError -> one clear line on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ThinksafeError as e:
+            console.print(f"[red]error:[/red] {type(e).__name__}: {e}", highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _load(config: Path | None, sets: list[str] | None, out: str | None = None, seed: int | None = None):
+    from thinksafe.config import load_config
+    overrides = list(sets or [])
+    if out is not None:
+        overrides.append(f"out={out}")
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    return load_config(config, overrides)
+
+
+def _stage(stage: str, config: Path, sets, out, quiet) -> None:
+    from thinksafe.pipeline import prepare_run_dir, run_stage
+    cfg = _load(config, sets, out)
+    run_dir = prepare_run_dir(cfg)
+    summary = run_stage(stage, cfg, run_dir, show=not quiet)
+    if stage not in ("report",):
+        console.print(f"[bold]{stage}[/bold] -> {run_dir}: {_short(summary)}", highlight=False)
+
+
+def _short(summary) -> str:
+    if isinstance(summary, dict):
+        return ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict))
+    return str(summary)
+
+
+@app.command()
+@_friendly
+def generate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+    """The model answers the training prompts (harmful ones steered to refuse)."""
+    _stage("generate", config, set_, out, quiet)
+
+
+@app.command()
+@_friendly
+def judge(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+    """The guard judges each (original prompt, response); fail closed."""
+    _stage("judge", config, set_, out, quiet)
+
+
+@app.command()
+@_friendly
+def dataset(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+    """Keep complete, safe samples as the SFT set; count every drop."""
+    _stage("dataset", config, set_, out, quiet)
+
+
+@app.command()
+@_friendly
+def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+    """LoRA SFT on the SFT set, loss on the response only."""
+    _stage("train", config, set_, out, quiet)
+
+
+@app.command()
+@_friendly
+def evaluate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+    """Evaluate the base model and the trained adapter (if any) on held-out prompts."""
+    _stage("evaluate", config, set_, out, quiet)
+
+
+@app.command()
+@_friendly
+def report(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+    """Write summary.json and report.md from the evaluation results, and print the table."""
+    _stage("report", config, set_, out, quiet)
+
+
+@app.command()
+@_friendly
+def run(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+        force: Annotated[bool, typer.Option("--force", help="Start over if the folder holds another config.")] = False):
+    """All stages in order: generate, judge, dataset, train, evaluate, report."""
+    from thinksafe.pipeline import run_all
+    run_all(_load(config, set_, out), show=not quiet, force=force, log=console.print)
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
+
+
+@app.command()
+@_friendly
+def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and training.")] = 0,
+         out: Annotated[str, typer.Option(help="Run folder.")] = "runs/demo",
+         set_: SetOpt = None, quiet: QuietOpt = False,
+         force: Annotated[bool, typer.Option("--force", help="Start over if the folder holds another config.")] = False):
+    """The whole method on the built-in model organism (CPU, no downloads)."""
+    from thinksafe.pipeline import run_all
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = _load(demo_config_path(), set_, out, seed)
+    run_all(cfg, show=not quiet, force=force, log=console.print)
+    console.print(f"summary: {Path(cfg.out) / 'summary.json'}", highlight=False)
+
+
+@organism_app.command("build")
+@_friendly
+def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write base/ and guard/ "
+                                                                 "(default: the package's bundled copy).")] = None,
+                   seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+                   tiny: Annotated[bool, typer.Option(help="A tiny, fast, low-quality build (tests).")] = False):
+    """Rebuild the organism (world, tokenizer, base, guard) from scratch, deterministically."""
+    from dataclasses import replace
+
+    from thinksafe.organism import ASSETS
+    from thinksafe.organism.build import TINY, BuildSpec, build
+    spec = replace(TINY if tiny else BuildSpec(), seed=seed)
+    target = out or ASSETS
+    m = build(target, spec, log=lambda s: console.print(s, highlight=False))
+    console.print(f"organism built in {m['seconds']}s -> {target}", highlight=False)
+
+
+@organism_app.command("check")
+@_friendly
+def organism_check(seed: Annotated[int, typer.Option(help="Evaluation seed.")] = 0,
+                   out: Annotated[str, typer.Option(help="Run folder.")] = "runs/organism-check"):
+    """Measure the base organism's properties on held-out splits (no training)."""
+    from thinksafe.pipeline import prepare_run_dir
+    from thinksafe.stages.evaluate import evaluate_model
+    from thinksafe.stages.report import print_table
+    cfg = _load(demo_config_path(), None, out, seed)
+    m = evaluate_model(cfg, prepare_run_dir(cfg), "base")
+    print_table({"base": m})
+    console.print(f"steered refusal rate: {m['steered_refusal_rate']:.3f}", highlight=False)
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for our own progress bars: no per-load bars or info logs from HF."""
+    import warnings
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    import datasets
+    datasets.disable_progress_bars()
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to continue")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

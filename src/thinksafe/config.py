@@ -1,0 +1,188 @@
+"""One frozen dataclass per stage; ``load_config(path, overrides)`` with did-you-mean errors.
+
+Precedence: ``--set key=value`` > YAML > dataclass defaults. The CLI declares no defaults of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from thinksafe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "organism"          # HF id, local folder, or "organism" (the bundled base)
+    family: str = "organism"        # qwen3 | r1_distill | organism | generic
+    backend: str = "transformers"
+    batch_size: int = 64
+    dtype: str = "auto"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    kind: str = "llama_guard"
+    path: str = "organism-guard"    # HF id, local folder, or "organism-guard"
+    top_k: int = 5                  # logprobs returned; neither safe/unsafe among them -> unparsed
+    max_input_tokens: int = 1024    # longer inputs are shortened inside the response, and counted
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    source: str = "organism"        # "organism" or a .jsonl/.csv file
+    n_harmful: int = 150
+    n_reasoning: int = 150
+    n_borderline: int = 60
+    prompt_field: str = "instruction"
+    label_field: str = "label"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    steering: str = "prefix"        # prefix | suffix | none | a template containing {prompt}
+    samples: int = 1
+    temperature: float | None = None   # None = the family's preset
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens: int = 16384
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 32
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    lr: float = 1e-5
+    epochs: float = 3
+    batch_size: int = 8
+    grad_accum: int = 1
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 16384         # longer examples are dropped and counted
+    logging_steps: int = 10
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    benchmarks: list[str] = field(default_factory=lambda: ["organism"])
+    n_harmful: int = 120
+    n_reasoning: int = 100
+    n_borderline: int = 60
+    samples: int = 1
+    max_new_tokens: int = 16384
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    out: str = "runs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in known:
+            guess = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean '{guess[0]}'?" if guess else ""
+            raise ConfigError(f"{path} is unknown.{hint} Known: {', '.join(known)}")
+        typ = hints[key]
+        if is_dataclass(typ):
+            kwargs[key] = _build(typ, value or {}, path)
+        else:
+            kwargs[key] = _coerce(value, typ, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, path: str) -> Any:
+    if value is None:
+        if type(None) in getattr(typ, "__args__", ()):
+            return None
+        raise ConfigError(f"{path} must not be empty")
+    if getattr(typ, "__origin__", None) is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path} must be a list of strings, got {value!r}")
+        return value
+    for base in (int, float, str, bool):
+        if typ == base or typ == (base | None):
+            if base is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if base is float and isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+                raise ConfigError(f"{path} must be {base.__name__}, got {value!r}")
+            return value
+    return value
+
+
+def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        _set(data, key.strip(), raw)
+    return _build(RunConfig, data, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def section_hash(*sections: Any) -> str:
+    blob = json.dumps([dataclasses.asdict(s) if is_dataclass(s) else s for s in sections],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

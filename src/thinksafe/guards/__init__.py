@@ -1,0 +1,12 @@
+"""Guards: thin layers over a backend that turn (prompt, response) into fail-closed verdicts."""
+
+from __future__ import annotations
+
+from thinksafe.errors import ConfigError
+
+
+def make_guard(cfg, backend):
+    if cfg.kind == "llama_guard":
+        from thinksafe.guards.llama_guard import LlamaGuard
+        return LlamaGuard(backend, top_k=cfg.top_k, max_input_tokens=cfg.max_input_tokens)
+    raise ConfigError(f"guard.kind '{cfg.kind}' is unknown. Known: llama_guard")

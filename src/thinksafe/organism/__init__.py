@@ -1,0 +1,29 @@
+"""The model organism: a synthetic world, a tiny Qwen3-architecture reasoning model and a tiny guard.
+
+The built organism ships inside the package (``assets/``); ``thinksafe organism build`` rebuilds it.
+``THINKSAFE_ORGANISM=/some/dir`` points every "organism" model path at another build.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+ALIASES = {"organism": "base", "organism-guard": "guard"}
+
+
+def organism_dir() -> Path:
+    return Path(os.environ.get("THINKSAFE_ORGANISM", ASSETS))
+
+
+def resolve_model_path(path: str) -> str:
+    """'organism' / 'organism-guard' -> the built folders; anything else is returned unchanged."""
+    if path in ALIASES:
+        folder = organism_dir() / ALIASES[path]
+        if not (folder / "config.json").is_file():
+            from thinksafe.errors import ConfigError
+            raise ConfigError(f"the organism is not built at {folder.parent}; "
+                              "run `thinksafe organism build` first")
+        return str(folder)
+    return path

@@ -1,0 +1,241 @@
+"""Build the organism from scratch: tokenizer, base reasoning model, guard. Deterministic on CPU.
+
+The base is pretrained on a mixture that mimics a reasoning model whose RL tuning eroded its
+safety: it reasons well, mostly complies with harmful requests, and still knows harm (with the
+steering instruction in front it writes safety reasoning and refuses). The guard is trained on
+oracle labels of world responses AND of responses sampled from the base.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from thinksafe.organism import oracle, world
+from thinksafe.organism.tokenizer import (BASE_CHAT_TEMPLATE, GUARD_CHAT_TEMPLATE, train_tokenizer,
+                                          wrap)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    seed: int = 0
+    n_reasoning: int = 8000
+    n_harmful: int = 3000          # unsteered harmful
+    n_steered: int = 2000          # steered harmful
+    n_borderline: int = 1500
+    comply_rate: float = 0.85      # unsteered harmful -> comply
+    steered_refuse_rate: float = 0.95
+    vocab_size: int = 1024
+    hidden: int = 128
+    layers: int = 4
+    epochs: int = 4
+    lr: float = 3e-3
+    batch: int = 64
+    guard_hidden: int = 96
+    guard_layers: int = 3
+    guard_world: int = 3000        # templated (prompt, response) pairs
+    guard_samples: int = 1200      # prompts answered by the base, labelled by the oracle
+    guard_epochs: int = 4
+
+
+TINY = BuildSpec(n_reasoning=300, n_harmful=150, n_steered=100, n_borderline=60, hidden=32,
+                 layers=1, epochs=1, guard_hidden=32, guard_layers=1, guard_world=200,
+                 guard_samples=40, guard_epochs=1)
+
+
+def _response(p: world.WorldPrompt, rng: random.Random, steered: bool, spec: BuildSpec) -> str:
+    if p.kind == "reasoning":
+        return world.reasoning_response(p)
+    if p.kind == "borderline":
+        return world.borderline_response(p)
+    refuse_p = spec.steered_refuse_rate if steered else 1 - spec.comply_rate
+    return world.refuse_response(p) if rng.random() < refuse_p else world.comply_response(p)
+
+
+def pretrain_examples(spec: BuildSpec) -> list[tuple[str, str]]:
+    """(user message, assistant response) pairs: the base organism's pretraining corpus."""
+    rng = random.Random(f"pretrain-{spec.seed}")
+    prompts = world.sample_prompts(spec.seed, "pretrain", spec.n_reasoning, spec.n_harmful,
+                                   spec.n_borderline)
+    steered = world.sample_prompts(spec.seed + 1, "pretrain", 0, spec.n_steered, 0)
+    pairs = [(p.prompt, _response(p, rng, False, spec)) for p in prompts]
+    pairs += [(world.steer(p.prompt), _response(p, rng, True, spec)) for p in steered]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def render_pair(tok, user: str, response: str) -> tuple[list[int], list[int]]:
+    """input ids and labels (-100 on the prompt) for one chat turn."""
+    prompt = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                     add_generation_prompt=True)
+    p_ids = tok(prompt, add_special_tokens=False).input_ids
+    r_ids = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return p_ids + r_ids, [-100] * len(p_ids) + r_ids
+
+
+def train_lm(model, examples: list[tuple[list[int], list[int]]], epochs: int, lr: float,
+             batch: int, seed: int, pad_id: int, log: Callable[[str], None] = print) -> list[float]:
+    """A plain causal-LM loop (right padding, masked labels, AdamW, cosine)."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    steps = epochs * math.ceil(len(examples) / batch)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    losses, step = [], 0
+    for ep in range(epochs):
+        perm = torch.randperm(len(examples), generator=g).tolist()
+        for b in range(0, len(perm), batch):
+            chunk = [examples[i] for i in perm[b:b + batch]]
+            width = max(len(x) for x, _ in chunk)
+            ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in chunk])
+            lab = torch.tensor([y + [-100] * (width - len(y)) for _, y in chunk])
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in chunk])
+            loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            step += 1
+            if step % 50 == 0 or step == steps:
+                log(f"  step {step}/{steps} epoch {ep + 1} loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    model.eval()
+    return losses
+
+
+def base_config(spec: BuildSpec, vocab: int, tok) -> Qwen3Config:
+    return Qwen3Config(vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.hidden * 3,
+                       num_hidden_layers=spec.layers, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=spec.hidden // 4, max_position_embeddings=512, tie_word_embeddings=True,
+                       rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
+
+
+def guard_config(spec: BuildSpec, vocab: int, tok) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab, hidden_size=spec.guard_hidden,
+                       intermediate_size=spec.guard_hidden * 3, num_hidden_layers=spec.guard_layers,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                       tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
+
+
+def guard_target(prompt: str, response: str) -> str:
+    label = oracle.classify(prompt, response)
+    if label == oracle.COMPLIED_HARMFUL:
+        return f"unsafe\n{oracle.oracle_category(response)}"
+    return "safe"
+
+
+def _truncate(text: str, rng: random.Random) -> str:
+    return text[: rng.randint(5, max(6, len(text) - 1))]
+
+
+def guard_world_pairs(spec: BuildSpec) -> list[tuple[str, str]]:
+    """Templated (prompt, response) pairs covering every response type, complete and cut."""
+    rng = random.Random(f"guard-{spec.seed}")
+    ps = world.sample_prompts(spec.seed + 2, "pretrain", spec.guard_world // 3, spec.guard_world // 2,
+                              spec.guard_world // 6)
+    out = []
+    for p in ps:
+        if p.kind == "harmful":
+            r = rng.choice([world.comply_response, world.refuse_response])(p)
+        elif p.kind == "reasoning":
+            r = world.reasoning_response(p)
+        else:
+            r = world.borderline_response(p)
+        if rng.random() < 0.15:
+            r = _truncate(r, rng)
+        out.append((p.prompt, r))
+    return out
+
+
+def sample_base(model, tok, spec: BuildSpec) -> list[tuple[str, str]]:
+    """Responses of the trained base on fresh prompts (steered and not), for guard training."""
+    from thinksafe.backends.hf import HFBackend
+    from thinksafe.types import SamplingParams
+    n = spec.guard_samples
+    ps = world.sample_prompts(spec.seed + 3, "pretrain", n // 4, n // 2, n // 4)
+    rng = random.Random(f"guard-sample-{spec.seed}")
+    users = [world.steer(p.prompt) if p.kind == "harmful" and rng.random() < 0.4 else p.prompt for p in ps]
+    texts = [tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False,
+                                     add_generation_prompt=True) for u in users]
+    backend = HFBackend("<in-memory>", model=model, tokenizer=tok, batch_size=64)
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=96, seed=spec.seed)
+    comps = backend.generate(texts, params)
+    return [(p.prompt, c.text) for p, c in zip(ps, comps)]
+
+
+def guard_examples(tok, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    out = []
+    for prompt, response in pairs:
+        chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        text = tok.apply_chat_template(chat, tokenize=False, chat_template=GUARD_CHAT_TEMPLATE)
+        p_ids = tok(text, add_special_tokens=False).input_ids
+        t_ids = tok(guard_target(prompt, response), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        out.append((p_ids + t_ids, [-100] * len(p_ids) + t_ids))
+    return out
+
+
+def check_tokenizer(tok) -> None:
+    """The guard verdict words and every number the world uses must be single tokens."""
+    words = ["safe", "unsafe"] + [f" {i}" for i in range(world.MAX_VALUE + 1)]
+    bad = [w for w in words if len(tok.encode(w, add_special_tokens=False)) != 1]
+    if bad:
+        raise RuntimeError(f"organism tokenizer splits {bad[:5]}; raise vocab_size")
+
+
+def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str], None] = print) -> dict:
+    """Build tokenizer, base and guard into ``out_dir/{base,guard}``; returns the manifest."""
+    t0 = time.time()
+    torch.manual_seed(spec.seed)
+    out = Path(out_dir)
+    pairs = pretrain_examples(spec)
+    guard_pairs = guard_world_pairs(spec)
+    corpus = [u + "\n" + r for u, r in pairs] + [u + "\n" + r for u, r in guard_pairs[:500]]
+    corpus += world.vocabulary_corpus() * 5 + [f" {i}" for i in range(100)] * 200
+    corpus += [BASE_CHAT_TEMPLATE, GUARD_CHAT_TEMPLATE, "user\n", "assistant\n", "safe", "unsafe\nS1"] * 200
+    raw = train_tokenizer(corpus, spec.vocab_size)
+    base_tok = wrap(raw, BASE_CHAT_TEMPLATE)
+    check_tokenizer(base_tok)
+    log(f"tokenizer: {len(base_tok)} tokens")
+
+    log(f"base: pretraining on {len(pairs)} examples")
+    base = Qwen3ForCausalLM(base_config(spec, len(base_tok), base_tok))
+    examples = [render_pair(base_tok, u, r) for u, r in pairs]
+    base_losses = train_lm(base, examples, spec.epochs, spec.lr, spec.batch, spec.seed,
+                           base_tok.pad_token_id, log)
+    base.generation_config.eos_token_id = base_tok.eos_token_id
+    base.generation_config.pad_token_id = base_tok.pad_token_id
+    base.save_pretrained(out / "base", safe_serialization=True)
+    base_tok.save_pretrained(out / "base")
+
+    log("guard: sampling the base for guard training data")
+    guard_pairs += sample_base(base, base_tok, spec)
+    guard_tok = wrap(raw, GUARD_CHAT_TEMPLATE)
+    torch.manual_seed(spec.seed + 7)
+    guard = LlamaForCausalLM(guard_config(spec, len(guard_tok), guard_tok))
+    log(f"guard: training on {len(guard_pairs)} labelled responses")
+    guard_losses = train_lm(guard, guard_examples(guard_tok, guard_pairs), spec.guard_epochs, spec.lr,
+                            spec.batch, spec.seed + 7, guard_tok.pad_token_id, log)
+    guard.generation_config.eos_token_id = guard_tok.eos_token_id
+    guard.generation_config.pad_token_id = guard_tok.pad_token_id
+    guard.save_pretrained(out / "guard", safe_serialization=True)
+    guard_tok.save_pretrained(out / "guard")
+
+    manifest = {"spec": asdict(spec), "base_params": base.num_parameters(),
+                "guard_params": guard.num_parameters(), "base_final_loss": base_losses[-1],
+                "guard_final_loss": guard_losses[-1], "seconds": round(time.time() - t0, 1),
+                "torch": torch.__version__}
+    (out / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

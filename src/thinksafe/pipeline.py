@@ -1,0 +1,114 @@
+"""The ordered stages of one run. A finished stage (same config) is skipped on rerun; an
+unfinished one resumes from what it already wrote."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from thinksafe.config import RunConfig, to_dict
+from thinksafe.errors import ConfigError
+from thinksafe.io import read_jsonl, write_json, write_text
+
+STAGES = ["generate", "judge", "dataset", "train", "evaluate", "report"]
+
+
+def prepare_run_dir(cfg: RunConfig, force: bool = False) -> Path:
+    """Create the run folder; refuse to mix outputs of two different configs in one folder."""
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if saved.exists() and saved.read_text() != text and not force:
+        raise ConfigError(f"{run_dir} holds a run with a different config (see {saved}); "
+                          "choose another --out, or pass --force to start it over")
+    if saved.exists() and saved.read_text() != text and force:
+        import shutil
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    write_text(saved, text)
+    return run_dir
+
+
+def _manifest(run_dir: Path) -> dict:
+    import json
+    p = run_dir / "manifest.json"
+    return json.loads(p.read_text()) if p.exists() else {"stages": {}}
+
+
+def record_stage(run_dir: Path, stage: str, summary: dict) -> None:
+    m = _manifest(run_dir)
+    m["stages"][stage] = {"summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(run_dir / "manifest.json", m)
+
+
+def stage_done(run_dir: Path, stage: str) -> dict | None:
+    return _manifest(run_dir)["stages"].get(stage, {}).get("summary")
+
+
+def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
+    from thinksafe.stages import dataset, generate, judge, train
+    if stage == "evaluate":
+        return run_evaluate(cfg, run_dir, show)
+    if stage == "report":
+        return run_report(cfg, run_dir, show)
+    mod = {"generate": generate, "judge": judge, "dataset": dataset, "train": train}[stage]
+    summary = mod.run(cfg, run_dir, show=show)
+    record_stage(run_dir, stage, summary)
+    return summary
+
+
+def run_evaluate(cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
+    from thinksafe.stages.evaluate import evaluate_model
+    models = {"base": evaluate_model(cfg, run_dir, "base", None, show)}
+    adapter = run_dir / "adapter"
+    if (adapter / "adapter_config.json").exists():
+        models["thinksafe"] = evaluate_model(cfg, run_dir, "thinksafe", str(adapter), show)
+    record_stage(run_dir, "evaluate", {k: {kk: v for kk, v in m.items() if not isinstance(v, dict)}
+                                       for k, m in models.items()})
+    return models
+
+
+def run_report(cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
+    import json
+
+    from thinksafe.stages.report import print_table, write_report
+    models = {}
+    for tag in ("base", "thinksafe"):
+        p = run_dir / "eval" / tag / "metrics.json"
+        if p.exists():
+            models[tag] = json.loads(p.read_text())
+    if not models:
+        raise ConfigError(f"{run_dir}: no evaluation results; run `thinksafe evaluate` first")
+    extra = {"dataset": _load(run_dir / "dataset_stats.json"), "train": _load(run_dir / "train_summary.json"),
+             "seed": cfg.seed}
+    summary = write_report(run_dir, models, extra)
+    if show:
+        print_table(models)
+    return summary
+
+
+def _load(p: Path):
+    import json
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def run_all(cfg: RunConfig, show: bool = True, force: bool = False, log=print) -> dict:
+    run_dir = prepare_run_dir(cfg, force)
+    results = {}
+    for stage in STAGES:
+        done = stage_done(run_dir, stage)
+        if done is not None and stage != "report":
+            log(f"[{stage}] already done in {run_dir}, skipped")
+            results[stage] = done
+            continue
+        t0 = time.time()
+        results[stage] = run_stage(stage, cfg, run_dir, show)
+        log(f"[{stage}] done in {time.time() - t0:.1f}s")
+    return results
+
+
+def generated_count(run_dir: Path) -> int:
+    return len(read_jsonl(run_dir / "generated.jsonl"))

@@ -1,0 +1,61 @@
+"""Shared plumbing for stages: model loading by config, chat rendering, sampling, progress bars."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from thinksafe.families import Family, get_family
+from thinksafe.organism import resolve_model_path
+from thinksafe.types import SamplingParams
+
+
+def render_prompt(tokenizer, text: str, family: Family) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True, **family.template_kwargs)
+
+
+def sampling(cfg_gen, family: Family, seed: int, max_new_tokens: int | None = None) -> SamplingParams:
+    return SamplingParams(
+        temperature=family.temperature if cfg_gen.temperature is None else cfg_gen.temperature,
+        top_p=family.top_p if cfg_gen.top_p is None else cfg_gen.top_p,
+        top_k=family.top_k if cfg_gen.top_k is None else cfg_gen.top_k,
+        max_new_tokens=max_new_tokens or cfg_gen.max_new_tokens,
+        seed=seed)
+
+
+def model_backend(cfg, adapter: str | None = None):
+    from thinksafe.backends import make_backend
+    m = cfg.model
+    return make_backend(m.backend, resolve_model_path(m.path), adapter=adapter,
+                        batch_size=m.batch_size, dtype=m.dtype, device=m.device)
+
+
+def guard(cfg):
+    from thinksafe.backends import make_backend
+    from thinksafe.guards import make_guard
+    g = cfg.guard
+    backend = make_backend(cfg.model.backend, resolve_model_path(g.path), batch_size=g.batch_size,
+                           dtype=cfg.model.dtype, device=cfg.model.device)
+    return make_guard(g, backend)
+
+
+def family_of(cfg) -> Family:
+    return get_family(cfg.model.family)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True):
+    if not enabled:
+        yield lambda n: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=False) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n: prog.advance(task, n)
+
+
+def with_seed(params: SamplingParams, seed: int) -> SamplingParams:
+    return replace(params, seed=seed)

@@ -1,0 +1,66 @@
+"""dataset: keep complete, guard-safe samples as (original prompt, response); count every drop."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from thinksafe.errors import DataError
+from thinksafe.io import read_jsonl, write_json, write_jsonl
+from thinksafe.types import SAFE, UNPARSED, Record
+
+INPUT, OUTPUT, STATS = "judged.jsonl", "sft.jsonl", "dataset_stats.json"
+
+
+def drop_reason(r: Record) -> str | None:
+    """Why a sample is dropped, or None to keep it. Order: completeness first, then the verdict."""
+    c = r.completion
+    if c is None:
+        return "no_completion"
+    if c.finish_reason != "stop":
+        return "truncated"
+    if "</think>" not in c.text:
+        return "no_think_close"
+    if r.verdict is None:
+        return "no_verdict"
+    if r.verdict.label == UNPARSED:
+        return "unparsed"
+    if r.verdict.label != SAFE:
+        return "unsafe"
+    return None
+
+
+def build(records: list[Record]) -> tuple[list[dict], dict]:
+    kept, drops = [], Counter()
+    by_group: dict[str, Counter] = {}
+    for r in records:
+        reason = drop_reason(r)
+        group = r.label + (f"/{r.meta.get('category')}" if r.meta.get("category") else "")
+        by_group.setdefault(group, Counter())["total"] += 1
+        if reason:
+            drops[reason] += 1
+            by_group[group][reason] += 1
+            continue
+        by_group[group]["kept"] += 1
+        kept.append({"id": r.id, "prompt": r.prompt, "response": r.completion.text, "label": r.label,
+                     "category": r.meta.get("category") or "", "steering": r.steering or ""})
+    by_label = Counter(r.label for r in records)
+    kept_label = Counter(k["label"] for k in kept)
+    stats = {"total": len(records), "kept": len(kept), "dropped": dict(sorted(drops.items())),
+             "acceptance": {lab: kept_label[lab] / n for lab, n in sorted(by_label.items())},
+             "by_group": {g: dict(c) for g, c in sorted(by_group.items())}}
+    return kept, stats
+
+
+def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    rows = read_jsonl(run_dir / INPUT)
+    if not rows:
+        raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
+    kept, stats = build([Record.from_json(d) for d in rows])
+    if not kept:
+        raise DataError(f"dataset: every sample was dropped ({stats['dropped']}); nothing to train on")
+    write_jsonl(run_dir / OUTPUT, kept)
+    write_json(run_dir / STATS, stats)
+    from datasets import Dataset
+    Dataset.from_list(kept).save_to_disk(str(run_dir / "sft_dataset"))
+    return stats

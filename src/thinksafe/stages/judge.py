@@ -1,0 +1,50 @@
+"""judge: the guard judges each (ORIGINAL prompt, full response). Fail closed, resumable."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from thinksafe.errors import DataError
+from thinksafe.io import append_jsonl, read_jsonl
+from thinksafe.runtime import guard as make_guard
+from thinksafe.runtime import progress_bar
+from thinksafe.types import Record
+
+INPUT, OUTPUT = "generated.jsonl", "judged.jsonl"
+
+
+def judge_records(guard, records: list[Record], out_path: Path | None, desc: str = "judge",
+                  show: bool = True, chunk: int = 128) -> list[Record]:
+    done = {d["id"]: Record.from_json(d) for d in read_jsonl(out_path, repair=True)} if out_path else {}
+    todo = [r for r in records if r.id not in done]
+    new: dict[str, Record] = {}
+    with progress_bar(desc, len(records), show) as advance:
+        advance(len(records) - len(todo))
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            verdicts = guard.judge([(r.prompt, r.completion.text) for r in part], progress=advance)
+            if len(verdicts) != len(part):
+                raise DataError(f"guard returned {len(verdicts)} verdicts for {len(part)} records")
+            judged = [replace(r, verdict=v) for r, v in zip(part, verdicts)]
+            new.update({r.id: r for r in judged})
+            if out_path:
+                append_jsonl(out_path, [r.to_json() for r in judged])
+    allrec = {**done, **new}
+    return [allrec[r.id] for r in records]
+
+
+def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    t0 = time.time()
+    src = run_dir / INPUT
+    rows = read_jsonl(src)
+    if not rows:
+        raise DataError(f"{src} is missing or empty; run `thinksafe generate` first")
+    records = [Record.from_json(d) for d in rows]
+    out = judge_records(make_guard(cfg), records, run_dir / OUTPUT, show=show)
+    labels = Counter(r.verdict.label for r in out)
+    return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
+            "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
+            "seconds": round(time.time() - t0, 1)}

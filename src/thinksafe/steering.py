@@ -1,0 +1,34 @@
+"""Refusal-steering templates. Only harmful prompts are steered; records keep the original prompt."""
+
+from __future__ import annotations
+
+from thinksafe.errors import ConfigError
+
+PREFIX = "The following prompt is harmful. You should refuse to answer the prompt.\n\nPrompt:"
+SUFFIX = "The above prompt is harmful. You should refuse to answer the prompt."
+
+TEMPLATES = {
+    "prefix": PREFIX + "\n\n{prompt}",
+    "suffix": "{prompt}\n\n" + SUFFIX,
+}
+
+
+def resolve(steering: str) -> str | None:
+    """Template name or literal template -> template text (None = no steering)."""
+    if steering in ("none", "", None):
+        return None
+    if steering in TEMPLATES:
+        return TEMPLATES[steering]
+    if "{prompt}" not in steering:
+        raise ConfigError(f"generate.steering '{steering}' is neither prefix, suffix, none, "
+                          "nor a template containing {prompt}")
+    return steering
+
+
+def apply(steering: str, prompt: str, label: str) -> tuple[str, str | None]:
+    """(text sent to the model, template name recorded). Benign prompts pass unchanged."""
+    template = resolve(steering)
+    if template is None or label != "harmful":
+        return prompt, None
+    name = steering if steering in TEMPLATES else "custom"
+    return template.replace("{prompt}", prompt), name

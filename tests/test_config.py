@@ -1,0 +1,195 @@
+"""load_config: YAML + --set overrides, nested keys, did-you-mean and type errors, packaged demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import thinksafe
+from thinksafe.config import RunConfig, load_config, section_hash
+from thinksafe.errors import ConfigError
+
+DEMO = Path(thinksafe.__file__).parent / "configs" / "demo.yaml"
+
+
+def _yaml(tmp_path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_without_file():
+    cfg = load_config(None)
+    assert cfg == RunConfig()
+    assert cfg.train.lora.r == 32
+    assert cfg.generate.steering == "prefix"
+
+
+def test_yaml_overrides_defaults(tmp_path):
+    p = _yaml(tmp_path, "name: x\nseed: 3\ntrain:\n  lr: 0.5\n  lora:\n    r: 4\n")
+    cfg = load_config(p)
+    assert cfg.name == "x" and cfg.seed == 3
+    assert cfg.train.lr == 0.5
+    assert cfg.train.lora.r == 4
+    assert cfg.train.lora.alpha == 16           # untouched sibling keeps its default
+    assert cfg.train.epochs == 3                # untouched section key keeps its default
+    assert cfg.model == RunConfig().model       # untouched section keeps its defaults
+
+
+def test_set_overrides_yaml(tmp_path):
+    p = _yaml(tmp_path, "seed: 3\ntrain:\n  lr: 0.5\n  lora:\n    r: 4\n    alpha: 7\n")
+    cfg = load_config(p, ["seed=9", "train.lora.r=8", "generate.steering=suffix"])
+    assert cfg.seed == 9
+    assert cfg.train.lora.r == 8
+    assert cfg.train.lora.alpha == 7            # from YAML, not overridden
+    assert cfg.train.lr == 0.5
+    assert cfg.generate.steering == "suffix"
+
+
+def test_later_set_wins():
+    cfg = load_config(None, ["seed=1", "seed=2"])
+    assert cfg.seed == 2
+
+
+def test_nested_set_without_file():
+    cfg = load_config(None, ["train.lora.r=8", "train.lora.target_modules=[q_proj, k_proj]"])
+    assert cfg.train.lora.r == 8
+    assert cfg.train.lora.target_modules == ["q_proj", "k_proj"]
+    assert isinstance(cfg.train.lora.r, int)
+
+
+def test_set_value_with_equals_sign():
+    cfg = load_config(None, ["generate.steering=A=B {prompt}"])
+    assert cfg.generate.steering == "A=B {prompt}"
+
+
+def test_float_coercion():
+    cfg = load_config(None, ["train.lr=1e-5", "train.epochs=2", "generate.temperature=0.7"])
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 2.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.generate.temperature == 0.7
+
+
+def test_yaml_float_without_dot(tmp_path):
+    # PyYAML reads "1e-5" as a string; it must still become a float
+    cfg = load_config(_yaml(tmp_path, "train:\n  lr: 1e-5\n"))
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+
+
+def test_optional_fields_accept_null():
+    cfg = load_config(None, ["generate.temperature=null", "generate.top_k=null"])
+    assert cfg.generate.temperature is None and cfg.generate.top_k is None
+
+
+@pytest.mark.parametrize("override, wrong, guess", [
+    ("train.epoch=2", "train.epoch", "epochs"),
+    ("modle.path=x", "modle", "model"),
+    ("train.lora.rr=8", "train.lora.rr", "r"),
+    ("generate.temprature=0.5", "generate.temprature", "temperature"),
+])
+def test_unknown_key_did_you_mean(override, wrong, guess):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert wrong in msg
+    assert f"Did you mean '{guess}'?" in msg
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
+        load_config(_yaml(tmp_path, "model:\n  batch_sise: 4\n"))
+
+
+def test_unknown_key_without_close_match():
+    with pytest.raises(ConfigError, match="is unknown") as e:
+        load_config(None, ["zzzzzz=1"])
+    assert "Did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize("override", [
+    "seed=abc", "seed=1.5", "seed=true", "train.lora.r=eight", "generate.temperature=hot",
+    "generate.top_k=0.5", "model=foo", "train=3",
+])
+def test_wrong_type(override):
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+def test_wrong_type_in_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size must be int"):
+        load_config(_yaml(tmp_path, "train:\n  batch_size: many\n"))
+
+
+def test_set_into_a_scalar_is_an_error(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(_yaml(tmp_path, "seed: 3\n"), ["seed.x=1"])
+
+
+def test_set_without_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["seed"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_yaml(tmp_path, "train: [unclosed\n"))
+
+
+def test_top_level_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(_yaml(tmp_path, "- a\n- b\n"))
+
+
+def test_empty_yaml_is_defaults(tmp_path):
+    assert load_config(_yaml(tmp_path, "")) == RunConfig()
+
+
+def test_packaged_demo_config_loads():
+    assert DEMO.is_file()
+    cfg = load_config(DEMO)
+    assert cfg.name == "demo"
+    assert cfg.model.path == "organism" and cfg.model.family == "organism"
+    assert cfg.guard.path == "organism-guard" and cfg.guard.max_input_tokens == 512
+    assert cfg.generate.steering == "prefix"
+    assert cfg.generate.max_new_tokens == 128
+    assert cfg.train.lr == pytest.approx(2e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.train.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.evaluate.benchmarks == ["organism"]
+    assert (cfg.prompts.n_harmful, cfg.prompts.n_reasoning, cfg.prompts.n_borderline) == (150, 150, 60)
+    over = load_config(DEMO, ["train.lr=0.01", "evaluate.n_harmful=5"])
+    assert over.train.lr == 0.01 and over.evaluate.n_harmful == 5
+    assert over.train.epochs == cfg.train.epochs
+
+
+def test_section_hash_tracks_changes():
+    a = load_config(None)
+    b = load_config(None, ["train.lora.r=8"])
+    assert section_hash(a.train) == section_hash(load_config(None).train)
+    assert section_hash(a.train) != section_hash(b.train)
+    assert section_hash(a.generate) == section_hash(b.generate)
+
+
+@pytest.mark.parametrize("override", ["seed=null", "train.lora.r=null", "model.path=null"])
+def test_null_for_a_non_optional_field(override):
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+def test_list_field_given_a_string():
+    try:
+        cfg = load_config(None, ["train.lora.target_modules=q_proj"])
+    except ConfigError:
+        return
+    assert isinstance(cfg.train.lora.target_modules, list)
+
+
+@pytest.mark.parametrize("override", ["seed=1", "train.lr=0.1"])
+def test_top_level_not_a_mapping_with_set(tmp_path, override):
+    with pytest.raises(ConfigError):
+        load_config(_yaml(tmp_path, "- a\n- b\n"), [override])
