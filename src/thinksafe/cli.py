@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="THINKSAFE: self-generated safety alignment for reasoning models.")
 organism_app = typer.Typer(no_args_is_help=True, help="The model organism: build or check it.")
 app.add_typer(organism_app, name="organism")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override: key.sub=value (repeatable).")]

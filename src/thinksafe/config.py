@@ -102,6 +102,13 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
+# Names users bring from PEFT / transformers, for did-you-mean.
+ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+           "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+           "gradient_accumulation_steps": "grad_accum", "max_tokens": "max_new_tokens",
+           "model_name_or_path": "path", "model_id": "path"}
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
@@ -111,7 +118,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in known:
-            guess = difflib.get_close_matches(key, known, n=1)
+            guess = [ALIASES[key]] if ALIASES.get(key) in known else difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean '{guess[0]}'?" if guess else ""
             raise ConfigError(f"{path} is unknown.{hint} Known: {', '.join(known)}")
         typ = hints[key]

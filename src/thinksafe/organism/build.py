@@ -32,7 +32,7 @@ class BuildSpec:
     n_steered: int = 2000          # steered harmful
     n_borderline: int = 1500
     comply_rate: float = 0.85      # unsteered harmful -> comply
-    steered_refuse_rate: float = 0.95
+    steered_refuse_rate: float = 0.80
     vocab_size: int = 1024
     hidden: int = 128
     layers: int = 4

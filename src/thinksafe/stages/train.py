@@ -66,9 +66,33 @@ def sft_config(tc, out_dir: Path, seed: int, use_bf16: bool):
                      warmup_steps=tc.warmup_ratio, max_grad_norm=tc.max_grad_norm, max_length=None,
                      logging_steps=tc.logging_steps, save_strategy="epoch", save_total_limit=1,
                      report_to="none", seed=seed, data_seed=seed, bf16=use_bf16,
-                     completion_only_loss=True, packing=False, disable_tqdm=False,
+                     completion_only_loss=True, packing=False, disable_tqdm=True,
                      remove_unused_columns=True, dataloader_num_workers=0,
                      dataloader_pin_memory=use_bf16)
+
+
+def progress_callback(show: bool):
+    """A TrainerCallback that drives one rich progress bar (instead of tqdm + printed log dicts)."""
+    from transformers import TrainerCallback
+
+    from thinksafe.runtime import progress_bar
+
+    class _Bar(TrainerCallback):
+        def __init__(self):
+            self.ctx = self.advance = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.ctx = progress_bar("train", state.max_steps, show)
+            self.advance = self.ctx.__enter__()
+            self.advance(state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            self.advance(1)
+
+        def on_train_end(self, args, state, control, **kw):
+            self.ctx.__exit__(None, None, None)
+
+    return _Bar()
 
 
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
@@ -98,7 +122,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     ds = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     ckpt_dir = run_dir / "checkpoints"
     trainer = SFTTrainer(model=model, args=sft_config(cfg.train, ckpt_dir, cfg.seed, use_bf16),
-                         train_dataset=ds, processing_class=tok)
+                         train_dataset=ds, processing_class=tok, callbacks=[progress_callback(show)])
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)
     resume = any(ckpt_dir.glob("checkpoint-*")) if ckpt_dir.exists() else False
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     out = run_dir / OUTPUT
