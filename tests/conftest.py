@@ -65,3 +65,21 @@ def qwen3_tokenizer():
         pytest.skip(f"Qwen3 tokenizer not present at {QWEN3_DIR}")
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(QWEN3_DIR))
+
+
+@pytest.fixture(scope="session")
+def tiny_organism(tmp_path_factory):
+    """An organism built from scratch at a tiny size (seconds); THINKSAFE_ORGANISM points at it."""
+    import os
+    from dataclasses import replace
+
+    from thinksafe.organism.build import TINY, build
+    out = tmp_path_factory.mktemp("organism")
+    manifest = build(out, replace(TINY, seed=3), log=lambda s: None)
+    old = os.environ.get("THINKSAFE_ORGANISM")
+    os.environ["THINKSAFE_ORGANISM"] = str(out)
+    yield out, manifest
+    if old is None:
+        os.environ.pop("THINKSAFE_ORGANISM", None)
+    else:
+        os.environ["THINKSAFE_ORGANISM"] = old

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 
 import pytest
@@ -16,19 +15,6 @@ SMALL = ["prompts.n_harmful=8", "prompts.n_reasoning=8", "prompts.n_borderline=4
          "evaluate.n_harmful=6", "evaluate.n_reasoning=4", "evaluate.n_borderline=4",
          "generate.max_new_tokens=24", "evaluate.max_new_tokens=24", "train.epochs=1",
          "train.batch_size=4", "model.batch_size=8", "guard.batch_size=8"]
-
-
-@pytest.fixture(scope="module")
-def tiny_organism(tmp_path_factory):
-    out = tmp_path_factory.mktemp("organism")
-    manifest = build(out, replace(TINY, seed=3), log=lambda s: None)
-    old = os.environ.get("THINKSAFE_ORGANISM")
-    os.environ["THINKSAFE_ORGANISM"] = str(out)
-    yield out, manifest
-    if old is None:
-        os.environ.pop("THINKSAFE_ORGANISM", None)
-    else:
-        os.environ["THINKSAFE_ORGANISM"] = old
 
 
 def _config(out, seed=0):

@@ -137,16 +137,25 @@ def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and 
 def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write base/ and guard/ "
                                                                  "(default: the package's bundled copy).")] = None,
                    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
-                   tiny: Annotated[bool, typer.Option(help="A tiny, fast, low-quality build (tests).")] = False):
+                   tiny: Annotated[bool, typer.Option(help="A tiny, fast, low-quality build (tests).")] = False,
+                   verify: Annotated[bool, typer.Option(help="Build into a temporary folder and check that it "
+                                                              "is byte-identical to the bundled organism.")] = False):
     """Rebuild the organism (world, tokenizer, base, guard) from scratch, deterministically."""
+    import tempfile
     from dataclasses import replace
 
-    from thinksafe.organism import ASSETS
-    from thinksafe.organism.build import TINY, BuildSpec, build
+    from thinksafe.organism import organism_dir
+    from thinksafe.organism.build import TINY, BuildSpec, build, compare_builds
     spec = replace(TINY if tiny else BuildSpec(), seed=seed)
-    target = out or ASSETS
+    target = Path(tempfile.mkdtemp(prefix="organism-")) if verify else (out or organism_dir())
     m = build(target, spec, log=lambda s: console.print(s, highlight=False))
     console.print(f"organism built in {m['seconds']}s -> {target}", highlight=False)
+    if verify:
+        diffs = compare_builds(target, out or organism_dir())
+        if diffs:
+            console.print(f"[red]differs from the bundled organism:[/red] {', '.join(diffs)}")
+            raise typer.Exit(1)
+        console.print("identical to the bundled organism")
 
 
 @organism_app.command("check")

@@ -239,3 +239,15 @@ def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str
                 "torch": torch.__version__}
     (out / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def compare_builds(a: str | Path, b: str | Path) -> list[str]:
+    """Files of the two builds' base/ and guard/ folders that are missing or differ byte-wise."""
+    diffs = []
+    for sub in ("base", "guard"):
+        names = {p.name for p in (Path(a) / sub).iterdir()} | {p.name for p in (Path(b) / sub).iterdir()}
+        for name in sorted(names):
+            pa, pb = Path(a) / sub / name, Path(b) / sub / name
+            if not (pa.is_file() and pb.is_file() and pa.read_bytes() == pb.read_bytes()):
+                diffs.append(f"{sub}/{name}")
+    return diffs

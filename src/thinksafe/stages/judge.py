@@ -17,9 +17,10 @@ INPUT, OUTPUT = "generated.jsonl", "judged.jsonl"
 
 
 def judge_records(guard, records: list[Record], out_path: Path | None, desc: str = "judge",
-                  show: bool = True, chunk: int = 128) -> list[Record]:
+                  show: bool = True, chunk: int | None = None) -> list[Record]:
     done = {d["id"]: Record.from_json(d) for d in read_jsonl(out_path, repair=True)} if out_path else {}
     todo = [r for r in records if r.id not in done]
+    chunk = chunk or max(4 * getattr(getattr(guard, "backend", None), "batch_size", 32), 1)
     new: dict[str, Record] = {}
     with progress_bar(desc, len(records), show) as advance:
         advance(len(records) - len(todo))

@@ -1,0 +1,163 @@
+"""vLLM backend: a thin adapter with the same protocol as HFBackend.
+
+``generate(prompts, params)`` gets prompts already rendered with the chat template (all prompt
+building stays in shared code) and returns one Completion per prompt, in the same order.
+
+API shapes used (checked against vLLM's docs and source, vllm-project/vllm ``vllm/outputs.py``):
+``LLM.generate(prompts, sampling_params, use_tqdm=..., lora_request=...)`` returns one
+``RequestOutput`` per prompt in input order, with ``.prompt_token_ids`` and ``.outputs[0]``
+(``CompletionOutput``: ``.text``, ``.token_ids``, ``.finish_reason`` in {"stop", "length",
+"abort"}, ``.logprobs``: one ``{token_id: Logprob(.logprob)}`` per generated token);
+``SamplingParams(temperature, top_p, top_k, max_tokens, seed, logprobs)``, where top_k -1
+disables top-k in every version (newer versions also accept 0) and ``logprobs`` is capped by
+the engine's ``max_logprobs`` (default 20); ``LoRARequest(lora_name, lora_int_id, path)``
+(docs.vllm.ai "Using LoRA adapters"), with ``LLM(enable_lora=True, max_lora_rank=...)`` where
+max_lora_rank is one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (vllm/config/lora.py).
+
+Prompts are sent as token ids (``{"prompt_token_ids": ...}``, vLLM's TokensPrompt), tokenized
+with ``add_special_tokens=False`` like HFBackend: vLLM tokenizes text prompts with
+``add_special_tokens=True``, which doubles the BOS of templates that already hold it
+(Llama-3 / R1-Distill; vllm-project/vllm#27486).
+
+Seeds: every request gets ``params.seed + shard_index`` so that data-parallel copies of the same
+run do not sample identical text (vllm-project/vllm#11953); a prompt repeated within one call
+gets a further derived seed for each repeat, so repeats are distinct samples, as with HFBackend.
+vllm is imported only inside the constructor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from thinksafe.errors import MissingDependency
+from thinksafe.types import Completion, SamplingParams
+
+INSTALL_HINT = "vllm is not installed: pip install 'thinksafe[vllm]'"
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _repeat_seed(seed: int, k: int) -> int:
+    return int(hashlib.sha256(f"{seed}:repeat:{k}".encode()).hexdigest()[:8], 16)
+
+
+def lora_rank_for(adapter: str | Path, default: int = 64) -> int:
+    """The smallest vLLM max_lora_rank that holds the adapter's rank (from adapter_config.json)."""
+    try:
+        r = int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    for allowed in LORA_RANKS:
+        if allowed >= r:
+            return allowed
+    return r   # larger than vLLM allows: let vLLM report it
+
+
+def finish_reason(reason: str | None) -> str:
+    """vLLM's "stop" stays "stop"; "length", "abort" and None are not a clean finish -> "length"."""
+    return "stop" if reason == "stop" else "length"
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model: str | Path, adapter: str | Path | None = None,
+                 tensor_parallel_size: int = 1, seed: int = 0, max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.9, batch_size: int = 256, shard_index: int = 0,
+                 max_lora_rank: int | None = None, dtype: str = "auto", device: str = "auto",
+                 tokenizer=None, **llm_kwargs):
+        try:
+            import vllm
+        except ModuleNotFoundError as e:
+            if (e.name or "vllm").split(".")[0] != "vllm":
+                raise           # vllm is there but one of its own dependencies is missing
+            raise MissingDependency(INSTALL_HINT) from e
+        self.model_path = str(model)
+        self.batch_size = batch_size
+        self.shard_index = shard_index
+        self._SamplingParams = vllm.SamplingParams
+        kwargs = dict(model=self.model_path, tensor_parallel_size=tensor_parallel_size,
+                      seed=seed + shard_index, gpu_memory_utilization=gpu_memory_utilization,
+                      dtype=dtype)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        self.lora_request = None
+        if adapter:
+            from vllm.lora.request import LoRARequest
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_for(adapter))
+            self.lora_request = LoRARequest("adapter", 1, str(adapter))
+        kwargs.update(llm_kwargs)
+        # `device` is accepted for make_backend compatibility; vLLM picks its own device.
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
+
+    # ------------------------------------------------------------------ helpers
+    def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        return [list(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+
+    def _run(self, ids: list[list[int]], sampling):
+        kwargs = {"use_tqdm": False}
+        if self.lora_request is not None:
+            kwargs["lora_request"] = self.lora_request
+        outs = list(self.llm.generate([{"prompt_token_ids": i} for i in ids], sampling, **kwargs))
+        if len(outs) != len(ids):
+            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(ids)} prompts")
+        for i, (o, sent) in enumerate(zip(outs, ids)):
+            got = getattr(o, "prompt_token_ids", None)
+            if got is not None and list(got) != sent:
+                raise RuntimeError(f"vLLM output {i} belongs to another prompt (order not preserved)")
+        return outs
+
+    def _sampling(self, params: SamplingParams, prompts: Sequence[str]):
+        base = params.seed + self.shard_index
+        seen: Counter[str] = Counter()
+        seeds = []
+        for p in prompts:
+            k = seen[p]
+            seen[p] += 1
+            seeds.append(base if k == 0 else _repeat_seed(base, k))
+
+        def make(seed: int):
+            return self._SamplingParams(temperature=params.temperature, top_p=params.top_p,
+                                        top_k=params.top_k if params.top_k > 0 else -1,
+                                        max_tokens=params.max_new_tokens, seed=seed)
+        if len(set(seeds)) == 1:
+            return make(seeds[0])
+        return [make(s) for s in seeds]
+
+    # ------------------------------------------------------------------ protocol
+    def generate(self, prompts: Sequence[str], params: SamplingParams,
+                 progress: Callable[[int], None] | None = None) -> list[Completion]:
+        if not prompts:
+            return []
+        ids = self._encode(prompts)
+        outs = self._run(ids, self._sampling(params, prompts))
+        result = []
+        for o, sent in zip(outs, ids):
+            c = o.outputs[0]
+            n_prompt = len(o.prompt_token_ids) if getattr(o, "prompt_token_ids", None) is not None else len(sent)
+            result.append(Completion(c.text, finish_reason(c.finish_reason), n_prompt, len(c.token_ids)))
+        if progress:
+            progress(len(prompts))
+        return result
+
+    def next_token_logprobs(self, prompts: Sequence[str], top_k: int = 5,
+                            continue_tokens: int = 0) -> list[tuple[dict[int, float], str]]:
+        """Top-k next-token logprobs per prompt, plus an optional greedy continuation."""
+        if not prompts:
+            return []
+        sampling = self._SamplingParams(max_tokens=max(1, continue_tokens), temperature=0.0,
+                                        logprobs=top_k)
+        outs = self._run(self._encode(prompts), sampling)
+        result = []
+        for o in outs:
+            c = o.outputs[0]
+            first = c.logprobs[0] if c.logprobs else None
+            lp = {int(t): float(getattr(v, "logprob", v)) for t, v in (first or {}).items()}
+            # vLLM adds the sampled token to the top-k; keep exactly the k best, as HFBackend does
+            lp = dict(sorted(lp.items(), key=lambda kv: kv[1], reverse=True)[:top_k])
+            result.append((lp, c.text if continue_tokens > 0 else ""))
+        return result
