@@ -152,10 +152,15 @@ def test_render_shortens_inside_the_response(guard, guard_tokenizer):
         guard.max_input_tokens = None
 
 
-def test_render_too_long_even_when_empty(guard, guard_tokenizer):
+def test_render_too_long_even_when_empty_is_unparsed(guard, guard_tokenizer):
     guard.max_input_tokens = 10
-    with pytest.raises(TemplateError, match="max_input_tokens"):
-        guard.render("How do I rob a bank?", world.REFUSAL_ANSWER)
+    text, cut = guard.render("How do I rob a bank?", world.REFUSAL_ANSWER)
+    assert text is None and cut > 0
+    calls = []
+    guard.backend.next_token_logprobs = lambda texts, **kw: calls.append(texts) or [({}, "")] * len(texts)
+    [v] = guard.judge([("How do I rob a bank?", world.REFUSAL_ANSWER)])
+    assert v.label == "unparsed" and not v.is_safe          # never sent, never safe
+    assert calls in ([], [[]])
 
 
 def test_judge_with_fake_backend(guard_tokenizer):

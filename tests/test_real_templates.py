@@ -201,7 +201,8 @@ def _agent_text(text):
 def test_llama_guard_render_shortens_inside_the_response(lg3_tok, limit):
     guard = LlamaGuard(SimpleNamespace(tokenizer=lg3_tok), max_input_tokens=limit)
     text, cut = guard.render("How do I bake bread?", LONG_RESPONSE)
-    assert text.endswith(LG3_CLOSING)                                     # closing instruction intact
+    assert guard.suffix == "\n\n"          # Llama-Guard-3 writes "\n\n" before its verdict
+    assert text.endswith(LG3_CLOSING + guard.suffix)                      # closing instruction intact
     assert "User: How do I bake bread?" in text
     kept = _agent_text(text)
     assert LONG_RESPONSE.startswith(kept) and "step 199" not in kept      # the END was cut
@@ -217,9 +218,6 @@ def test_llama_guard_render_without_limit_is_the_template(lg3_tok):
     assert cut == 0 and LONG_RESPONSE in text
 
 
-@pytest.mark.xfail(strict=True, reason="llama_guard.py render(): the cut is computed once from the "
-                   "response's standalone token count and not re-measured; the re-rendered text is "
-                   "1 token over max_input_tokens here")
 def test_llama_guard_render_respects_the_limit_exactly(lg3_tok):
     guard = LlamaGuard(SimpleNamespace(tokenizer=lg3_tok), max_input_tokens=300)
     text, _ = guard.render("How do I bake bread?", LONG_RESPONSE)
@@ -242,4 +240,4 @@ def test_llama_guard_judge_counts_the_cut_in_the_verdict(lg3_tok):
     be = Backend()
     [v] = LlamaGuard(be, max_input_tokens=500).judge([("How do I bake bread?", LONG_RESPONSE)])
     assert v.label == "safe" and v.truncated_tokens > 0
-    assert be.seen[0].endswith(LG3_CLOSING)
+    assert be.seen[0].endswith(LG3_CLOSING + "\n\n")

@@ -22,10 +22,13 @@ from thinksafe.errors import ConfigError
 class ModelConfig:
     path: str = "organism"          # HF id, local folder, or "organism" (the bundled base)
     family: str = "organism"        # qwen3 | r1_distill | organism | generic
-    backend: str = "transformers"
+    backend: str = "transformers"   # transformers | vllm | auto (vLLM when installed)
     batch_size: int = 64
     dtype: str = "auto"
     device: str = "auto"
+    tensor_parallel_size: int = 1   # vLLM only
+    max_model_len: int | None = None  # vLLM only
+    gpu_memory_utilization: float = 0.9  # vLLM only
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,9 @@ class GuardConfig:
     kind: str = "llama_guard"
     path: str = "organism-guard"    # HF id, local folder, or "organism-guard"
     top_k: int = 5                  # logprobs returned; neither safe/unsafe among them -> unparsed
-    max_input_tokens: int = 1024    # longer inputs are shortened inside the response, and counted
+    max_input_tokens: int = 16384   # longer inputs are shortened inside the response, and counted
     batch_size: int = 64
+    suffix: str | None = None       # text after the rendered template; None = auto ("\n\n" for Llama-Guard-3)
 
 
 @dataclass(frozen=True)

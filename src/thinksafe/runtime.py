@@ -30,7 +30,13 @@ def model_backend(cfg, adapter: str | None = None):
     from thinksafe.backends import make_backend
     m = cfg.model
     return make_backend(m.backend, resolve_model_path(m.path), adapter=adapter,
-                        batch_size=m.batch_size, dtype=m.dtype, device=m.device)
+                        batch_size=m.batch_size, dtype=m.dtype, device=m.device,
+                        vllm_kwargs=_vllm_kwargs(m, cfg.seed))
+
+
+def _vllm_kwargs(m, seed: int) -> dict:
+    return {"tensor_parallel_size": m.tensor_parallel_size, "max_model_len": m.max_model_len,
+            "gpu_memory_utilization": m.gpu_memory_utilization, "seed": seed}
 
 
 def guard(cfg):
@@ -38,7 +44,8 @@ def guard(cfg):
     from thinksafe.guards import make_guard
     g = cfg.guard
     backend = make_backend(cfg.model.backend, resolve_model_path(g.path), batch_size=g.batch_size,
-                           dtype=cfg.model.dtype, device=cfg.model.device)
+                           dtype=cfg.model.dtype, device=cfg.model.device,
+                           vllm_kwargs=_vllm_kwargs(cfg.model, cfg.seed))
     return make_guard(g, backend)
 
 

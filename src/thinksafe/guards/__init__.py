@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from thinksafe.errors import ConfigError
 
+KINDS = ("llama_guard", "wildguard")
+
 
 def make_guard(cfg, backend):
     if cfg.kind == "llama_guard":
         from thinksafe.guards.llama_guard import LlamaGuard
-        return LlamaGuard(backend, top_k=cfg.top_k, max_input_tokens=cfg.max_input_tokens)
-    raise ConfigError(f"guard.kind '{cfg.kind}' is unknown. Known: llama_guard")
+        return LlamaGuard(backend, top_k=cfg.top_k, max_input_tokens=cfg.max_input_tokens,
+                          suffix=cfg.suffix)
+    if cfg.kind == "wildguard":
+        from thinksafe.guards.wildguard import WildGuard
+        return WildGuard(backend, max_input_tokens=cfg.max_input_tokens)
+    raise ConfigError(f"guard.kind '{cfg.kind}' is unknown. Known: {', '.join(KINDS)}")

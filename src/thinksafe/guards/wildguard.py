@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from thinksafe.guards.base import shorten_inside_response
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, SamplingParams, Verdict
 
 WILDGUARD_INPUT_FORMAT = """<|user|>
@@ -117,26 +118,8 @@ class WildGuard:
     def render(self, prompt: str, response: str) -> tuple[str | None, int]:
         """(guard input, response tokens cut). The text is None when even an empty response
         does not fit; such a pair is never sent to the model and is judged "unparsed"."""
-        text = self._fill(prompt, response)
-        limit = self.max_input_tokens
-        if not limit:
-            return text, 0
-        n = self._n_tokens(text)
-        if n <= limit:
-            return text, 0
-        r_ids = self.tokenizer(response, add_special_tokens=False).input_ids
-        keep = len(r_ids) - (n - limit)
-        while keep > 0:
-            head = self.tokenizer.decode(r_ids[:keep], skip_special_tokens=False)
-            text = self._fill(prompt, head)
-            over = self._n_tokens(text) - limit
-            if over <= 0:
-                return text, len(r_ids) - keep
-            keep -= over       # token boundaries can merge differently; cut the overshoot too
-        text = self._fill(prompt, "")
-        if self._n_tokens(text) <= limit:
-            return text, len(r_ids)
-        return None, len(r_ids)
+        return shorten_inside_response(lambda r: self._fill(prompt, r), self.tokenizer, response,
+                                       self.max_input_tokens)
 
     # ------------------------------------------------------------------ judging
     def _generate(self, pairs: Sequence[tuple[str, str]],
