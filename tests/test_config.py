@@ -193,3 +193,20 @@ def test_list_field_given_a_string():
 def test_top_level_not_a_mapping_with_set(tmp_path, override):
     with pytest.raises(ConfigError):
         load_config(_yaml(tmp_path, "- a\n- b\n"), [override])
+
+
+@pytest.mark.parametrize("name", ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "r1-distill-qwen-1.5b",
+                                  "r1-distill-qwen-7b", "r1-distill-llama-8b"])
+def test_model_configs_reproduce_the_paper_settings(name):
+    from thinksafe.families import get_family
+    cfg = load_config(DEMO.parent / f"{name}.yaml")
+    fam = get_family(cfg.model.family)
+    assert (fam.temperature, fam.top_p) == (0.6, 0.95)
+    assert fam.top_k == (20 if name.startswith("qwen3") else 0)
+    assert cfg.generate.max_new_tokens == 16384 and cfg.generate.samples == 1
+    assert cfg.generate.steering == "prefix"
+    lora = cfg.train.lora
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (32, 16, 0.05, ["q_proj", "v_proj"])
+    assert cfg.train.lr == 1e-5 and cfg.train.epochs == 3
+    assert cfg.train.batch_size * cfg.train.grad_accum == 8
+    assert cfg.guard.path == "meta-llama/Llama-Guard-3-8B"

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from thinksafe.config import load_config
+
 from thinksafe import steering
 from thinksafe.errors import DataError
 from thinksafe.io import append_jsonl, read_jsonl
@@ -106,11 +108,14 @@ def test_all_dropped_acceptance_zero():
     assert stats["acceptance"] == {"harmful": 0.0}
 
 
+NO_DECONTAM = load_config(None, ["dataset.decontaminate=false"])
+
+
 def test_run_writes_outputs_and_refuses_empty(tmp_path):
     with pytest.raises(DataError, match="missing or empty"):
-        dataset.run(None, tmp_path, show=False)
+        dataset.run(NO_DECONTAM, tmp_path, show=False)
     append_jsonl(tmp_path / dataset.INPUT, [r.to_json() for r in _records()])
-    stats = dataset.run(None, tmp_path, show=False)
+    stats = dataset.run(NO_DECONTAM, tmp_path, show=False)
     assert stats["kept"] == 3
     rows = read_jsonl(tmp_path / dataset.OUTPUT)
     assert [r["prompt"] for r in rows] == [HARM_PROMPT, HARM_PROMPT, "Tom has 3 apples."]
@@ -120,9 +125,28 @@ def test_run_writes_outputs_and_refuses_empty(tmp_path):
 def test_run_all_dropped_is_an_error(tmp_path):
     append_jsonl(tmp_path / dataset.INPUT, [rec(0, verdict=UNSAFE).to_json()])
     with pytest.raises(DataError, match="every sample was dropped"):
-        dataset.run(None, tmp_path, show=False)
+        dataset.run(NO_DECONTAM, tmp_path, show=False)
 
 
 def test_record_json_round_trip():
     r = rec(0)
     assert Record.from_json(json.loads(json.dumps(r.to_json()))) == r
+
+
+def test_decontamination_drops_training_prompts_that_overlap_evaluation(tmp_path):
+    from thinksafe.decontam import Decontaminator
+    from thinksafe.stages.evaluate import eval_records
+    cfg = load_config(None, ["evaluate.n_harmful=10", "evaluate.n_reasoning=5", "evaluate.n_borderline=5"])
+    leaked = eval_records(cfg)[0].prompt
+    long_eval = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+    d = Decontaminator([leaked, long_eval], n=13)
+    assert d.overlaps(leaked.upper())                                    # same text, other case
+    assert d.overlaps("Prefix: two three four five six seven eight nine ten eleven twelve thirteen fourteen!")
+    assert not d.overlaps("three four five six seven eight nine ten eleven twelve thirteen fourteen")  # 12 words
+    records = [rec(0), Record("leak", leaked, "benign", "t", {"kind": "reasoning"}, None, 0,
+                              rec(0).completion, rec(0).verdict)]
+    append_jsonl(tmp_path / dataset.INPUT, [r.to_json() for r in records])
+    stats = dataset.run(cfg, tmp_path, show=False)
+    assert stats["dropped"] == {"eval_overlap": 1}
+    assert stats["decontamination"]["eval_prompts"] == 20
+    assert leaked not in (tmp_path / dataset.OUTPUT).read_text()

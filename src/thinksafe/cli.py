@@ -65,9 +65,11 @@ def _short(summary) -> str:
 
 @app.command()
 @_friendly
-def generate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+def generate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+             shard: Annotated[str | None, typer.Option(help="i/N: generate the i-th of N disjoint shards "
+                                                             "(one process per GPU); judge merges them.")] = None):
     """The model answers the training prompts (harmful ones steered to refuse)."""
-    _stage("generate", config, set_, out, quiet)
+    _stage("generate", config, list(set_ or []) + ([f"generate.shard={shard}"] if shard else []), out, quiet)
 
 
 @app.command()

@@ -59,6 +59,14 @@ class GenerateConfig:
     top_p: float | None = None
     top_k: int | None = None
     max_new_tokens: int = 16384
+    max_attempts: int = 1           # resample prompts whose samples were all rejected, up to this many rounds
+    shard: str = "0/1"              # "i/N": this process generates the i-th of N disjoint shards
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    decontaminate: bool = True      # drop training prompts sharing an n-gram with an evaluation prompt
+    ngram: int = 13                 # as STAR-1 does
 
 
 @dataclass(frozen=True)
@@ -85,12 +93,23 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    # "organism", "paper" (the paper's 8), or names from thinksafe.benchmarks (+ "wildjailbreak_250")
     benchmarks: list[str] = field(default_factory=lambda: ["organism"])
-    n_harmful: int = 120
-    n_reasoning: int = 100
-    n_borderline: int = 60
-    samples: int = 1
-    max_new_tokens: int = 16384
+    n_harmful: int = 120            # organism only
+    n_reasoning: int = 100          # organism only
+    n_borderline: int = 60          # organism only
+    samples: int | None = None      # samples per prompt: None = 8 on reasoning benchmarks (pass@1
+                                    # over 8, as the paper), 1 on the organism; safety is always 1
+    max_new_tokens: int = 16384     # safety benchmarks and the organism (paper: 16384)
+    reasoning_max_new_tokens: int | None = None  # None = max_new_tokens (paper: 32768)
+    temperature: float | None = None   # None = the family's preset (paper: 0.6)
+    top_p: float | None = None         # None = the family's preset (paper: 0.95)
+    top_k: int | None = None           # None = the family's preset (paper: 20 for Qwen3, else off)
+    data_dir: str | None = None     # benchmark files; None = $THINKSAFE_DATA, else shared/data
+    limit: int | None = None        # only the first N prompts of each benchmark (smoke runs)
+    split_judge: bool = True        # also judge the reasoning and the final answer on their own
+    refusal_guard_path: str = "allenai/wildguard"   # XSTest refusal judge (organism: the oracle)
+    refusal_guard_kind: str = "wildguard"
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,7 @@ class RunConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 

@@ -20,7 +20,9 @@ def prepare_run_dir(cfg: RunConfig, force: bool = False) -> Path:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    identity = to_dict(cfg)
+    identity["generate"]["shard"] = "0/1"      # shards of one run share its folder
+    text = yaml.safe_dump(identity, sort_keys=False)
     if saved.exists() and saved.read_text() != text and not force:
         raise ConfigError(f"{run_dir} holds a run with a different config (see {saved}); "
                           "choose another --out, or pass --force to start it over")
@@ -56,7 +58,8 @@ def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True) -> d
         return run_report(cfg, run_dir, show)
     mod = {"generate": generate, "judge": judge, "dataset": dataset, "train": train}[stage]
     summary = mod.run(cfg, run_dir, show=show)
-    record_stage(run_dir, stage, summary)
+    key = stage if cfg.generate.shard == "0/1" or stage != "generate" else f"generate[{cfg.generate.shard}]"
+    record_stage(run_dir, key, summary)
     return summary
 
 
@@ -96,6 +99,9 @@ def _load(p: Path):
 
 
 def run_all(cfg: RunConfig, show: bool = True, force: bool = False, log=print) -> dict:
+    if cfg.generate.shard != "0/1":
+        raise ConfigError("generate.shard is for `thinksafe generate` (one process per shard); "
+                          "`run` generates everything, then judges the merged shards")
     run_dir = prepare_run_dir(cfg, force)
     results = {}
     for stage in STAGES:

@@ -72,8 +72,28 @@ def file_records(path: str | Path, prompt_field: str, label_field: str) -> list[
     return out
 
 
+def hub_records(dataset_id: str, prompt_field: str, label_field: str, split: str = "train") -> list[Record]:
+    """A Hugging Face dataset (e.g. UWNSL/SafeChain); HF_HUB_OFFLINE=1 uses the local cache only."""
+    from datasets import load_dataset
+    try:
+        ds = load_dataset(dataset_id, split=split)
+    except Exception as e:   # network, gating, missing cache: one clear line
+        raise DataError(f"could not load hub dataset '{dataset_id}' ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); download it or give a local file as prompts.source") from None
+    out = []
+    for i, row in enumerate(ds):
+        if prompt_field not in row:
+            raise DataError(f"{dataset_id}: no field '{prompt_field}' (fields: {', '.join(row)})")
+        out.append(Record(stable_id(dataset_id, i, row[prompt_field]), row[prompt_field],
+                          _label(row.get(label_field, "benign")), dataset_id, {"category": row.get("category")}))
+    return out
+
+
 def load_prompts(cfg) -> list[Record]:
+    """prompts.source: "organism", "hf:<dataset id>", or a .jsonl/.json/.csv/.tsv file."""
     pc = cfg.prompts
     if pc.source == "organism":
         return organism_records(cfg.seed, "train", pc.n_reasoning, pc.n_harmful, pc.n_borderline)
+    if pc.source.startswith("hf:"):
+        return hub_records(pc.source[3:], pc.prompt_field, pc.label_field)
     return file_records(pc.source, pc.prompt_field, pc.label_field)

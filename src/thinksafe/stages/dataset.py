@@ -30,11 +30,14 @@ def drop_reason(r: Record) -> str | None:
     return None
 
 
-def build(records: list[Record]) -> tuple[list[dict], dict]:
+def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
+    """Keep what passes ``drop_reason``; ``overlaps(prompt)`` marks evaluation overlap (dropped too)."""
     kept, drops = [], Counter()
     by_group: dict[str, Counter] = {}
     for r in records:
         reason = drop_reason(r)
+        if reason is None and overlaps is not None and overlaps(r.prompt):
+            reason = "eval_overlap"
         group = r.label + (f"/{r.meta.get('category')}" if r.meta.get("category") else "")
         by_group.setdefault(group, Counter())["total"] += 1
         if reason:
@@ -56,7 +59,14 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     rows = read_jsonl(run_dir / INPUT)
     if not rows:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
-    kept, stats = build([Record.from_json(d) for d in rows])
+    overlaps, decontam = None, {"enabled": cfg.dataset.decontaminate}
+    if cfg.dataset.decontaminate:
+        from thinksafe.decontam import Decontaminator, evaluation_prompts
+        prompts, missing = evaluation_prompts(cfg)
+        overlaps = Decontaminator(prompts, cfg.dataset.ngram).overlaps
+        decontam.update(ngram=cfg.dataset.ngram, eval_prompts=len(prompts), unavailable=missing)
+    kept, stats = build([Record.from_json(d) for d in rows], overlaps)
+    stats["decontamination"] = decontam
     if not kept:
         raise DataError(f"dataset: every sample was dropped ({stats['dropped']}); nothing to train on")
     write_jsonl(run_dir / OUTPUT, kept)

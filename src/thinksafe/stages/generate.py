@@ -5,11 +5,13 @@ Appends to ``generated.jsonl`` in flushed, fsynced chunks; a rerun continues whe
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from thinksafe import steering
+from thinksafe.errors import ConfigError
 from thinksafe.families import restore_prefill
 from thinksafe.io import append_jsonl, read_jsonl
 from thinksafe.prompts import load_prompts
@@ -24,7 +26,7 @@ def expand(records: list[Record], samples: int) -> list[Record]:
     for r in records:
         for s in range(samples):
             rid = r.id if samples == 1 else stable_id(r.id, s)
-            out.append(replace(r, id=rid, sample=s))
+            out.append(replace(r, id=rid, sample=s, meta={**r.meta, "prompt_id": r.id}))
     return out
 
 
@@ -61,15 +63,49 @@ def generate_records(backend, records: list[Record], cfg, steer: str, out_path: 
     return [allrec[r.id] for r in records]
 
 
-def run(cfg, run_dir: Path, show: bool = True) -> dict:
-    t0 = time.time()
-    records = expand(load_prompts(cfg), cfg.generate.samples)
-    steering.resolve(cfg.generate.steering)          # fail early on a bad template
-    backend = model_backend(cfg)
-    out = generate_records(backend, records, cfg, cfg.generate.steering, run_dir / OUTPUT,
-                           cfg.generate.max_new_tokens, "generate", show)
+def parse_shard(spec: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ConfigError(f"generate.shard '{spec}' must look like i/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"generate.shard '{spec}': need 0 <= i < N")
+    return i, n
+
+
+def in_shard(record_id: str, i: int, n: int) -> bool:
+    """Disjoint, deterministic shards: by the record id's hash, independent of order and count."""
+    return n == 1 or int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) % n == i
+
+
+def output_path(run_dir: Path, i: int, n: int) -> Path:
+    return run_dir / (OUTPUT if n == 1 else f"generated.shard-{i}-of-{n}.jsonl")
+
+
+def read_generated(run_dir: Path) -> list[Record]:
+    """generated.jsonl merged with every shard file, one record per id (first seen wins)."""
+    files = [run_dir / OUTPUT, *sorted(run_dir.glob("generated.shard-*-of-*.jsonl"))]
+    seen: dict[str, Record] = {}
+    for f in files:
+        for d in read_jsonl(f):
+            seen.setdefault(d["id"], Record.from_json(d))
+    return list(seen.values())
+
+
+def summarize(out: list[Record], t0: float) -> dict:
     finished = sum(r.completion.finish_reason == "stop" for r in out)
     return {"records": len(out), "finished": finished, "truncated": len(out) - finished,
             "completion_tokens": sum(r.completion.completion_tokens for r in out),
             "prompt_tokens": sum(r.completion.prompt_tokens for r in out),
             "seconds": round(time.time() - t0, 1)}
+
+
+def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    t0 = time.time()
+    i, n = parse_shard(cfg.generate.shard)
+    records = [r for r in expand(load_prompts(cfg), cfg.generate.samples) if in_shard(r.id, i, n)]
+    steering.resolve(cfg.generate.steering)          # fail early on a bad template
+    backend = model_backend(cfg)
+    out = generate_records(backend, records, cfg, cfg.generate.steering, output_path(run_dir, i, n),
+                           cfg.generate.max_new_tokens, "generate" if n == 1 else f"generate {i}/{n}", show)
+    return {**summarize(out, t0), "shard": f"{i}/{n}"}

@@ -39,13 +39,35 @@ def judge_records(guard, records: list[Record], out_path: Path | None, desc: str
 
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     t0 = time.time()
-    src = run_dir / INPUT
-    rows = read_jsonl(src)
-    if not rows:
-        raise DataError(f"{src} is missing or empty; run `thinksafe generate` first")
-    records = [Record.from_json(d) for d in rows]
-    out = judge_records(make_guard(cfg), records, run_dir / OUTPUT, show=show)
+    from thinksafe.stages.generate import read_generated
+    records = read_generated(run_dir)
+    if not records:
+        raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe generate` first")
+    guard = make_guard(cfg)
+    out = judge_records(guard, records, run_dir / OUTPUT, show=show)
+    rounds = [acceptance(out)]
+    if cfg.generate.max_attempts > 1:
+        from thinksafe.stages.resample import resample
+        out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)
     return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
-            "seconds": round(time.time() - t0, 1)}
+            "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1)}
+
+
+def accepted(r: Record) -> bool:
+    from thinksafe.stages.dataset import drop_reason
+    return drop_reason(r) is None
+
+
+def acceptance(records: list[Record]) -> dict:
+    """Share of prompts with at least one accepted sample, by label."""
+    by_prompt: dict[tuple[str, str], bool] = {}
+    for r in records:
+        key = (r.label, r.meta.get("prompt_id", r.id))
+        by_prompt[key] = by_prompt.get(key, False) or accepted(r)
+    out = {}
+    for label in sorted({k[0] for k in by_prompt}):
+        vals = [v for k, v in by_prompt.items() if k[0] == label]
+        out[label] = round(sum(vals) / len(vals), 4)
+    return out

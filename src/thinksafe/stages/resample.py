@@ -1,0 +1,55 @@
+"""Beyond the paper: a prompt whose samples were ALL rejected (unsafe, unparsed or incomplete) is
+sampled again with new seeds, up to ``generate.max_attempts`` rounds. New samples are appended to
+generated.jsonl / judged.jsonl with deterministic ids, so a crash mid-round resumes cleanly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from thinksafe.runtime import model_backend
+from thinksafe.stages.generate import OUTPUT as GENERATED
+from thinksafe.stages.generate import generate_records
+from thinksafe.stages.judge import OUTPUT as JUDGED
+from thinksafe.stages.judge import acceptance, accepted, judge_records
+from thinksafe.types import Record, stable_id
+
+
+def rejected_prompts(judged: list[Record]) -> list[Record]:
+    """One record per prompt none of whose samples was accepted (in prompt order)."""
+    by_prompt: dict[str, list[Record]] = {}
+    for r in judged:
+        by_prompt.setdefault(r.meta.get("prompt_id", r.id), []).append(r)
+    return [recs[0] for recs in by_prompt.values() if not any(accepted(r) for r in recs)]
+
+
+def attempt_records(prompts: list[Record], attempt: int, samples: int) -> list[Record]:
+    out = []
+    for r in prompts:
+        pid = r.meta.get("prompt_id", r.id)
+        for s in range(samples):
+            out.append(replace(r, id=stable_id(pid, "attempt", attempt, s), sample=attempt * samples + s,
+                               steering=None, completion=None, verdict=None,
+                               meta={**r.meta, "prompt_id": pid, "attempt": attempt}))
+    return out
+
+
+def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True):
+    rounds = [{"attempt": 0, "prompts": len({r.meta.get("prompt_id", r.id) for r in judged}),
+               "accepted": acceptance(judged)}]
+    backend = None
+    for attempt in range(1, cfg.generate.max_attempts):
+        todo = rejected_prompts(judged)
+        if not todo:
+            break
+        new = attempt_records(todo, attempt, cfg.generate.samples)
+        backend = backend or model_backend(cfg)
+        gen = generate_records(backend, new, cfg, cfg.generate.steering, run_dir / GENERATED,
+                               cfg.generate.max_new_tokens, f"resample {attempt}", show)
+        done = {r.id for r in judged}
+        fresh = judge_records(guard, [r for r in gen if r.id not in done], run_dir / JUDGED,
+                              f"judge resample {attempt}", show)
+        judged = judged + fresh
+        rounds.append({"attempt": attempt, "prompts": len(todo),
+                       "accepted": acceptance([r for r in judged if r.id in {g.id for g in gen}])})
+    return judged, rounds
