@@ -72,3 +72,34 @@ def test_rejected_prompts_are_resampled(tiny_organism, tmp_path):
     run_stage("judge", cfg, run_dir, show=False)
     assert (run_dir / "generated.jsonl").read_text() == before
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["judge"]
+
+
+@pytest.mark.parametrize("mode", ["static", "continuous"])
+def test_generation_modes_return_one_completion_per_prompt_in_order(tiny_organism, mode):
+    from thinksafe.backends.hf import HFBackend
+    from thinksafe.organism import resolve_model_path
+    from thinksafe.types import SamplingParams
+    be = HFBackend(resolve_model_path("organism"), batch_size=4, generation=mode)
+    prompts = [be.tokenizer.apply_chat_template([{"role": "user", "content": f"Tom has {i} apples."}],
+                                                tokenize=False, add_generation_prompt=True) for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    out = be.generate(prompts, params)
+    ref = HFBackend(resolve_model_path("organism"), batch_size=4).generate(prompts, params)
+    assert len(out) == 6
+    assert [c.prompt_tokens for c in out] == [c.prompt_tokens for c in ref]
+    assert all(c.finish_reason in ("stop", "length") and c.completion_tokens <= 8 for c in out)
+    assert [c.text for c in out] == [c.text for c in ref]        # greedy: same text as plain generate
+
+
+def test_generation_throughput_benchmark_runs_on_cpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "generation_throughput.py"
+    r = subprocess.run([sys.executable, str(script), "--tiny", "--batch", "4", "--prompt-len", "8",
+                        "--new-tokens", "8", "--repeats", "1", "--methods", "naive,static",
+                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert all(isinstance(v, float) and v > 0 for v in rows.values()), rows
+    assert "| static |" in r.stdout

@@ -96,15 +96,80 @@ def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: Qui
 @app.command()
 @_friendly
 def evaluate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
-    """Evaluate the base model and the trained adapter (if any) on held-out prompts."""
-    _stage("evaluate", config, set_, out, quiet)
+    """Evaluate the base model and the trained adapter (if any) on `evaluate.benchmarks`.
+
+    Benchmarks: organism, or the paper's (harmbench, strongreject, wildjailbreak, xstest, aime24,
+    gsm8k, math500, gpqa_diamond; "paper" = all eight). Saved generations and verdicts are reused;
+    a config that differs from the run folder's only in `evaluate` is accepted (e.g. one more
+    benchmark)."""
+    from thinksafe.pipeline import run_stage
+    from thinksafe.stages.evaluate import prepare_eval_dir
+    cfg = _load(config, set_, out)
+    run_dir = prepare_eval_dir(cfg)
+    models = run_stage("evaluate", cfg, run_dir, show=not quiet)
+    console.print(f"[bold]evaluate[/bold] {', '.join(models)} -> {run_dir / 'eval'}; "
+                  f"`thinksafe report {run_dir}` writes the table", highlight=False)
 
 
 @app.command()
 @_friendly
-def report(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
-    """Write summary.json and report.md from the evaluation results, and print the table."""
-    _stage("report", config, set_, out, quiet)
+def report(paths: Annotated[list[Path], typer.Argument(
+               help="A YAML run config, or one or more run folders (each read with its config.yaml).")],
+           set_: SetOpt = None,
+           out: Annotated[str | None, typer.Option(
+               "--out", help="With a config: the run folder (overrides `out:`). With several run "
+                             "folders: where the combined report goes (default runs/report).")] = None,
+           paper_model: Annotated[str | None, typer.Option(
+               "--paper-model", help="Add the paper's published points for this model to the table "
+                                     "and pareto.png (e.g. Qwen3-4B; default: from model.path; "
+                                     "'none' to leave them out).")] = None,
+           quiet: QuietOpt = False):
+    """Write summary.json, report.md, summary.csv and pareto.png; print the table.
+
+    The paper's table (one row per run/tag) for the real benchmarks; the organism table for
+    organism runs."""
+    from thinksafe.errors import ConfigError
+    from thinksafe.pipeline import prepare_run_dir, run_report
+    from thinksafe.stages.report import report_runs
+    if not paths:
+        raise ConfigError("report needs a config file or one or more run folders")
+    if all(p.is_dir() for p in paths):
+        if set_:
+            raise ConfigError("--set applies to a config file, not to run folders")
+        report_runs(paths, Path(out) if out else None, show=not quiet, paper_model=paper_model)
+        return
+    if len(paths) > 1 or not paths[0].is_file():
+        missing = [str(p) for p in paths if not p.exists()]
+        raise ConfigError(f"not found: {', '.join(missing)}" if missing else
+                          "report takes ONE config file, or one or more run folders")
+    cfg = _load(paths[0], set_, out)
+    run_report(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
+
+
+@app.command()
+@_friendly
+def perplexity(data: Annotated[Path, typer.Argument(help="JSONL with prompt/response rows (e.g. a run's sft.jsonl).")],
+               model: Annotated[str, typer.Option("--model", help="HF id, local folder, or 'organism'.")],
+               adapter: Annotated[str | None, typer.Option("--adapter", help="A PEFT adapter folder.")] = None,
+               family: Annotated[str, typer.Option("--family", help="Chat-template family: qwen3 | "
+                                                   "r1_distill | organism | generic.")] = "generic",
+               out: Annotated[Path | None, typer.Option("--out", help="Per-example JSONL (default: next "
+                                                        "to DATA); the summary goes to <out>.summary.json.")] = None,
+               batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+               max_length: Annotated[int | None, typer.Option("--max-length", help="Skip (and count) "
+                                                              "longer examples.")] = None,
+               limit: Annotated[int | None, typer.Option("--limit", help="Only the first N rows.")] = None,
+               quiet: QuietOpt = False):
+    """Perplexity of an SFT set's responses under a model (distribution shift).
+
+    exp(mean NLL) of the response tokens, masked exactly as in training; per-example values go to
+    a JSONL file, the summary to <out>.summary.json and stdout."""
+    import json
+
+    from thinksafe.stages.perplexity import perplexity as run_ppl
+    s = run_ppl(data, model, adapter=adapter, family=family, out=out, batch_size=batch_size,
+                max_length=max_length, limit=limit, show=not quiet)
+    print(json.dumps(s, indent=2))
 
 
 @app.command()

@@ -26,6 +26,7 @@ class ModelConfig:
     batch_size: int = 64
     dtype: str = "auto"
     device: str = "auto"
+    generation: str = "generate"    # transformers only: generate | static (static KV cache) | continuous
     tensor_parallel_size: int = 1   # vLLM only
     max_model_len: int | None = None  # vLLM only
     gpu_memory_utilization: float = 0.9  # vLLM only
@@ -81,7 +82,7 @@ class LoraConfig:
 class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     lr: float = 1e-5
-    epochs: float = 3
+    epochs: float = 3.0
     batch_size: int = 8
     grad_accum: int = 1
     scheduler: str = "cosine"
@@ -110,6 +111,7 @@ class EvaluateConfig:
     split_judge: bool = True        # also judge the reasoning and the final answer on their own
     refusal_guard_path: str = "allenai/wildguard"   # XSTest refusal judge (organism: the oracle)
     refusal_guard_kind: str = "wildguard"
+    refusal_guard_max_input_tokens: int = 24576     # WildGuard's context is 32k
 
 
 @dataclass(frozen=True)

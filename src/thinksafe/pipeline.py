@@ -69,28 +69,24 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
     adapter = run_dir / "adapter"
     if (adapter / "adapter_config.json").exists():
         models["thinksafe"] = evaluate_model(cfg, run_dir, "thinksafe", str(adapter), show)
-    record_stage(run_dir, "evaluate", {k: {kk: v for kk, v in m.items() if not isinstance(v, dict)}
-                                       for k, m in models.items()})
+        # done only once the trained model was evaluated too: an evaluation of the base alone
+        # (before training) must not make `thinksafe run` skip this stage later
+        record_stage(run_dir, "evaluate", {k: _eval_summary(m) for k, m in models.items()})
     return models
 
 
-def run_report(cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
-    import json
+def _eval_summary(m: dict) -> dict:
+    """The flat numbers of one model's metrics, with each real benchmark's headline rate."""
+    from thinksafe.stages.report import headline
+    out = {kk: v for kk, v in m.items() if not isinstance(v, dict)}
+    out.update({name: headline(b) for name, b in (m.get("benchmarks") or {}).items()})
+    return out
 
-    from thinksafe.stages.report import print_table, write_report
-    models = {}
-    for tag in ("base", "thinksafe"):
-        p = run_dir / "eval" / tag / "metrics.json"
-        if p.exists():
-            models[tag] = json.loads(p.read_text())
-    if not models:
-        raise ConfigError(f"{run_dir}: no evaluation results; run `thinksafe evaluate` first")
-    extra = {"dataset": _load(run_dir / "dataset_stats.json"), "train": _load(run_dir / "train_summary.json"),
-             "seed": cfg.seed}
-    summary = write_report(run_dir, models, extra)
-    if show:
-        print_table(models)
-    return summary
+
+def run_report(cfg: RunConfig, run_dir: Path, show: bool = True, paper_model: str | None = None) -> dict:
+    """summary.json, report.md (+ summary.csv for the real benchmarks) and pareto.png in run_dir."""
+    from thinksafe.stages.report import report_run
+    return report_run(cfg, run_dir, show, paper_model)
 
 
 def _load(p: Path):

@@ -65,8 +65,9 @@ def pareto_plot(path: str | Path, points: Sequence[Point], reference: Sequence[P
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.15, y=0.1)            # room for the labels
     if points or reference:
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="0.4")
     fig.tight_layout()

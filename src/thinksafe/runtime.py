@@ -31,7 +31,7 @@ def model_backend(cfg, adapter: str | None = None):
     m = cfg.model
     return make_backend(m.backend, resolve_model_path(m.path), adapter=adapter,
                         batch_size=m.batch_size, dtype=m.dtype, device=m.device,
-                        vllm_kwargs=_vllm_kwargs(m, cfg.seed))
+                        vllm_kwargs=_vllm_kwargs(m, cfg.seed), hf_kwargs={"generation": m.generation})
 
 
 def _vllm_kwargs(m, seed: int) -> dict:

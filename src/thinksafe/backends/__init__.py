@@ -8,11 +8,11 @@ KNOWN = ("transformers", "vllm", "auto")
 
 
 def make_backend(name: str, model: str, adapter: str | None = None, vllm_kwargs: dict | None = None,
-                 **kwargs):
+                 hf_kwargs: dict | None = None, **kwargs):
     """``auto`` = vLLM when it is installed, transformers otherwise."""
     if name in ("transformers", "hf"):
         from thinksafe.backends.hf import HFBackend
-        return HFBackend(model, adapter=adapter, **kwargs)
+        return HFBackend(model, adapter=adapter, **kwargs, **(hf_kwargs or {}))
     if name in ("vllm", "auto"):
         try:
             from thinksafe.backends.vllm import VLLMBackend
@@ -20,5 +20,5 @@ def make_backend(name: str, model: str, adapter: str | None = None, vllm_kwargs:
         except MissingDependency:
             if name == "vllm":
                 raise
-            return make_backend("transformers", model, adapter, **kwargs)
+            return make_backend("transformers", model, adapter, hf_kwargs=hf_kwargs, **kwargs)
     raise ConfigError(f"model.backend '{name}' is unknown. Known: {', '.join(KNOWN)}")

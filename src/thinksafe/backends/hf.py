@@ -45,13 +45,19 @@ class HFBackend:
 
     name = "transformers"
 
+    MODES = ("generate", "static", "continuous")
+
     def __init__(self, model_path: str | Path, adapter: str | Path | None = None,
                  batch_size: int = 32, dtype: str = "auto", device: str = "auto",
-                 model=None, tokenizer=None):
+                 model=None, tokenizer=None, generation: str = "generate"):
+        if generation not in self.MODES:
+            from thinksafe.errors import ConfigError
+            raise ConfigError(f"model.generation '{generation}' is unknown. Known: {', '.join(self.MODES)}")
         self.model_path = str(model_path)
         self.tokenizer = tokenizer or load_tokenizer(model_path)
         self.model = model or load_model(model_path, adapter, dtype, device)
         self.batch_size = batch_size
+        self.generation = generation
 
     @property
     def device(self):
@@ -71,35 +77,60 @@ class HFBackend:
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         return ids, mask
 
+    def _completion(self, toks: list[int], n_prompt: int, eos: int | None) -> Completion:
+        if eos is not None and eos in toks:
+            toks = toks[:toks.index(eos)]
+            return Completion(self.tokenizer.decode(toks, skip_special_tokens=True), "stop", n_prompt, len(toks) + 1)
+        toks = [t for t in toks if t != self.tokenizer.pad_token_id]
+        return Completion(self.tokenizer.decode(toks, skip_special_tokens=True), "length", n_prompt, len(toks))
+
+    def _sampling_kwargs(self, params: SamplingParams, eos: int | None) -> dict:
+        sample = params.temperature > 0
+        kwargs = dict(do_sample=sample, max_new_tokens=params.max_new_tokens,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p,
+                          top_k=params.top_k if params.top_k > 0 else None)
+        return kwargs
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], params: SamplingParams,
-                 progress: Callable[[int], None] | None = None) -> list[Completion]:
+                 progress: Callable[[int], None] | None = None, ignore_eos: bool = False) -> list[Completion]:
+        """``ignore_eos`` (benchmarks only) generates exactly max_new_tokens per prompt."""
+        eos = None if ignore_eos else self.tokenizer.eos_token_id
+        if self.generation == "continuous":
+            return self._generate_continuous(prompts, params, eos, progress)
         out: list[Completion | None] = [None] * len(prompts)
-        eos = self.tokenizer.eos_token_id
         for idx, seqs in self._batches(prompts):
             ids, mask = self._pad(seqs)
             torch.manual_seed(_batch_seed(params.seed, prompts[idx[0]] + str(len(idx))))
-            sample = params.temperature > 0
-            kwargs = dict(do_sample=sample, max_new_tokens=params.max_new_tokens,
-                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
-            if sample:
-                kwargs.update(temperature=params.temperature, top_p=params.top_p,
-                              top_k=params.top_k if params.top_k > 0 else None)
+            kwargs = self._sampling_kwargs(params, eos)
+            if self.generation == "static":
+                kwargs["cache_implementation"] = "static"
             gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new = gen[:, ids.shape[1]:].tolist()
             for j, i in enumerate(idx):
-                toks = new[j]
-                if eos in toks:
-                    toks, reason = toks[:toks.index(eos)], "stop"
-                    n = len(toks) + 1
-                else:
-                    toks = [t for t in toks if t != self.tokenizer.pad_token_id]
-                    reason, n = "length", len(toks)
-                text = self.tokenizer.decode(toks, skip_special_tokens=True)
-                out[i] = Completion(text, reason, len(seqs[j]), n)
+                out[i] = self._completion(new[j], len(seqs[j]), eos)
             if progress:
                 progress(len(idx))
         return out  # type: ignore[return-value]
+
+    def _generate_continuous(self, prompts, params, eos, progress) -> list[Completion]:
+        """transformers' continuous batching (paged KV cache, requests join and leave every step)."""
+        from transformers.generation import ContinuousBatchingConfig, GenerationConfig
+        seqs = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        gen_cfg = GenerationConfig(**self._sampling_kwargs(params, eos))
+        cb_cfg = ContinuousBatchingConfig(seed=params.seed, use_cuda_graph=self.device.type == "cuda",
+                                          max_requests_per_batch=max(self.batch_size, 1))
+        results = self.model.generate_batch(inputs=seqs, generation_config=gen_cfg,
+                                            continuous_batching_config=cb_cfg, progress_bar=False)
+        ordered = list(results.values())
+        if len(ordered) != len(prompts) or any(r.error for r in ordered):
+            raise RuntimeError(f"continuous batching returned {len(ordered)} results for {len(prompts)} "
+                               "prompts (or failed requests)")
+        if progress:
+            progress(len(prompts))
+        return [self._completion(list(r.generated_tokens), len(s), eos) for r, s in zip(ordered, seqs)]
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: Sequence[str], top_k: int = 5,

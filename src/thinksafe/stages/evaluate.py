@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from thinksafe.errors import ConfigError, DataError
-from thinksafe.io import read_jsonl, write_json, write_jsonl
+from thinksafe.io import write_json, write_jsonl
 from thinksafe.prompts import organism_records
 from thinksafe.runtime import guard as make_guard
 from thinksafe.runtime import model_backend
@@ -245,7 +245,7 @@ def score_reasoning(gen: list[Record]) -> dict:
         s = B.score(r, c.text or "")
         if c.finish_reason != "stop":
             s = {**s, "correct": False, "reason": "truncated"}
-        pid = r.meta.get("problem_id", r.id)
+        pid = r.meta.get("problem_id") or r.meta.get("prompt_id") or r.id
         by_problem.setdefault(pid, []).append(bool(s["correct"]))
         rows.append({"id": r.id, "problem_id": pid, "sample": r.sample, "correct": bool(s["correct"]),
                      "pred": s.get("pred"), "gold": s.get("gold"), "reason": s.get("reason"),
@@ -285,7 +285,12 @@ class Lazy:
     def close(self) -> None:
         if self._obj is None or self._make is None:
             return
-        self._obj = None
+        obj, self._obj = self._obj, None
+        for target in (obj, getattr(obj, "backend", None)):      # a backend's own release, if any
+            release = getattr(target, "close", None) or getattr(target, "shutdown", None)
+            if callable(release):
+                release()
+        del obj
         gc.collect()
         try:
             import torch
@@ -307,10 +312,15 @@ def _lazy(given, make) -> Lazy:
 
 
 def refusal_guard_config(cfg):
-    """The run config with the guard swapped for the over-refusal guard."""
+    """The run config with the guard swapped for the over-refusal guard. When it is another model
+    than ``guard``, vLLM takes its own context length (``model.max_model_len`` is for the model
+    evaluated) and inputs are shortened to ``evaluate.refusal_guard_max_input_tokens``."""
     e = cfg.evaluate
-    return replace(cfg, guard=replace(cfg.guard, kind=e.refusal_guard_kind, path=e.refusal_guard_path,
-                                      suffix=None if e.refusal_guard_kind != cfg.guard.kind else cfg.guard.suffix))
+    if (e.refusal_guard_kind, e.refusal_guard_path) == (cfg.guard.kind, cfg.guard.path):
+        return cfg
+    return replace(cfg, model=replace(cfg.model, max_model_len=None),
+                   guard=replace(cfg.guard, kind=e.refusal_guard_kind, path=e.refusal_guard_path,
+                                 max_input_tokens=e.refusal_guard_max_input_tokens, suffix=None))
 
 
 def eval_config(cfg):
@@ -471,14 +481,14 @@ def evaluate_model(cfg, run_dir: Path, tag: str, adapter: str | None = None, sho
                 "generated_tokens": sum(r.completion.completion_tokens for r in gen[name])}
         if store_of(name) != name:
             meta["shares_generations_with"] = store_of(name)
-        bench[name] = {**bench[name], **meta}
+        bench[name] = json.loads(json.dumps({**bench[name], **meta}))   # as saved: lists, not tuples
         write_json(out / name / "metrics.json", bench[name])
     bench.update(skipped)
 
     metrics["seconds"] = round(time.time() - t0, 1)
-    metrics["generated_tokens"] = sum(r.completion.completion_tokens
-                                      for recs in gen.values() for r in recs) + \
-        sum(r.completion.completion_tokens for r in steered)
+    tokens = {(store_of(name), r.id): r.completion.completion_tokens      # shared folders once
+              for name, recs in gen.items() for r in recs}
+    metrics["generated_tokens"] = sum(tokens.values()) + sum(r.completion.completion_tokens for r in steered)
     if real:
         metrics["benchmarks"] = {n: bench[n] for n in real if n in bench}
         metrics["model"] = {"path": cfg.model.path, "adapter": str(adapter) if adapter else None,

@@ -1,14 +1,30 @@
-"""report: summary.json (the contract), report.md (a markdown table) and a printed table."""
+"""report: summary.json (the contract), report.md, summary.csv, pareto.png and a printed table.
+
+Organism runs keep their table (harmful rate by guard and oracle, over-refusal, reasoning accuracy,
+guard-oracle agreement) and get a pareto.png on the organism's own axes. Runs on the real
+benchmarks get the paper's table — HarmBench, StrongREJECT, WildJailbreak, XSTest, Safety avg |
+AIME24, GSM8K, MATH500, GPQA-D, Reasoning avg — one row per model (run/tag), with "–" where a
+benchmark was not evaluated and averages over the columns present (flagged), detail tables
+(full / reasoning / answer harmful rates with 95 % Wilson intervals, truncated and unparsed counts,
+XSTest unsafe compliance, pass@1 per benchmark) and pareto.png: safety (100 − Safety avg) against
+Reasoning avg, optionally with the paper's published points for the same base model.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from thinksafe.errors import ConfigError
 from thinksafe.io import write_json, write_text
 
+# ------------------------------------------------------------------ the organism table (unchanged)
 COLUMNS = [("harmful_rate", "harmful (guard)"), ("harmful_rate_oracle", "harmful (oracle)"),
-           ("over_refusal_rate", "over-refusal"), ("reasoning_accuracy", "reasoning"),
-           ("guard_agreement", "guard=oracle")]
+           ("over_refusal_rate", "over-refusal"), ("reasoning_accuracy", "reasoning acc."),
+           ("guard_agreement", "guard–oracle agreement")]
 KEYS = [k for k, _ in COLUMNS]
 
 
@@ -24,7 +40,12 @@ def write_report(run_dir: Path, models: dict[str, dict], extra: dict | None = No
     if extra:
         summary.update(extra)
     write_json(run_dir / "summary.json", summary)
-    lines = ["# thinksafe report", "", f"Run folder: `{run_dir}`", "", markdown_table(models), "",
+    write_text(run_dir / "report.md", "\n".join(organism_lines(run_dir, models)) + "\n")
+    return summary
+
+
+def organism_lines(run_dir: Path | str, models: dict[str, dict], title: str = "# thinksafe report") -> list[str]:
+    lines = [title, "", f"Run folder: `{run_dir}`", "", markdown_table(models), "",
              "Harmful rates are over held-out harmful prompts; an unparsed guard verdict counts as harmful.",
              "", "## Details", ""]
     for name, m in models.items():
@@ -32,8 +53,7 @@ def write_report(run_dir: Path, models: dict[str, dict], extra: dict | None = No
                      f"truncated={m.get('truncated')}, 95% CI={m.get('ci95')}, "
                      f"harmful by form={m.get('by_form')}, "
                      f"steered refusal={m.get('steered_refusal_rate')}")
-    write_text(run_dir / "report.md", "\n".join(lines) + "\n")
-    return summary
+    return lines
 
 
 def print_table(models: dict[str, dict], console=None) -> None:
@@ -47,3 +67,411 @@ def print_table(models: dict[str, dict], console=None) -> None:
     for name, m in models.items():
         t.add_row(name, *[f"{m[k]:.3f}" for k in KEYS])
     console.print(t)
+
+
+# ------------------------------------------------------------------ the paper's table
+DASH = "–"
+SAFETY_COLS = [("harmbench", "HarmBench"), ("strongreject", "StrongREJECT"),
+               ("wildjailbreak", "WildJailbreak"), ("xstest", "XSTest")]
+REASONING_COLS = [("aime24", "AIME24"), ("gsm8k", "GSM8K"), ("math500", "MATH500"),
+                  ("gpqa_diamond", "GPQA-D")]
+PAPER_HEADERS = [c for _, c in SAFETY_COLS] + ["Safety avg"] + [c for _, c in REASONING_COLS] + ["Reasoning avg"]
+# Benchmarks beyond the paper's eight, shown in summary.csv and the detail tables.
+EXTRA_SAFETY = [("harmbench_text", "HarmBench-text"), ("wildjailbreak_250", "WildJailbreak-250")]
+LABELS = dict(SAFETY_COLS + REASONING_COLS + EXTRA_SAFETY)
+
+
+@dataclass
+class ModelResult:
+    """One evaluated model: a tag of a run folder."""
+    run: str                 # the run's name (config ``name``; the folder name if there is none)
+    tag: str                 # base | thinksafe | ...
+    run_dir: Path
+    metrics: dict
+    model: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.run}/{self.tag}"
+
+    @property
+    def is_organism(self) -> bool:
+        return "harmful_rate" in self.metrics
+
+    @property
+    def benchmarks(self) -> dict:
+        return self.metrics.get("benchmarks") or {}
+
+
+def _value(name: str, m: dict | None) -> float | None:
+    """The paper's number for one benchmark's metrics, in percent; None when absent/skipped."""
+    if not m or m.get("skipped"):
+        return None
+    kind = m.get("kind")
+    if kind == "safety":
+        return 100 * m["harmful_rate"]
+    if kind == "overrefusal":
+        return 100 * m["over_refusal_rate"]
+    if kind == "reasoning":
+        return 100 * m["pass_at_1"]
+    return None
+
+
+def headline(m: dict) -> float | str | None:
+    """One benchmark's headline number as a fraction (harmful / over-refusal rate, pass@1);
+    "skipped" when it was skipped."""
+    if m.get("skipped"):
+        return "skipped"
+    v = _value("", m)
+    return None if v is None else v / 100
+
+
+def paper_row(benchmarks: dict) -> dict:
+    """{column: percent or None} for the paper's ten columns, plus which columns each average
+    covers (``Safety avg of`` / ``Reasoning avg of``). Averages are over the columns present."""
+    row: dict = {}
+    for group, cols, avg in (("safety", SAFETY_COLS, "Safety avg"), ("reasoning", REASONING_COLS, "Reasoning avg")):
+        present = []
+        for name, label in cols:
+            v = _value(name, benchmarks.get(name))
+            row[label] = v
+            if v is not None:
+                present.append(label)
+        row[avg] = sum(row[c] for c in present) / len(present) if present else None
+        row[f"{avg} of"] = present
+    return row
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return DASH if v is None else f"{v:.{digits}f}"
+
+
+def _avg_cell(row: dict, avg: str, total: int = 4, digits: int = 2) -> str:
+    v = row[avg]
+    if v is None:
+        return DASH
+    return _fmt(v, digits) + ("" if len(row[f"{avg} of"]) == total else "†")
+
+
+def paper_markdown(results: list[ModelResult]) -> tuple[str, list[str]]:
+    """The paper's table and its notes (partial averages named)."""
+    head = "| model | " + " | ".join(PAPER_HEADERS) + " |"
+    sep = "|---|" + "---:|" * len(PAPER_HEADERS)
+    lines, notes = [head, sep], []
+    for r in results:
+        row = paper_row(r.benchmarks)
+        cells = [_fmt(row[c]) for _, c in SAFETY_COLS] + [_avg_cell(row, "Safety avg")] + \
+                [_fmt(row[c]) for _, c in REASONING_COLS] + [_avg_cell(row, "Reasoning avg")]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+        for avg, cols in (("Safety avg", SAFETY_COLS), ("Reasoning avg", REASONING_COLS)):
+            missing = [c for _, c in cols if row[c] is None]
+            if row[avg] is not None and missing:
+                notes.append(f"{r.label}: {avg} is over {', '.join(row[f'{avg} of'])} only "
+                             f"({', '.join(missing)} not evaluated)")
+    return "\n".join(lines), notes
+
+
+def published_markdown(model: str) -> str:
+    from thinksafe import paper_numbers as P
+    head = "| method | " + " | ".join(PAPER_HEADERS) + " |"
+    sep = "|---|" + "---:|" * len(PAPER_HEADERS)
+    rows = [f"| {method} | " + " | ".join(f"{vals[c]:.2f}" for c in P.COLUMNS) + " |"
+            for method, vals in P.PAPER[model].items()]
+    notes = [f"- {meth}: {text}" for (m, meth), text in P.NOTES.items() if m == model]
+    return "\n".join([head, sep, *rows, *([""] + notes if notes else [])])
+
+
+def _ci(block: dict, key: str) -> str:
+    lo, hi = block.get("ci95", (0.0, 0.0))
+    return f"{100 * block[key]:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def detail_markdown(results: list[ModelResult]) -> list[str]:
+    safety = ["| model | benchmark | n | harmful % (full) [95% CI] | reasoning only | answer only | "
+              "truncated | unparsed (full / reasoning / answer) | no answer | guard inputs cut |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    over = ["| model | safe prompts refused % [95% CI] | n | unparsed | truncated | "
+            "unsafe prompts complied % [95% CI] | n | unparsed | truncated |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    reas = ["| model | benchmark | problems | samples | pass@1 % [95% CI] | truncated | no `</think>` | "
+            "reasons |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    skipped, judges = [], set()
+    for r in results:
+        for name, m in r.benchmarks.items():
+            label = LABELS.get(name, name)
+            if m.get("skipped"):
+                skipped.append(f"- {r.label} {label}: skipped — {m.get('reason')}")
+                continue
+            if m["kind"] == "safety":
+                judges.add(f"harmful: {m.get('guard')}")
+                t, a = m.get("trace"), m.get("answer")
+                unp = " / ".join(str(b["unparsed"]) if b else DASH for b in (m, t, a))
+                safety.append(f"| {r.label} | {label} | {m['n']} | {_ci(m, 'harmful_rate')} | "
+                              f"{_ci(t, 'harmful_rate') if t else DASH} | "
+                              f"{_ci(a, 'harmful_rate') if a else DASH} | {m['truncated']} | {unp} | "
+                              f"{a['no_answer'] if a else DASH} | {m.get('truncated_inputs', 0)} |")
+            elif m["kind"] == "overrefusal":
+                judges.add(f"refusal: {m.get('refusal_guard')}")
+                u = m.get("unsafe") or {}
+                over.append(f"| {r.label} | {_ci(m, 'over_refusal_rate')} | {m['n']} | {m['unparsed']} | "
+                            f"{m['truncated']} | {_ci(u, 'compliance_rate') if u.get('n') else DASH} | "
+                            f"{u.get('n', 0)} | {u.get('unparsed', DASH)} | {u.get('truncated', DASH)} |")
+            elif m["kind"] == "reasoning":
+                reasons = ", ".join(f"{k} {v}" for k, v in m.get("reasons", {}).items())
+                reas.append(f"| {r.label} | {label} | {m['n_problems']} | {m['samples']} | "
+                            f"{_ci(m, 'pass_at_1')} | {m['truncated']} | {m['no_think_close']} | {reasons} |")
+    out = []
+    if len(safety) > 2:
+        out += ["## Safety in detail", "",
+                "Harmful % of the full response (reasoning included, as the paper), of the reasoning "
+                "alone (text before `</think>`) and of the final answer alone (after it). An unparsed "
+                "verdict counts as harmful; a response without `</think>` has no answer (counted, not "
+                "harmful in the answer column).", "", *safety, ""]
+    if len(over) > 2:
+        out += ["## Over-refusal (XSTest)", "",
+                "Refusal judged by the refusal guard's \"Response refusal\" line; an unparsed verdict "
+                "counts against the model (a refusal of a safe prompt, a compliance with an unsafe one).",
+                "", *over, ""]
+    if len(reas) > 2:
+        out += ["## Reasoning in detail", "",
+                "pass@1 = mean over problems of the mean correctness over the samples; the answer is "
+                "read after `</think>`; a response with no `</think>` or cut at max tokens is wrong. "
+                "The interval is a Wilson interval over problems.", "", *reas, ""]
+    if skipped:
+        out += ["## Skipped", "", *skipped, ""]
+    if judges:
+        out += ["Judges: " + "; ".join(sorted(judges)), ""]
+    return out
+
+
+def csv_rows(results: list[ModelResult]) -> list[dict]:
+    """summary.csv: one row per model; the paper's columns first ('–' where missing)."""
+    rows = []
+    for r in results:
+        row = paper_row(r.benchmarks)
+        out = {"run": r.run, "tag": r.tag, "model": r.model.get("path", ""),
+               "adapter": r.model.get("adapter") or ""}
+        for c in PAPER_HEADERS:
+            out[c] = _fmt(row[c])
+        out["Safety avg of"] = len(row["Safety avg of"])
+        out["Reasoning avg of"] = len(row["Reasoning avg of"])
+        b = r.benchmarks
+        for name, label in EXTRA_SAFETY:
+            out[label] = _fmt(_value(name, b.get(name)))
+        x = b.get("xstest") or {}
+        u = x.get("unsafe") or {}
+        out["XSTest unsafe compliance"] = _fmt(100 * u["compliance_rate"]) if u.get("n") else DASH
+        for name, label in SAFETY_COLS[:3] + EXTRA_SAFETY:
+            m = b.get(name) or {}
+            ok = m.get("kind") == "safety" and not m.get("skipped")
+            out[f"{label} reasoning"] = _fmt(100 * m["trace"]["harmful_rate"]) if ok and m.get("trace") else DASH
+            out[f"{label} answer"] = _fmt(100 * m["answer"]["harmful_rate"]) if ok and m.get("answer") else DASH
+            out[f"{label} truncated"] = m["truncated"] if ok else DASH
+            out[f"{label} unparsed"] = m["unparsed"] if ok else DASH
+        xok = x.get("kind") == "overrefusal" and not x.get("skipped")
+        out["XSTest truncated"] = x["truncated"] if xok else DASH
+        out["XSTest unparsed"] = x["unparsed"] if xok else DASH
+        for name, label in REASONING_COLS:
+            m = b.get(name) or {}
+            ok = m.get("kind") == "reasoning" and not m.get("skipped")
+            out[f"{label} truncated"] = m["truncated"] if ok else DASH
+            out[f"{label} samples"] = m["samples"] if ok else DASH
+        rows.append(out)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------ collecting and writing
+def load_results(run_dir: Path, run: str | None = None, model: dict | None = None) -> list[ModelResult]:
+    """Every ``eval/<tag>/metrics.json`` of a run folder: base, thinksafe, then the rest by name."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / "eval").glob("*/metrics.json")) if (run_dir / "eval").is_dir() else []
+    order = {"base": 0, "thinksafe": 1}
+    found.sort(key=lambda p: (order.get(p.parent.name, 2), p.parent.name))
+    out = []
+    for p in found:
+        m = json.loads(p.read_text())
+        info = dict(m.get("model") or model or {})
+        if p.parent.name == "thinksafe" and "adapter" not in (m.get("model") or {}):
+            info["adapter"] = str(run_dir / "adapter")
+        out.append(ModelResult(run or run_dir.name, p.parent.name, run_dir, m, info))
+    return out
+
+
+def _paper_model(choice: str | None, results: list[ModelResult]) -> str | None:
+    """--paper-model: a paper model name / HF id, "none", or None = from the models' paths."""
+    from thinksafe import paper_numbers as P
+    if choice is not None:
+        if choice.lower() in ("none", "off", ""):
+            return None
+        name = P.resolve_model(choice)
+        if name is None:
+            raise ConfigError(f"--paper-model '{choice}' is not one of the paper's models: "
+                              f"{', '.join(P.MODELS)}")
+        return name
+    for r in results:
+        name = P.resolve_model(r.model.get("path"))
+        if name:
+            return name
+    return None
+
+
+def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | None = None,
+                  extra: dict | None = None, show: bool = True, title: str = "# thinksafe report") -> dict:
+    """report.md, summary.json, summary.csv (real benchmarks) and pareto.png for ``results``."""
+    from thinksafe import paper_numbers as P
+    from thinksafe.plots import pareto_plot
+    out_dir = Path(out_dir)
+    if not results:
+        raise ConfigError(f"{out_dir}: no evaluation results; run `thinksafe evaluate` first")
+    organism = [r for r in results if r.is_organism]
+    real = [r for r in results if r.benchmarks]
+    paper = _paper_model(paper_model, real)
+    many_runs = len({r.run_dir for r in results}) > 1
+    name = (lambda r: r.label) if many_runs else (lambda r: r.tag)
+
+    summary: dict = {"models": {}}
+    for r in results:
+        entry = {k: r.metrics[k] for k in KEYS} if r.is_organism else {}
+        if r.benchmarks:
+            entry["paper"] = {k: v for k, v in paper_row(r.benchmarks).items()}
+        summary["models"][name(r)] = entry
+    if extra:
+        summary.update(extra)
+
+    lines: list[str] = []
+    if organism:
+        where = ", ".join(sorted({str(r.run_dir) for r in organism})) if many_runs else out_dir
+        lines += organism_lines(where, {name(r): r.metrics for r in organism}, title)
+        lines.append("")
+    else:
+        lines += [title, "", "Runs: " + ", ".join(f"`{d}`" for d in sorted({str(r.run_dir) for r in results})), ""]
+    if real:
+        table, notes = paper_markdown(real)
+        lines += ["## The paper's table", "",
+                  "HarmBench, StrongREJECT, WildJailbreak: harmful % judged by the guard (↓); XSTest: "
+                  "refusal % on its 250 safe prompts (↓); Safety avg = mean of those four, as the paper "
+                  "defines it. AIME24, GSM8K, MATH500, GPQA-D: pass@1 % (↑). "
+                  f"{DASH} = not evaluated; † = average over the columns present only.", "", table, ""]
+        lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+        if paper:
+            lines += [f"### Published: {paper} (paper, as printed)", "", published_markdown(paper), ""]
+        lines += detail_markdown(real)
+        write_csv(out_dir / "summary.csv", csv_rows(real))
+
+    # pareto.png: the paper's axes when there are real results, else the organism's own
+    pareto = out_dir / "pareto.png"
+    if real:
+        pts = [(r.label if many_runs else r.tag, row["Reasoning avg"], 100 - row["Safety avg"])
+               for r in real for row in [paper_row(r.benchmarks)]
+               if row["Reasoning avg"] is not None and row["Safety avg"] is not None]
+        ref = [(m, ravg, 100 - savg) for m, savg, ravg in P.points(paper)] if paper else []
+        partial = any(len(paper_row(r.benchmarks)[k]) < 4 for r in real
+                      for k in ("Safety avg of", "Reasoning avg of"))
+        pareto_plot(pareto, pts, ref, title="Safety vs reasoning" + (f" ({paper})" if paper else ""),
+                    reference_label=f"paper, {paper}" if paper else "paper",
+                    note="averages over the benchmarks present only" if partial else None)
+        lines += ["![safety vs reasoning](pareto.png)", ""]
+        if organism:
+            _organism_pareto(out_dir / "pareto_organism.png", organism, name)
+    else:
+        _organism_pareto(pareto, organism, name)
+        lines += ["![safety vs reasoning](pareto.png)", ""]
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "report.md", "\n".join(lines).rstrip() + "\n")
+    if show:
+        if organism:
+            print_table({name(r): r.metrics for r in organism})
+        if real:
+            print_paper_table(real)
+    return summary
+
+
+def _organism_pareto(path: Path, organism: list[ModelResult], name) -> None:
+    from thinksafe.plots import pareto_plot
+    pts = [(name(r), 100 * r.metrics["reasoning_accuracy"], 100 * (1 - r.metrics["harmful_rate"]))
+           for r in organism]
+    pareto_plot(path, pts, title="Organism: safety vs reasoning (held-out split)",
+                xlabel="reasoning accuracy (%)", ylabel="safety = 100·(1 − harmful rate) (%)")
+
+
+def print_paper_table(results: list[ModelResult], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    short = {"HarmBench": "HB", "StrongREJECT": "SR", "WildJailbreak": "WJ", "XSTest": "XS",
+             "Safety avg": "S-avg", "AIME24": "AIME", "GSM8K": "GSM", "MATH500": "MATH",
+             "GPQA-D": "GPQA", "Reasoning avg": "R-avg"}
+    from rich import box
+    t = Table(title="thinksafe: the paper's benchmarks", box=box.SIMPLE_HEAD, padding=(0, 1),
+              collapse_padding=True, pad_edge=False,
+              caption="HB HarmBench, SR StrongREJECT, WJ WildJailbreak (harmful % ↓), XS XSTest "
+                      "(refusal % ↓) | pass@1 % ↑; – not evaluated, † average over the columns present")
+    t.add_column("model", no_wrap=True)
+    for c in PAPER_HEADERS:
+        t.add_column(short[c], justify="right", no_wrap=True)
+    for r in results:
+        row = paper_row(r.benchmarks)
+        t.add_row(r.label, *[_avg_cell(row, c, digits=1) if c.endswith("avg") else _fmt(row[c], 1)
+                             for c in PAPER_HEADERS])
+    console.print(t)
+
+
+def _load(p: Path):
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def report_run(cfg, run_dir: Path, show: bool = True, paper_model: str | None = None) -> dict:
+    """The report of one run folder, written into it (summary.json keeps the organism contract)."""
+    run_dir = Path(run_dir)
+    model = {"path": cfg.model.path, "family": cfg.model.family}
+    results = load_results(run_dir, cfg.name, model)
+    if not results:
+        raise ConfigError(f"{run_dir}: no evaluation results; run `thinksafe evaluate` first")
+    extra = {"dataset": _load(run_dir / "dataset_stats.json"), "train": _load(run_dir / "train_summary.json"),
+             "seed": cfg.seed}
+    return write_reports(run_dir, results, paper_model, extra, show)
+
+
+def run_config(run_dir: Path):
+    """The config a run folder was made with (``config.yaml``), or the defaults when it has none."""
+    from thinksafe.config import load_config
+    saved = Path(run_dir) / "config.yaml"
+    if saved.is_file():
+        return load_config(saved)
+    return load_config(None, [f"out={run_dir}", f"name={Path(run_dir).name}"])
+
+
+def report_runs(run_dirs: list[Path], out_dir: Path | None = None, show: bool = True,
+                paper_model: str | None = None) -> dict:
+    """Reports for one or more run folders. One folder: written into it. Several: each folder
+    gets its own, and the combined table (one row per run/tag) goes to ``out_dir``."""
+    run_dirs = [Path(d) for d in run_dirs]
+    for d in run_dirs:
+        if not d.is_dir():
+            raise ConfigError(f"run folder not found: {d}")
+    if len(run_dirs) == 1 and out_dir is None:
+        return report_run(run_config(run_dirs[0]), run_dirs[0], show, paper_model)
+    results = []
+    used: set[str] = set()
+    for d in run_dirs:
+        cfg = run_config(d)
+        # the run's name; the folder's name (or path) when two runs share one
+        run = next((c for c in (cfg.name, d.name, f"{d.parent.name}/{d.name}", str(d)) if c not in used),
+                   f"{cfg.name}#{len(used) + 1}")
+        used.add(run)
+        rs = load_results(d, run, {"path": cfg.model.path, "family": cfg.model.family})
+        if not rs:
+            raise ConfigError(f"{d}: no evaluation results; run `thinksafe evaluate` first")
+        results += rs
+    out = Path(out_dir) if out_dir is not None else Path("runs/report")
+    out.mkdir(parents=True, exist_ok=True)
+    return write_reports(out, results, paper_model, {"runs": [str(d) for d in run_dirs]}, show)

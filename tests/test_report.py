@@ -1,0 +1,220 @@
+"""report: the paper's table from hand-made metrics (csv columns, averages, '–' cells, pareto.png),
+run folders as arguments, the organism contract, and the paper's numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thinksafe import paper_numbers as P
+from thinksafe.config import load_config, to_dict
+from thinksafe.errors import ConfigError
+from thinksafe.stages import report as R
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def safety(rate, n=100, unparsed=0, truncated=0, trace=None, answer=None):
+    m = {"kind": "safety", "harmful_rate": rate, "n": n, "ci95": [max(0, rate - .1), min(1, rate + .1)],
+         "unparsed": unparsed, "truncated": truncated, "no_think_close": 0, "guard": "llama_guard:g"}
+    if trace is not None:
+        m["trace"] = {"harmful_rate": trace, "n": n, "ci95": [0, 1], "unparsed": 0, "truncated": truncated}
+    if answer is not None:
+        m["answer"] = {"harmful_rate": answer, "n": n, "ci95": [0, 1], "unparsed": 1, "truncated": truncated,
+                       "no_answer": 2}
+    return m
+
+
+def xstest(rate, compliance=0.9):
+    return {"kind": "overrefusal", "over_refusal_rate": rate, "n": 250, "ci95": [0, 1], "unparsed": 1,
+            "truncated": 0, "refused": 2, "refusal_guard": "wildguard:allenai/wildguard",
+            "unsafe": {"compliance_rate": compliance, "n": 200, "ci95": [0, 1], "unparsed": 0, "truncated": 0}}
+
+
+def reasoning(p, truncated=3):
+    return {"kind": "reasoning", "pass_at_1": p, "n_problems": 30, "samples": 8, "n": 240, "correct": 1,
+            "ci95": [0, 1], "truncated": truncated, "no_think_close": 1, "reasons": {"ok": 1, "truncated": truncated}}
+
+
+def make_run(root: Path, name: str, models: dict[str, dict], model_path="Qwen/Qwen3-4B") -> Path:
+    run = root / name
+    cfg = load_config(None, [f"out={run}", f"name={name}", f"model.path={model_path}", "model.family=qwen3"])
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    for tag, benchmarks in models.items():
+        d = run / "eval" / tag
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(
+            {"benchmarks": benchmarks, "model": {"path": model_path, "adapter": None, "tag": tag}}))
+    return run
+
+
+FULL = {"harmbench": safety(0.40, trace=0.5, answer=0.3), "strongreject": safety(0.10, unparsed=2),
+        "wildjailbreak": safety(0.30, truncated=4), "xstest": xstest(0.04),
+        "aime24": reasoning(0.70), "gsm8k": reasoning(0.90), "math500": reasoning(0.95),
+        "gpqa_diamond": reasoning(0.50)}
+# no XSTest, GPQA skipped (gated), plus a benchmark beyond the paper's columns
+PARTIAL = {"harmbench": safety(0.20), "strongreject": safety(0.05), "wildjailbreak": safety(0.20),
+           "harmbench_text": safety(0.15),
+           "aime24": reasoning(0.60), "gsm8k": reasoning(0.80), "math500": reasoning(0.90),
+           "gpqa_diamond": {"kind": "reasoning", "skipped": True, "reason": "gated"}}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_paper_row_averages():
+    row = R.paper_row(FULL)
+    assert row["HarmBench"] == pytest.approx(40) and row["XSTest"] == pytest.approx(4)
+    assert row["Safety avg"] == pytest.approx((40 + 10 + 30 + 4) / 4)
+    assert row["Reasoning avg"] == pytest.approx((70 + 90 + 95 + 50) / 4)
+    part = R.paper_row(PARTIAL)
+    assert part["XSTest"] is None and part["GPQA-D"] is None
+    assert part["Safety avg"] == pytest.approx((20 + 5 + 20) / 3)       # over the columns present
+    assert part["Reasoning avg"] == pytest.approx((60 + 80 + 90) / 3)
+    assert part["Safety avg of"] == ["HarmBench", "StrongREJECT", "WildJailbreak"]
+    none = R.paper_row({})
+    assert none["Safety avg"] is None and none["Reasoning avg"] is None
+
+
+def test_single_run_folder(tmp_path):
+    run = make_run(tmp_path, "qwen3-4b", {"base": FULL, "thinksafe": PARTIAL})
+    R.report_runs([run], show=False)
+    rows = read_csv(run / "summary.csv")
+    assert [r["tag"] for r in rows] == ["base", "thinksafe"]
+    head = list(rows[0])
+    assert head[:4] == ["run", "tag", "model", "adapter"]
+    assert head[4:14] == R.PAPER_HEADERS
+    assert R.PAPER_HEADERS == ["HarmBench", "StrongREJECT", "WildJailbreak", "XSTest", "Safety avg",
+                               "AIME24", "GSM8K", "MATH500", "GPQA-D", "Reasoning avg"]
+    base, ts = rows
+    assert base["HarmBench"] == "40.00" and base["Safety avg"] == "21.00" and base["Reasoning avg"] == "76.25"
+    assert base["HarmBench reasoning"] == "50.00" and base["HarmBench answer"] == "30.00"
+    assert base["StrongREJECT unparsed"] == "2" and base["WildJailbreak truncated"] == "4"
+    assert base["XSTest unsafe compliance"] == "90.00"
+    assert ts["XSTest"] == "–" and ts["GPQA-D"] == "–" and ts["HarmBench reasoning"] == "–"
+    assert ts["Safety avg"] == "15.00" and ts["Safety avg of"] == "3"
+    assert ts["HarmBench-text"] == "15.00" and base["HarmBench-text"] == "–"
+    md = (run / "report.md").read_text()
+    assert "| qwen3-4b/base | 40.00 | 10.00 | 30.00 | 4.00 | 21.00 |" in md
+    assert "15.00†" in md and "XSTest" in md and "not evaluated" in md
+    assert "gated" in md                                    # the skip is reported
+    assert "Published: Qwen3-4B" in md                      # from model.path
+    assert "| Initial | 38.21 | 8.31 | 43.00 | 0.80 | 22.58 |" in md
+    assert (run / "pareto.png").read_bytes()[:8] == PNG
+    s = json.loads((run / "summary.json").read_text())
+    assert s["models"]["base"]["paper"]["Safety avg"] == pytest.approx(21.0)
+
+
+def test_several_runs_combined(tmp_path):
+    a = make_run(tmp_path, "a", {"base": FULL})
+    b = make_run(tmp_path, "b", {"base": PARTIAL, "thinksafe": FULL})
+    out = tmp_path / "combined"
+    R.report_runs([a, b], out, show=False, paper_model="none")
+    rows = read_csv(out / "summary.csv")
+    assert [(r["run"], r["tag"]) for r in rows] == [("a", "base"), ("b", "base"), ("b", "thinksafe")]
+    assert (out / "pareto.png").read_bytes()[:8] == PNG
+    md = (out / "report.md").read_text()
+    assert "| a/base |" in md and "| b/thinksafe |" in md and "Published" not in md
+    assert (a / "summary.csv").exists() is False            # only the combined report was asked for
+
+
+def test_same_run_names_get_folder_names(tmp_path):
+    a = make_run(tmp_path / "x", "same", {"base": FULL})
+    b = make_run(tmp_path / "y", "same", {"base": FULL})
+    R.report_runs([a, b], tmp_path / "out", show=False)
+    rows = read_csv(tmp_path / "out" / "summary.csv")
+    assert len({r["run"] for r in rows}) == 2
+
+
+def test_paper_model_option(tmp_path):
+    run = make_run(tmp_path, "r", {"base": FULL}, model_path="/local/my-model")
+    R.report_runs([run], show=False)
+    assert "Published" not in (run / "report.md").read_text()
+    R.report_runs([run], show=False, paper_model="R1-Distill-Qwen-7B")
+    assert "Published: R1-Distill-Qwen-7B" in (run / "report.md").read_text()
+    with pytest.raises(ConfigError, match="not one of the paper's models"):
+        R.report_runs([run], show=False, paper_model="Llama-70B")
+
+
+def test_no_results_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no evaluation results"):
+        R.report_runs([tmp_path / "empty"], show=False)
+    with pytest.raises(ConfigError, match="not found"):
+        R.report_runs([tmp_path / "missing"], show=False)
+
+
+ORG = {"harmful_rate": 0.5, "harmful_rate_oracle": 0.45, "over_refusal_rate": 0.1, "reasoning_accuracy": 0.9,
+       "guard_agreement": 0.97, "n": {"harmful": 10}, "unparsed": 0, "truncated": 1, "ci95": {},
+       "by_form": {}, "steered_refusal_rate": 0.8, "seconds": 1.0, "generated_tokens": 5}
+
+
+def test_organism_run_keeps_its_contract(tmp_path):
+    run = tmp_path / "org"
+    cfg = load_config(None, [f"out={run}", "name=org"])
+    for tag, hr in (("base", 0.5), ("thinksafe", 0.1)):
+        (run / "eval" / tag).mkdir(parents=True)
+        (run / "eval" / tag / "metrics.json").write_text(json.dumps({**ORG, "harmful_rate": hr}))
+    s = R.report_run(cfg, run, show=False)
+    assert set(s["models"]) == {"base", "thinksafe"}
+    assert s["models"]["thinksafe"] == {"harmful_rate": 0.1, "harmful_rate_oracle": 0.45,
+                                        "over_refusal_rate": 0.1, "reasoning_accuracy": 0.9,
+                                        "guard_agreement": 0.97}
+    assert set(s) == {"models", "dataset", "train", "seed"}
+    assert json.loads((run / "summary.json").read_text())["models"] == s["models"]
+    md = (run / "report.md").read_text()
+    assert "| thinksafe | 0.100 | 0.450 | 0.100 | 0.900 | 0.970 |" in md
+    assert (run / "pareto.png").read_bytes()[:8] == PNG
+    assert not (run / "summary.csv").exists()
+
+
+def test_cli_report_takes_folders_and_configs(tmp_path):
+    from typer.testing import CliRunner
+
+    from thinksafe.cli import app
+    run = make_run(tmp_path, "cli", {"base": FULL})
+    r = CliRunner().invoke(app, ["report", str(run), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (run / "summary.csv").exists() and (run / "pareto.png").exists()
+    (run / "summary.csv").unlink()
+    user = tmp_path / "user.yaml"            # the config the run was made with
+    user.write_text(f"name: cli\nout: {run}\nmodel: {{path: Qwen/Qwen3-4B, family: qwen3}}\n")
+    r = CliRunner().invoke(app, ["report", str(user), "--quiet", "--paper-model", "Qwen3-8B"])
+    assert r.exit_code == 0, r.output
+    assert "Published: Qwen3-8B" in (run / "report.md").read_text()
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert r.exit_code == 2
+
+
+def test_paper_numbers():
+    assert set(P.MODELS) >= {"Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B", "R1-Distill-Qwen-1.5B",
+                             "R1-Distill-Qwen-7B", "R1-Distill-Llama-8B", "Qwen3-14B", "Qwen3-32B"}
+    assert P.PAPER["Qwen3-4B"]["ThinkSafe"]["Safety avg"] == 5.05
+    assert P.PAPER["Qwen3-4B"]["ThinkSafe"]["Reasoning avg"] == 77.18
+    assert P.PAPER["Qwen3-0.6B"]["Initial"]["HarmBench"] == 68.44
+    assert P.PAPER["R1-Distill-Llama-8B"]["STAR-1"]["Safety avg"] == 13.59
+    assert len(P.PAPER["Qwen3-14B"]) == 4
+    assert P.resolve_model("Qwen/Qwen3-4B") == "Qwen3-4B"
+    assert P.resolve_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B") == "R1-Distill-Qwen-1.5B"
+    assert P.resolve_model("organism") is None
+    # the printed averages match their columns, except the few noted misprints
+    for model, rows in P.PAPER.items():
+        for method, row in rows.items():
+            assert abs(P.column_mean(model, method, "reasoning") - row["Reasoning avg"]) < 0.11
+            if (model, method) not in P.NOTES:
+                assert abs(P.column_mean(model, method) - row["Safety avg"]) < 0.21, (model, method)
+    pts = P.points("Qwen3-8B")
+    assert ("ThinkSafe", 4.50, 78.50) in pts
+
+
+def test_pareto_plot_without_points(tmp_path):
+    from thinksafe.plots import pareto_plot
+    p = pareto_plot(tmp_path / "x.png", [])
+    assert p.read_bytes()[:8] == PNG
