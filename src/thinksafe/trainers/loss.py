@@ -1,0 +1,144 @@
+"""Chunked linear + cross-entropy: the LM loss without full-vocabulary logits for the whole batch.
+
+``logits = hidden @ weight.T`` for a 16k-token batch and a 151,936-token vocabulary is 5 GB in bf16 and 10 GB
+once upcast to fp32 for the loss, and autograd keeps both plus the softmax. :func:`chunked_cross_entropy`
+instead walks over ``chunk_size`` rows of the final hidden states, computes that chunk's logits (upcast to
+fp32, as transformers' loss does), its loss, and — in the same pass — the gradient w.r.t. the chunk's hidden
+states (``(softmax - onehot) / denom @ weight``). Only that ``(N, hidden)`` gradient is kept for backward,
+never a logits tensor. With ``precompute_grad=False`` nothing is kept and backward recomputes each chunk's
+logits instead (one extra ``hidden @ weight.T`` per token; lower memory when the loss is built but backward
+may not run).
+
+Only positions whose (shifted) label is not ``ignore_index`` get logits at all: prompt tokens (labels -100)
+cost no lm_head work. The loss equals ``F.cross_entropy(hidden @ weight.T, labels)`` over those positions
+(``reduction="mean"``), or its sum divided by ``num_items`` (gradient accumulation, transformers'
+``num_items_in_batch`` convention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def _grad_logits_(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, denom: float) -> torch.Tensor:
+    """In place: logits -> (softmax(logits) - onehot(targets)) / denom (all rows are counted)."""
+    logits.sub_((lse + math.log(denom)).unsqueeze(1)).exp_()
+    rows = torch.arange(targets.numel(), device=logits.device)
+    logits[rows, targets] -= 1.0 / denom
+    return logits
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, denom, precompute_grad):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n = hidden.shape[0]
+        total = torch.zeros((), dtype=_upcast(hidden[:0]).dtype, device=hidden.device)
+        pre = precompute_grad and (need_h or need_w)
+        grad_h = torch.empty_like(hidden) if pre and need_h else None
+        grad_w = _upcast(weight[:0]).new_zeros(weight.shape) if pre and need_w else None
+        for s in range(0, n, chunk_size):
+            h, t = hidden[s:s + chunk_size], targets[s:s + chunk_size]
+            logits = _upcast(h @ weight.t())
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
+            if pre:
+                g = _grad_logits_(logits, lse, t, denom).to(hidden.dtype)
+                if grad_h is not None:
+                    torch.mm(g, weight, out=grad_h[s:s + chunk_size])
+                if grad_w is not None:
+                    grad_w += _upcast(g.t() @ h)
+        ctx.chunk_size, ctx.denom, ctx.pre = chunk_size, denom, pre
+        ctx.need, ctx.weight_dtype = (need_h, need_w), weight.dtype
+        if pre:
+            ctx.save_for_backward(grad_h, grad_w)
+        else:
+            ctx.save_for_backward(hidden, weight, targets)
+        return total / denom
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        need_h, need_w = ctx.need
+        if ctx.pre:
+            grad_h, grad_w = ctx.saved_tensors
+            gh = grad_h * grad_out.to(grad_h.dtype) if need_h else None
+            gw = (grad_w * grad_out).to(ctx.weight_dtype) if need_w else None
+            return gh, gw, None, None, None, None
+        hidden, weight, targets = ctx.saved_tensors
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = _upcast(weight[:0]).new_zeros(weight.shape) if need_w else None
+        for s in range(0, hidden.shape[0], ctx.chunk_size):
+            h, t = hidden[s:s + ctx.chunk_size], targets[s:s + ctx.chunk_size]
+            logits = _upcast(h @ weight.t())
+            lse = torch.logsumexp(logits, dim=-1)
+            g = (_grad_logits_(logits, lse, t, ctx.denom) * grad_out).to(hidden.dtype)
+            if gh is not None:
+                torch.mm(g, weight, out=gh[s:s + ctx.chunk_size])
+            if gw is not None:
+                gw += _upcast(g.t() @ h)
+        return gh, (gw.to(weight.dtype) if gw is not None else None), None, None, None, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                          chunk_size: int = 2048, ignore_index: int = IGNORE_INDEX, shift: bool = True,
+                          num_items: int | float | torch.Tensor | None = None, reduction: str = "mean",
+                          precompute_grad: bool = True) -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T`` against ``labels`` without materialising all logits.
+
+    Args:
+        hidden: final hidden states ``(..., T, H)`` (after the final norm), e.g. ``model.model(...).last_hidden_state``.
+        weight: the lm_head weight ``(V, H)`` (tied to the embeddings for Qwen3-0.6B); no bias, no soft-capping.
+        labels: ``(..., T)`` aligned with ``hidden``'s positions; ``ignore_index`` marks positions without loss.
+        shift: causal-LM convention (transformers'): position ``t`` predicts ``labels[..., t + 1]``.
+        num_items: divide the summed loss by this (e.g. label tokens across accumulated micro-batches).
+            Default: the number of counted positions (``reduction="mean"``), or 1 (``reduction="sum"``).
+        precompute_grad: compute d loss / d hidden during forward (no recompute, stores ``(N, H)``);
+            False: store nothing and recompute chunk logits in backward.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(reduction)
+    if shift:
+        labels = F.pad(labels[..., 1:], (0, 1), value=ignore_index)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = labels.reshape(-1).to(h.device)
+    keep = (t != ignore_index).nonzero().squeeze(1)
+    n = keep.numel()
+    if num_items is not None:
+        denom = float(num_items.item() if isinstance(num_items, torch.Tensor) else num_items)
+    else:
+        denom = float(n) if reduction == "mean" else 1.0
+    if n == 0:
+        return hidden.sum() * 0.0
+    h_sel = h.index_select(0, keep)
+    t_sel = t.index_select(0, keep)
+    loss = _LinearCrossEntropy.apply(h_sel, weight, t_sel, int(chunk_size), max(denom, 1e-12), bool(precompute_grad))
+    return loss
+
+
+def causal_lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(decoder, lm_head) of a transformers causal LM, unwrapping a PEFT model if needed."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = inner.model if isinstance(getattr(inner, "model", None), torch.nn.Module) else inner.get_decoder()
+    head = inner.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError("chunked_cross_entropy assumes an lm_head without bias")
+    return decoder, head
+
+
+def chunked_lm_loss(model: torch.nn.Module, batch: dict, *, chunk_size: int = 2048,
+                    num_items: int | float | torch.Tensor | None = None, precompute_grad: bool = True,
+                    **model_inputs) -> torch.Tensor:
+    """Run the decoder on ``model_inputs`` and return :func:`chunked_cross_entropy` against ``batch["labels"]``."""
+    decoder, head = causal_lm_parts(model)
+    hidden = decoder(**model_inputs).last_hidden_state
+    return chunked_cross_entropy(hidden, head.weight, batch["labels"], chunk_size=chunk_size, num_items=num_items,
+                                 precompute_grad=precompute_grad)
