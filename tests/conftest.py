@@ -68,18 +68,17 @@ def qwen3_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_organism(tmp_path_factory):
-    """An organism built from scratch at a tiny size (seconds); THINKSAFE_ORGANISM points at it."""
-    import os
+def _tiny_organism_build(tmp_path_factory):
     from dataclasses import replace
 
     from thinksafe.organism.build import TINY, build
     out = tmp_path_factory.mktemp("organism")
-    manifest = build(out, replace(TINY, seed=3), log=lambda s: None)
-    old = os.environ.get("THINKSAFE_ORGANISM")
-    os.environ["THINKSAFE_ORGANISM"] = str(out)
-    yield out, manifest
-    if old is None:
-        os.environ.pop("THINKSAFE_ORGANISM", None)
-    else:
-        os.environ["THINKSAFE_ORGANISM"] = old
+    return out, build(out, replace(TINY, seed=3), log=lambda s: None)
+
+
+@pytest.fixture()
+def tiny_organism(_tiny_organism_build, monkeypatch):
+    """An organism built from scratch at a tiny size (seconds, once per session); THINKSAFE_ORGANISM
+    points at it for the duration of the test only."""
+    monkeypatch.setenv("THINKSAFE_ORGANISM", str(_tiny_organism_build[0]))
+    return _tiny_organism_build

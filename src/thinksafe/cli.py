@@ -174,6 +174,23 @@ def perplexity(data: Annotated[Path, typer.Argument(help="JSONL with prompt/resp
 
 @app.command()
 @_friendly
+def merge(path: Annotated[Path, typer.Argument(help="A run folder (its adapter/) or an adapter folder.")],
+          out: Annotated[Path, typer.Option("--out", help="Folder for the merged model "
+                                            "(safetensors + tokenizer).")],
+          base: Annotated[str | None, typer.Option("--base", help="Base model (default: the run's model.path, "
+                                                   "else the adapter's base_model_name_or_path).")] = None,
+          dtype: Annotated[str, typer.Option("--dtype", help="auto (the base's) | float32 | bfloat16 | "
+                                             "float16.")] = "auto",
+          force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out.")] = False):
+    """Merge a trained LoRA adapter into its base model (merge_and_unload) -> a standalone model folder."""
+    from thinksafe.stages.merge import merge as run_merge
+    s = run_merge(path, out, base=base, dtype=dtype, force=force)
+    console.print(f"[bold]merge[/bold] -> {s['out']}: base={s['base']}, params={s['params']}, "
+                  f"dtype={s['dtype']}", highlight=False)
+
+
+@app.command()
+@_friendly
 def run(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
         force: Annotated[bool, typer.Option("--force", help="Start over if the folder holds another config.")] = False):
     """All stages in order: generate, judge, dataset, train, evaluate, report."""
@@ -237,6 +254,22 @@ def organism_check(seed: Annotated[int, typer.Option(help="Evaluation seed.")] =
     m = evaluate_model(cfg, prepare_run_dir(cfg), "base")
     print_table({"base": m})
     console.print(f"steered refusal rate: {m['steered_refusal_rate']:.3f}", highlight=False)
+
+
+@app.command()
+@_friendly
+def compare(config: Annotated[Path, typer.Argument(help="YAML config with a `compare:` section, or the "
+                                                   "name of a packaged one (compare-organism.yaml).")],
+            set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+            seed: Annotated[int | None, typer.Option(help="Overrides `seed:`.")] = None,
+            force: Annotated[bool, typer.Option("--force", help="Start over if the folder holds another config.")] = False):
+    """Several methods (base, thinksafe, baselines) on the same prompts and evaluation: one table."""
+    from thinksafe.stages.compare import run_compare
+    if not config.exists() and (Path(__file__).parent / "configs" / config.name).is_file():
+        config = Path(__file__).parent / "configs" / config.name
+    table = run_compare(_load(config, set_, out, seed), show=not quiet, force=force, log=console.print)
+    from thinksafe.stages.compare import to_markdown
+    console.print(to_markdown(table), highlight=False, markup=False)
 
 
 def _quiet_libraries() -> None:

@@ -75,7 +75,8 @@ class LoraConfig:
     r: int = 32
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # or "all-linear"
+    layers: list[int] | None = None  # [start, end): adapt only decoder layers start..end-1 (None = all)
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,14 @@ class TrainConfig:
     scheduler: str = "cosine"
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    max_length: int = 16384         # longer examples are dropped and counted
+    max_length: int = 16384         # longer examples are dropped (or cut, see truncation) and counted
     logging_steps: int = 10
+    truncation: str = "drop"        # drop | cut: what happens to examples over max_length (both counted)
+    method: str = "lora"            # lora | full (full fine-tuning; saves the whole model)
+    objective: str = "sft"          # sft | kl (ThinkSafe+KL: benign rows learn KL(base || student), not CE)
+    kl_chunk_size: int = 512        # kl: tokens per chunk of the vocabulary projection
+    gradient_checkpointing: bool = True   # as TRL's default and the official code; false = faster, more memory
+    report_to: str = "none"         # none | wandb | tensorboard
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """`thinksafe compare`: several methods on the same prompts and evaluation (stages/compare.py)."""
+    # base | thinksafe | direct_refusal | no_steering | no_reasoning | external
+    methods: list[str] = field(default_factory=lambda: ["base", "thinksafe", "direct_refusal",
+                                                        "no_steering", "no_reasoning"])
+    set: list[str] = field(default_factory=list)   # per-method overrides: "direct_refusal:train.epochs=5"
+    no_steering_samples: int = 5        # rejection sampling: k unsteered samples per harmful prompt
+    direct_refusal_benign: bool = False  # also train on ThinkSafe's accepted benign rows (paper: harmful only)
+    external_path: str | None = None    # SafeChain / STAR-1 style JSONL for the `external` method
+    external_prompt_field: str = "question"
+    external_response_field: str = "response"
+    external_limit: int | None = None
+    perplexity: bool = True             # perplexity of each training set under the base model
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -126,6 +149,7 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 # Names users bring from PEFT / transformers, for did-you-mean.

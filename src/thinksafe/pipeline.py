@@ -40,9 +40,15 @@ def _manifest(run_dir: Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {"stages": {}}
 
 
-def record_stage(run_dir: Path, stage: str, summary: dict) -> None:
+def record_stage(run_dir: Path, stage: str, summary: dict, cfg: RunConfig | None = None) -> None:
     m = _manifest(run_dir)
     m["stages"][stage] = {"summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:            # compute accounting (thinksafe.compute); never fails the stage itself
+        from thinksafe import compute
+        m["stages"][stage]["compute"] = compute.for_run(stage, summary, run_dir, cfg)
+        m["compute_total"] = compute.total(m["stages"])
+    except Exception as e:      # noqa: BLE001 - recorded, not hidden
+        m["stages"][stage]["compute"] = {"error": f"{type(e).__name__}: {e}"}
     write_json(run_dir / "manifest.json", m)
 
 
@@ -59,19 +65,25 @@ def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True) -> d
     mod = {"generate": generate, "judge": judge, "dataset": dataset, "train": train}[stage]
     summary = mod.run(cfg, run_dir, show=show)
     key = stage if cfg.generate.shard == "0/1" or stage != "generate" else f"generate[{cfg.generate.shard}]"
-    record_stage(run_dir, key, summary)
+    record_stage(run_dir, key, summary, cfg)
     return summary
 
 
 def run_evaluate(cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
     from thinksafe.stages.evaluate import evaluate_model
     models = {"base": evaluate_model(cfg, run_dir, "base", None, show)}
-    adapter = run_dir / "adapter"
+    adapter, full = run_dir / "adapter", run_dir / "model"
+    trained = None
     if (adapter / "adapter_config.json").exists():
-        models["thinksafe"] = evaluate_model(cfg, run_dir, "thinksafe", str(adapter), show)
+        trained = (cfg, str(adapter))
+    elif (full / "config.json").exists():          # train.method: full
+        from dataclasses import replace
+        trained = (replace(cfg, model=replace(cfg.model, path=str(full))), None)
+    if trained:
+        models["thinksafe"] = evaluate_model(trained[0], run_dir, "thinksafe", trained[1], show)
         # done only once the trained model was evaluated too: an evaluation of the base alone
         # (before training) must not make `thinksafe run` skip this stage later
-        record_stage(run_dir, "evaluate", {k: _eval_summary(m) for k, m in models.items()})
+        record_stage(run_dir, "evaluate", {k: _eval_summary(m) for k, m in models.items()}, cfg)
     return models
 
 

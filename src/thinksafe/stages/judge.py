@@ -50,9 +50,11 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         from thinksafe.stages.resample import resample
         out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)
+    from thinksafe.compute import guard_input_tokens      # compute accounting (first verdict pass)
     return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
-            "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1)}
+            "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1),
+            "guard_input_tokens": guard_input_tokens(guard, [(r.prompt, r.completion.text) for r in out])}
 
 
 def accepted(r: Record) -> bool:

@@ -1,23 +1,32 @@
-"""train: LoRA SFT on (original prompt, self-generated response), loss on the response only.
+"""train: SFT on (original prompt, self-generated response), loss on the response only.
 
 The training text is built here, not by a collator: prompt = the chat template's generation prompt
 for the ORIGINAL prompt, target = the full response (``<think>`` trace included) + EOS. Labels are
--100 on every prompt token. Examples longer than ``max_length`` are dropped and counted.
+-100 on every prompt token. Examples longer than ``max_length`` are dropped (``truncation: drop``,
+the default) or cut to ``max_length`` (``truncation: cut``); both are counted in the summary.
+
+``method``: ``lora`` (PEFT adapter -> ``adapter/``) or ``full`` (whole model -> ``model/``).
+``objective``: ``sft`` (cross-entropy, TRL's own loss) or ``kl`` (ThinkSafe+KL, see
+``thinksafe.trainers.kl``). Multi-GPU: launch this stage with ``accelerate launch``; only the main
+process writes files.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
-from thinksafe.errors import DataError, TemplateError
+from thinksafe.errors import ConfigError, DataError, MissingDependency, TemplateError
 from thinksafe.families import Family
 from thinksafe.io import read_jsonl, write_json
 from thinksafe.organism import resolve_model_path
 from thinksafe.runtime import family_of, render_prompt
 
-INPUT, OUTPUT = "sft.jsonl", "adapter"
+INPUT, OUTPUT, FULL_OUTPUT = "sft.jsonl", "adapter", "model"
+METHODS, OBJECTIVES, TRUNCATIONS, REPORTERS = ("lora", "full"), ("sft", "kl"), ("drop", "cut"), \
+    ("none", "wandb", "tensorboard")
 
 
 def tokenize_example(tokenizer, prompt: str, response: str, family: Family) -> dict:
@@ -37,38 +46,122 @@ def tokenize_example(tokenizer, prompt: str, response: str, family: Family) -> d
     return {"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids}
 
 
-def tokenize_rows(tokenizer, rows: list[dict], family: Family, max_length: int) -> tuple[list[dict], int]:
-    out, dropped = [], 0
+def tokenize_rows_stats(tokenizer, rows: list[dict], family: Family, max_length: int,
+                        truncation: str = "drop") -> tuple[list[dict], dict]:
+    """Tokenized examples (input_ids, labels, is_benign) and what happened to the long ones.
+
+    ``drop``: an example over ``max_length`` is left out. ``cut``: it keeps its first ``max_length``
+    tokens (it loses the end of its response, EOS included); one whose prompt alone fills
+    ``max_length`` has nothing left to learn and is dropped. Every case is counted."""
+    if truncation not in TRUNCATIONS:
+        raise ConfigError(f"train.truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
+    out = []
+    stats = {"truncation": truncation, "dropped_too_long": 0, "cut_too_long": 0, "cut_tokens": 0}
     for row in rows:
         ex = tokenize_example(tokenizer, row["prompt"], row["response"], family)
-        if len(ex["input_ids"]) > max_length:
-            dropped += 1
-            continue
+        n = len(ex["input_ids"])
+        if n > max_length:
+            if truncation == "drop" or all(x == -100 for x in ex["labels"][1:max_length]):
+                stats["dropped_too_long"] += 1
+                continue
+            ex = {"input_ids": ex["input_ids"][:max_length], "labels": ex["labels"][:max_length]}
+            stats["cut_too_long"] += 1
+            stats["cut_tokens"] += n - max_length
         ex["is_benign"] = int(row.get("label") != "harmful")
         out.append(ex)
-    return out, dropped
+    return out, stats
 
 
-def lora_config(lc):
+def tokenize_rows(tokenizer, rows: list[dict], family: Family, max_length: int,
+                  truncation: str = "drop") -> tuple[list[dict], int]:
+    out, stats = tokenize_rows_stats(tokenizer, rows, family, max_length, truncation)
+    return out, stats["dropped_too_long"]
+
+
+def layer_range(lc, num_layers: int | None = None) -> list[int] | None:
+    """``train.lora.layers: [start, end]`` -> the decoder layer indices start..end-1 (end excluded)."""
+    if lc.layers is None:
+        return None
+    v = lc.layers
+    if (not isinstance(v, (list, tuple)) or len(v) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
+        raise ConfigError(f"train.lora.layers must be [start, end] (two integers, end excluded), got {v!r}")
+    start, end = v
+    top = num_layers if num_layers is not None else end
+    if not 0 <= start < end <= top:
+        limit = f" and end <= {num_layers} (the model's layers)" if num_layers is not None else ""
+        raise ConfigError(f"train.lora.layers: need 0 <= start < end{limit}, got {v!r}")
+    return list(range(start, end))
+
+
+def linear_module_names(model) -> list[str]:
+    """What PEFT's "all-linear" selects: every Linear leaf name except the output head."""
+    import torch
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.Linear) and mod is not head
+             and ".lora_" not in name and not name.endswith("base_layer")}   # not PEFT's own layers
+    return sorted(names)
+
+
+def lora_config(lc, model=None):
+    """train.lora -> peft.LoraConfig (r, alpha, dropout, target modules, optional layer range)."""
     from peft import LoraConfig
     targets = lc.target_modules
     if targets in (["all-linear"], "all-linear"):
         targets = "all-linear"
+    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    layers = layer_range(lc, num_layers)
+    extra = {}
+    if layers is not None:
+        if targets == "all-linear":
+            if model is None:
+                raise ConfigError("train.lora.layers with target_modules all-linear needs the model")
+            targets = linear_module_names(model)   # PEFT takes a layer range only with named targets
+        extra["layers_to_transform"] = layers
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
-                      task_type="CAUSAL_LM")
+                      task_type="CAUSAL_LM", **extra)
+
+
+def check_train_config(tc) -> None:
+    for key, value, allowed in (("method", tc.method, METHODS), ("objective", tc.objective, OBJECTIVES),
+                                ("truncation", tc.truncation, TRUNCATIONS), ("report_to", tc.report_to, REPORTERS)):
+        if value not in allowed:
+            raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if tc.kl_chunk_size < 1:
+        raise ConfigError(f"train.kl_chunk_size must be >= 1, got {tc.kl_chunk_size}")
+    if tc.method == "lora":
+        layer_range(tc.lora)
+
+
+def check_reporter(report_to: str) -> None:
+    """The logging integration must be installed before training starts (imported only when chosen)."""
+    import importlib.util
+    need = {"wandb": (["wandb"], "pip install wandb"),
+            "tensorboard": (["tensorboard", "tensorboardX"], "pip install tensorboard")}.get(report_to)
+    if need and not any(importlib.util.find_spec(m) for m in need[0]):
+        raise MissingDependency(f"train.report_to={report_to} needs {need[0][0]}: {need[1]}")
 
 
 def sft_config(tc, out_dir: Path, seed: int, use_bf16: bool):
+    import dataclasses
+
     from trl import SFTConfig
+    extra = {}
+    if not getattr(tc, "gradient_checkpointing", True):       # TRL's SFTConfig turns it on by default
+        names = {f.name for f in dataclasses.fields(SFTConfig)}
+        extra["gradient_checkpointing"] = False
+        if "activation_checkpointing" in names:                 # the new name (transformers >= 5.x)
+            extra["activation_checkpointing"] = False
     return SFTConfig(output_dir=str(out_dir), learning_rate=tc.lr, num_train_epochs=tc.epochs,
                      per_device_train_batch_size=tc.batch_size,
                      gradient_accumulation_steps=tc.grad_accum, lr_scheduler_type=tc.scheduler,
                      warmup_steps=tc.warmup_ratio, max_grad_norm=tc.max_grad_norm, max_length=None,
                      logging_steps=tc.logging_steps, save_strategy="epoch", save_total_limit=1,
-                     report_to="none", seed=seed, data_seed=seed, bf16=use_bf16,
+                     report_to=getattr(tc, "report_to", "none"), seed=seed, data_seed=seed, bf16=use_bf16,
                      completion_only_loss=True, packing=False, disable_tqdm=True,
                      remove_unused_columns=True, dataloader_num_workers=0,
-                     dataloader_pin_memory=use_bf16)
+                     dataloader_pin_memory=use_bf16, include_num_input_tokens_seen="non_padding", **extra)
 
 
 def progress_callback(show: bool):
@@ -95,49 +188,95 @@ def progress_callback(show: bool):
     return _Bar()
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launch by accelerate / torchrun (or a plain single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    import copy
+
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
 
     from thinksafe.backends.hf import load_tokenizer
 
+    tc = cfg.train
+    check_train_config(tc)
+    check_reporter(tc.report_to)
     t0 = time.time()
     rows = read_jsonl(run_dir / INPUT)
     if not rows:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe dataset` first")
-    torch.manual_seed(cfg.seed)
+    if tc.objective == "kl" and not any("label" in r for r in rows):
+        raise DataError(f"train.objective=kl needs a `label` per row of {run_dir / INPUT} "
+                        "(harmful rows keep CE, the others learn KL)")
+    main = is_main_process()
+    show = show and main
+    set_seed(cfg.seed)
     path = resolve_model_path(cfg.model.path)
     tok = load_tokenizer(path)
     tok.padding_side = "right"
-    examples, dropped = tokenize_rows(tok, rows, family_of(cfg), cfg.train.max_length)
+    examples, cut_stats = tokenize_rows_stats(tok, rows, family_of(cfg), tc.max_length, tc.truncation)
     if not examples:
-        raise DataError(f"train: all {len(rows)} examples exceed max_length={cfg.train.max_length}")
+        raise DataError(f"train: all {len(rows)} examples exceed max_length={tc.max_length}")
     use_bf16 = torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not use_bf16:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")   # torchrun on CPUs: DDP over gloo
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16 if use_bf16 else torch.float32, use_safetensors=True)
-    model = get_peft_model(model, lora_config(cfg.train.lora))
-    ds = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    ref_model = None
+    if tc.method == "lora":
+        model = get_peft_model(model, lora_config(tc.lora, model))
+    elif tc.objective == "kl":
+        ref_model = copy.deepcopy(model)           # full fine-tuning: the reference is a frozen copy
+    columns = ["input_ids", "labels"] + (["is_benign"] if tc.objective == "kl" else [])
+    ds = Dataset.from_list([{k: e[k] for k in columns} for e in examples])
     ckpt_dir = run_dir / "checkpoints"
-    trainer = SFTTrainer(model=model, args=sft_config(cfg.train, ckpt_dir, cfg.seed, use_bf16),
-                         train_dataset=ds, processing_class=tok, callbacks=[progress_callback(show)])
+    if tc.report_to == "tensorboard":
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    kwargs = dict(model=model, args=sft_config(tc, ckpt_dir, cfg.seed, use_bf16), train_dataset=ds,
+                  processing_class=tok, callbacks=[progress_callback(show)])
+    if tc.objective == "kl":
+        from thinksafe.trainers.kl import KLTrainer
+        trainer = KLTrainer(**kwargs, ref_model=ref_model, kl_chunk_size=tc.kl_chunk_size)
+    else:
+        trainer = SFTTrainer(**kwargs)
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)
     resume = any(ckpt_dir.glob("checkpoint-*")) if ckpt_dir.exists() else False
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    out = run_dir / OUTPUT
-    trainer.model.save_pretrained(str(out))
-    tok.padding_side = "left"
-    tok.save_pretrained(str(out))
+    out = run_dir / (OUTPUT if tc.method == "lora" else FULL_OUTPUT)
+    trainer.save_model(str(out))                   # only the main process writes (and gathers shards)
+    world = trainer.args.world_size
     history = [h for h in trainer.state.log_history if "loss" in h]
     n_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
-    summary = {"examples": len(examples), "dropped_too_long": dropped, "max_length": cfg.train.max_length,
-               "response_tokens": n_tokens, "epochs": cfg.train.epochs,
-               "steps": trainer.state.global_step, "train_loss": result.training_loss,
+    runtime = result.metrics.get("train_runtime") or (time.time() - t0)
+    seen = trainer.state.num_input_tokens_seen                      # non-padding tokens, all sessions
+    session = seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    summary = {"examples": len(examples), "dropped_too_long": cut_stats["dropped_too_long"],
+               "cut_too_long": cut_stats["cut_too_long"], "cut_tokens": cut_stats["cut_tokens"],
+               "truncation": tc.truncation, "max_length": tc.max_length,
+               "benign_examples": sum(e["is_benign"] for e in examples),
+               "response_tokens": n_tokens, "method": tc.method, "objective": tc.objective,
+               "epochs": tc.epochs, "steps": trainer.state.global_step, "train_loss": result.training_loss,
                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-               "resumed": resume, "seconds": round(time.time() - t0, 1)}
-    write_json(run_dir / "train_summary.json", summary)
-    (run_dir / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+               "world_size": world, "input_tokens_seen": seen,
+               "tokens_per_second": round(session / runtime, 1) if runtime else None,
+               "output": out.name, "resumed": resume, "seconds": round(time.time() - t0, 1)}
+    for key in ("ce", "kl"):
+        last = [h[key] for h in history if key in h]
+        if last:
+            summary[f"final_{key}"] = last[-1]
+    if trainer.is_world_process_zero():
+        tok.padding_side = "left"
+        tok.save_pretrained(str(out))
+        write_json(run_dir / "train_summary.json", summary)
+        (run_dir / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        if world > 1:
+            print(f"[train] rank 0 of {world} wrote {out}", flush=True)
+    trainer.accelerator.wait_for_everyone()
     return summary

@@ -1,0 +1,230 @@
+"""compare: several methods on the same training prompts and the same evaluation, one table.
+
+``thinksafe compare CONFIG`` runs ``compare.methods`` (default: base, thinksafe, direct_refusal,
+no_steering, no_reasoning; also ``external``), each in its own sub-run folder ``<out>/<method>/``
+with the usual files and ``manifest.json`` (compute per stage, ``compute_total``):
+
+- ``base`` — no training; evaluated only.
+- ``thinksafe`` — generate, judge, dataset (the pipeline stages), train, evaluate.
+- ``direct_refusal`` / ``no_steering`` / ``no_reasoning`` / ``external`` — the training set from
+  ``thinksafe.baselines`` (written as the sub-run's ``sft.jsonl``), then the same train stage and
+  the same evaluation. no_reasoning derives from ThinkSafe's accepted rows, and no_steering (and
+  direct_refusal with ``compare.direct_refusal_benign``) take ThinkSafe's accepted benign rows, so
+  ThinkSafe's data stages run first whenever one of them is asked for.
+
+Per-method config changes: ``compare.set: ["direct_refusal:train.epochs=5", ...]``.
+
+Writes ``<out>/compare.json`` and ``<out>/compare.md``: method x (harmful rate, over-refusal,
+reasoning accuracy, perplexity of its training responses under the base model, compute of its
+data + training: FLOPs and seconds; evaluation compute is listed apart). Every stage is skipped
+when already done, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from thinksafe.config import RunConfig, _build, _set, to_dict
+from thinksafe.errors import ConfigError, DataError
+from thinksafe.io import read_jsonl, write_json, write_text
+
+METHODS = ("base", "thinksafe", "direct_refusal", "no_steering", "no_reasoning", "external")
+NEEDS_THINKSAFE = {"thinksafe", "no_reasoning", "no_steering"}
+DATA_STAGES = ("generate", "judge", "dataset")
+TRAIN_STAGES = ("generate", "judge", "dataset", "train")
+COLUMNS = ["method", "harmful_rate", "harmful_rate_oracle", "over_refusal_rate", "reasoning_accuracy",
+           "train_examples", "perplexity", "flops", "seconds", "flops_eval", "notes"]
+
+
+def method_overrides(cfg) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in cfg.compare.set:
+        method, sep, kv = item.partition(":")
+        if not sep or method not in METHODS or "=" not in kv:
+            raise ConfigError(f"compare.set '{item}' must look like METHOD:key=value "
+                              f"(methods: {', '.join(METHODS)})")
+        out.setdefault(method, []).append(kv)
+    return out
+
+
+def sub_config(cfg: RunConfig, method: str, overrides: dict[str, list[str]]) -> RunConfig:
+    """The method's config: ``out`` = <out>/<method>, plus its ``compare.set`` overrides."""
+    d = to_dict(cfg)
+    d["out"] = str(Path(cfg.out) / method)
+    for kv in overrides.get(method, []):
+        key, raw = kv.split("=", 1)
+        _set(d, key.strip(), raw)
+    return _build(RunConfig, d, "")
+
+
+def check(cfg) -> None:
+    bad = [m for m in cfg.compare.methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"compare.methods: unknown {', '.join(bad)} (known: {', '.join(METHODS)})")
+    if "external" in cfg.compare.methods and not cfg.compare.external_path:
+        raise ConfigError("compare.methods has 'external' but compare.external_path is not set")
+    if cfg.compare.no_steering_samples < 1:
+        raise ConfigError("compare.no_steering_samples must be >= 1")
+    method_overrides(cfg)
+
+
+def _thinksafe_data(cfg, overrides, show, log) -> Path:
+    from thinksafe.pipeline import prepare_run_dir, run_stage, stage_done
+    sub = sub_config(cfg, "thinksafe", overrides)
+    d = prepare_run_dir(sub)
+    for stage in DATA_STAGES:
+        if stage_done(d, stage) is None:
+            t0 = time.time()
+            run_stage(stage, sub, d, show)
+            log(f"[compare thinksafe: {stage}] done in {time.time() - t0:.1f}s")
+    return d
+
+
+def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool) -> None:
+    """Write the method's sft.jsonl in ``d`` and record its data stages in d's manifest."""
+    from thinksafe import baselines
+    from thinksafe.pipeline import record_stage
+    from thinksafe.prompts import load_prompts
+    ts_rows = read_jsonl(ts_dir / "sft.jsonl") if ts_dir else []
+    ts_benign = [r for r in ts_rows if r.get("label") != "harmful"]
+    c = cfg.compare
+    t0 = time.time()
+    if method == "direct_refusal":
+        rows, stats = baselines.direct_refusal(load_prompts(sub), ts_benign if c.direct_refusal_benign else None)
+    elif method == "no_reasoning":
+        rows, stats = baselines.no_reasoning(ts_rows)
+        stats["derived_from"] = str(ts_dir)
+    elif method == "no_steering":
+        rows, stats, stages = baselines.no_steering(sub, d, load_prompts(sub), ts_benign,
+                                                    c.no_steering_samples, show)
+        for name, summary in stages.items():
+            record_stage(d, name, summary, sub)
+        t0 = time.time()        # generate / judge carry their own seconds
+    elif method == "external":
+        rows, stats = baselines.external(c.external_path, c.external_prompt_field,
+                                         c.external_response_field, c.external_limit)
+    else:
+        raise ConfigError(f"no training set builder for '{method}'")
+    stats["seconds"] = round(time.time() - t0, 1)
+    baselines.write(d, rows, stats)
+    record_stage(d, "dataset", stats, sub)
+
+
+def _evaluate(sub, d: Path, method: str, show: bool) -> dict:
+    from thinksafe.pipeline import _eval_summary, record_stage, stage_done
+    from thinksafe.stages.evaluate import evaluate_model
+    done = stage_done(d, "evaluate")
+    if done is not None:
+        return done[method]
+    adapter = None
+    if method != "base":
+        if (d / "adapter" / "adapter_config.json").exists():
+            adapter = str(d / "adapter")
+        elif (d / "model" / "config.json").exists():          # train.method: full
+            sub = replace(sub, model=replace(sub.model, path=str(d / "model")))
+        else:
+            raise DataError(f"{d}: no adapter/ or model/ after training")
+    m = evaluate_model(sub, d, method, adapter, show, steered_check=(method == "base"))
+    summary = {method: _eval_summary(m)}
+    record_stage(d, "evaluate", summary, sub)
+    return summary[method]
+
+
+def _compute(d: Path, stages, notes: list | None = None) -> tuple[float | None, float | None]:
+    """(FLOPs, seconds) summed over the recorded stages of a sub-run: FLOPs None when one is
+    unknown; seconds sum what is known (a stage without seconds is named in ``notes``)."""
+    import json
+    p = d / "manifest.json"
+    m = json.loads(p.read_text()) if p.exists() else {"stages": {}}
+    flops, secs = 0.0, 0.0
+    for s in stages:
+        c = (m["stages"].get(s) or {}).get("compute")
+        if c is None:
+            continue
+        flops = None if flops is None or c.get("flops") is None else flops + c["flops"]
+        if c.get("seconds") is None:
+            if notes is not None:
+                notes.append(f"{s} seconds not recorded")
+        else:
+            secs += c["seconds"]
+    return flops, secs
+
+
+def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=print) -> dict:
+    from thinksafe.pipeline import prepare_run_dir, run_stage, stage_done
+    check(cfg)
+    out = prepare_run_dir(cfg, force)
+    overrides = method_overrides(cfg)
+    methods = list(dict.fromkeys(cfg.compare.methods))
+    need_ts = any(m in NEEDS_THINKSAFE for m in methods) or \
+        ("direct_refusal" in methods and cfg.compare.direct_refusal_benign)
+    ts_dir = _thinksafe_data(cfg, overrides, show, log) if need_ts else None
+    rows, results = [], {}
+    for method in methods:
+        t0 = time.time()
+        sub = sub_config(cfg, method, overrides)
+        d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
+        notes = []
+        if method not in ("base", "thinksafe") and stage_done(d, "dataset") is None:
+            build_set(method, cfg, sub, d, ts_dir, show)
+        if method != "base" and stage_done(d, "train") is None:
+            run_stage("train", sub, d, show)
+        metrics = _evaluate(sub, d, method, show)
+        row = {"method": method, **{k: metrics.get(k) for k in COLUMNS[1:5]}}
+        sft = d / "sft.jsonl"
+        row["train_examples"] = len(read_jsonl(sft)) if method != "base" else 0
+        row["perplexity"] = None
+        if method != "base" and cfg.compare.perplexity:
+            from thinksafe.stages.perplexity import perplexity, summary_path
+            ppl_out = d / "sft.ppl.base.jsonl"
+            sp = summary_path(ppl_out)
+            if sp.exists():
+                import json
+                ps = json.loads(sp.read_text())
+            else:
+                ps = perplexity(sft, cfg.model.path, family=cfg.model.family, out=ppl_out,
+                                max_length=sub.train.max_length, dtype=cfg.model.dtype,
+                                device=cfg.model.device, show=show)
+            row["perplexity"] = ps["perplexity"]
+        flops, secs = _compute(d, TRAIN_STAGES, notes) if method != "base" else (0.0, 0.0)
+        if method == "no_reasoning" and ts_dir is not None:
+            f2, s2 = _compute(ts_dir, ("generate", "judge"), notes)
+            flops = None if flops is None or f2 is None else flops + f2
+            secs += s2
+            notes.append("data compute = ThinkSafe's generate + judge")
+        if method == "no_steering" or (method == "direct_refusal" and cfg.compare.direct_refusal_benign):
+            notes.append("benign rows reused from ThinkSafe (their generation not counted here)")
+        if method == "external":
+            notes.append("data from an external teacher (its compute unknown, not counted)")
+        row.update(flops=flops, seconds=secs, flops_eval=_compute(d, ("evaluate",))[0],
+                   notes="; ".join(notes))
+        rows.append(row)
+        results[method] = {"dir": str(d), "metrics": metrics}
+        log(f"[compare {method}] done in {time.time() - t0:.1f}s")
+    table = {"name": cfg.name, "seed": cfg.seed, "columns": COLUMNS, "rows": rows,
+             "flops_note": "data + training FLOPs (thinksafe.compute: 2N per inference token, "
+                           "(4N_frozen + 6N_lora) per LoRA training token); evaluation apart"}
+    write_json(out / "compare.json", table)
+    write_text(out / "compare.md", to_markdown(table))
+    return table
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) >= 1e4 else f"{v:.3f}"
+    return str(v)
+
+
+def to_markdown(table: dict) -> str:
+    cols = table["columns"]
+    lines = [f"# compare: {table['name']} (seed {table['seed']})", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table["rows"]:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    lines += ["", f"FLOPs: {table['flops_note']}. Perplexity: of the method's training responses "
+              "under the base model (token-weighted). n/a = not measured or not applicable.", ""]
+    return "\n".join(lines)

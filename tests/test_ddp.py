@@ -1,0 +1,117 @@
+"""The train stage under real DDP: 2 processes on CPU (gloo), launched by `accelerate launch` with the
+shipped ddp.yaml (the README's command) or by torchrun, with `python -m thinksafe.cli train` as the
+target, against 1 process with the same effective batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_stage import sft_rows, write_rows
+
+CONFIG = """
+model: {path: organism, family: organism}
+train:
+  lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}
+  lr: 0.01
+  epochs: 2
+  warmup_ratio: 0
+  logging_steps: 1
+  max_length: 512
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_YAML = Path(__file__).resolve().parents[1] / "src" / "thinksafe" / "configs" / "accelerate" / "ddp.yaml"
+
+
+def launch(args: list[str], nproc: int, run_dir, launcher: str = "accelerate") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    head = [sys.executable, "-m", "thinksafe.cli"]
+    if nproc > 1 and launcher == "torchrun":
+        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "thinksafe.cli"]
+    elif nproc > 1:     # the README's command; bf16 mixed precision is for GPUs
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_YAML),
+                "--num_processes", str(nproc), "--mixed_precision", "no", "--main_process_port", str(free_port()),
+                "-m", "thinksafe.cli"]
+    r = subprocess.run(head + args + ["--out", str(run_dir), "--quiet"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def read_log(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective, launcher", [("kl", "accelerate"), ("sft", "torchrun")])
+def test_ddp_two_processes_match_one(tmp_path, objective, launcher):
+    from safetensors.torch import load_file
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG)
+    rows = sft_rows(16)
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_rows(one, rows)
+    write_rows(two, rows)
+    common = ["train", str(cfg), "--set", f"train.objective={objective}"]
+    # effective batch 8: 1 process x 8 rows  vs  2 processes x 2 rows x 2 accumulation steps
+    launch(common + ["--set", "train.batch_size=8"], 1, one)
+    r = launch(common + ["--set", "train.batch_size=2", "--set", "train.grad_accum=2"], 2, two, launcher)
+
+    a, b = read_log(one), read_log(two)
+    assert len(a) == len(b) == 4                       # 16 rows / 8 per step x 2 epochs
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-7)
+        for key in ("ce", "kl"):
+            assert (key in x) == (key in y)
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-3, abs=1e-7)
+    assert len({round(h["loss"], 6) for h in a}) > 1   # the model trained: later steps differ
+    if objective == "kl":
+        assert any("kl" in h for h in a) and any("ce" in h for h in a)
+
+    s1 = json.loads((one / "train_summary.json").read_text())
+    s2 = json.loads((two / "train_summary.json").read_text())
+    assert s1["world_size"] == 1 and s2["world_size"] == 2
+    assert s2["steps"] == s1["steps"] == 4 and s2["input_tokens_seen"] == s1["input_tokens_seen"]
+    # only the main process writes: one announcement, from rank 0, and no stray temp files
+    out = r.stdout + r.stderr
+    assert out.count("wrote ") == 1 and "[train] rank 0 of 2 wrote" in out
+    assert not list(two.glob("**/*.tmp"))
+    w1 = load_file(one / "adapter" / "adapter_model.safetensors")
+    w2 = load_file(two / "adapter" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    assert any(torch.count_nonzero(w1[k]) for k in w1 if "lora_B" in k)
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=5e-5, rtol=1e-3), k   # gloo all-reduce order
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from thinksafe.organism import resolve_model_path
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path("organism")),
+                              str(two / "adapter"))
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+    expected = {"ddp": DistributedType.MULTI_GPU, "fsdp": DistributedType.FSDP,
+                "deepspeed_zero3": DistributedType.DEEPSPEED}
+    for name, kind in expected.items():
+        c = load_config_from_file(str(DDP_YAML.with_name(f"{name}.yaml")))
+        assert c.distributed_type == kind and c.num_processes == 2 and c.mixed_precision == "bf16"
+    assert load_config_from_file(str(DDP_YAML.with_name("fsdp.yaml"))).fsdp_config["fsdp_version"] == 2
+    ds = load_config_from_file(str(DDP_YAML.with_name("deepspeed_zero3.yaml"))).deepspeed_config
+    assert ds["zero_stage"] == 3 and "gradient_accumulation_steps" not in ds   # "auto": from train.grad_accum
