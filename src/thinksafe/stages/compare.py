@@ -30,8 +30,10 @@ from thinksafe.config import RunConfig, _build, _set, to_dict
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
 
-METHODS = ("base", "thinksafe", "direct_refusal", "no_steering", "no_reasoning", "external")
-NEEDS_THINKSAFE = {"thinksafe", "no_reasoning", "no_steering"}
+METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "external")
+NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering"}
+# built-in settings of a method (a user's compare.set for it comes after, and wins)
+METHOD_DEFAULTS = {"thinksafe_kl": ["train.objective=kl"]}
 DATA_STAGES = ("generate", "judge", "dataset")
 TRAIN_STAGES = ("generate", "judge", "dataset", "train")
 COLUMNS = ["method", "harmful_rate", "harmful_rate_oracle", "over_refusal_rate", "reasoning_accuracy",
@@ -39,7 +41,7 @@ COLUMNS = ["method", "harmful_rate", "harmful_rate_oracle", "over_refusal_rate",
 
 
 def method_overrides(cfg) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[str]] = {m: list(kv) for m, kv in METHOD_DEFAULTS.items()}
     for item in cfg.compare.set:
         method, sep, kv = item.partition(":")
         if not sep or method not in METHODS or "=" not in kv:
@@ -96,6 +98,8 @@ def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool) -
     elif method == "no_reasoning":
         rows, stats = baselines.no_reasoning(ts_rows)
         stats["derived_from"] = str(ts_dir)
+    elif method == "thinksafe_kl":             # ThinkSafe's data, trained with KL on benign rows
+        rows, stats = ts_rows, {"kept": len(ts_rows), "derived_from": str(ts_dir)}
     elif method == "no_steering":
         rows, stats, stages = baselines.no_steering(sub, d, load_prompts(sub), ts_benign,
                                                     c.no_steering_samples, show)
@@ -189,7 +193,7 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
                                 device=cfg.model.device, show=show)
             row["perplexity"] = ps["perplexity"]
         flops, secs = _compute(d, TRAIN_STAGES, notes) if method != "base" else (0.0, 0.0)
-        if method == "no_reasoning" and ts_dir is not None:
+        if method in ("no_reasoning", "thinksafe_kl") and ts_dir is not None:
             f2, s2 = _compute(ts_dir, ("generate", "judge"), notes)
             flops = None if flops is None or f2 is None else flops + f2
             secs += s2
