@@ -26,7 +26,8 @@ def _cfg(out, extra=()):
 
 def test_shipped_compare_config_loads():
     cfg = _cfg("x")
-    assert cfg.compare.methods == ["base", "thinksafe", "direct_refusal", "no_steering", "no_reasoning"]
+    assert cfg.compare.methods == ["base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering",
+                                   "no_reasoning"]
 
 
 def test_bad_method_and_override_fail_early(tmp_path):
@@ -45,8 +46,10 @@ def test_compare_end_to_end(tiny_organism, tmp_path):
     cfg = _cfg(out, ["compare.set=[direct_refusal:train.epochs=2]"])
     logs = []
     table = run_compare(cfg, show=False, log=logs.append)
-    methods = ["base", "thinksafe", "direct_refusal", "no_steering", "no_reasoning"]
+    methods = ["base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning"]
     assert [r["method"] for r in table["rows"]] == methods
+    kl_summary = json.loads((out / "thinksafe_kl" / "train_summary.json").read_text())
+    assert kl_summary["objective"] == "kl" and kl_summary["examples"] > 0       # ThinkSafe's data, KL loss
     saved = json.loads((out / "compare.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(table["rows"]))
     md = (out / "compare.md").read_text()
