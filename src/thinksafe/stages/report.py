@@ -23,8 +23,8 @@ from thinksafe.io import write_json, write_text
 
 # ------------------------------------------------------------------ the organism table (unchanged)
 COLUMNS = [("harmful_rate", "harmful (guard)"), ("harmful_rate_oracle", "harmful (oracle)"),
-           ("over_refusal_rate", "over-refusal"), ("reasoning_accuracy", "reasoning acc."),
-           ("guard_agreement", "guard–oracle agreement")]
+           ("over_refusal_rate", "over-refusal"), ("reasoning_accuracy", "reasoning"),
+           ("guard_agreement", "guard=oracle")]
 KEYS = [k for k, _ in COLUMNS]
 
 
