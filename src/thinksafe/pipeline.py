@@ -101,11 +101,6 @@ def run_report(cfg: RunConfig, run_dir: Path, show: bool = True, paper_model: st
     return report_run(cfg, run_dir, show, paper_model)
 
 
-def _load(p: Path):
-    import json
-    return json.loads(p.read_text()) if p.exists() else None
-
-
 def run_all(cfg: RunConfig, show: bool = True, force: bool = False, log=print) -> dict:
     if cfg.generate.shard != "0/1":
         raise ConfigError("generate.shard is for `thinksafe generate` (one process per shard); "
