@@ -43,11 +43,8 @@ def _template(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def qwen3():
-    if not QWEN3_DIR.exists():
-        pytest.skip(f"{QWEN3_DIR} is absent")
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(QWEN3_DIR))
+def qwen3(qwen3_tokenizer):
+    return qwen3_tokenizer        # conftest's session copy: deep-copy before changing it
 
 
 @pytest.fixture(scope="module")

@@ -109,15 +109,20 @@ def math_equal(pred: str, gold: str) -> bool:
     return x is not None and y is not None and abs(x - y) <= 1e-6 * max(1.0, abs(y))
 
 
-def score_math(response: str, gold: str) -> dict:
-    """AIME/MATH: the last ``\\boxed{}`` after ``</think>`` against ``gold``."""
+def _score(response: str, gold, extract, equal, missing: str) -> dict:
+    """The shared shape of every scorer: answer after ``</think>`` -> extract -> compare."""
     ans = final_answer(response)
     if ans is None:
         return _result(False, None, gold, "no_think_close")
-    pred = last_boxed(ans)
+    pred = extract(ans)
     if pred is None:
-        return _result(False, None, gold, "no_boxed")
-    return _result(math_equal(pred, str(gold)), pred, gold)
+        return _result(False, None, gold, missing)
+    return _result(equal(pred), pred, gold)
+
+
+def score_math(response: str, gold: str) -> dict:
+    """AIME/MATH: the last ``\\boxed{}`` after ``</think>`` against ``gold``."""
+    return _score(response, gold, last_boxed, lambda p: math_equal(p, str(gold)), "no_boxed")
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -144,16 +149,12 @@ def extract_number(text: str) -> str | None:
 
 def score_number(response: str, gold: str | float) -> dict:
     """GSM8K: the final-answer number after ``</think>`` compared numerically with ``gold``."""
-    ans = final_answer(response)
-    if ans is None:
-        return _result(False, None, gold, "no_think_close")
-    pred = extract_number(ans)
-    if pred is None:
-        return _result(False, None, gold, "no_number")
     g = parse_number(str(gold))
-    p = parse_number(pred)
-    ok = g is not None and p is not None and abs(p - g) <= 1e-6 * max(1.0, abs(g))
-    return _result(ok, pred, gold)
+
+    def equal(pred: str) -> bool:
+        p = parse_number(pred)
+        return g is not None and p is not None and abs(p - g) <= 1e-6 * max(1.0, abs(g))
+    return _score(response, gold, extract_number, equal, "no_number")
 
 
 # ----------------------------------------------------------------------------- letters
@@ -170,10 +171,4 @@ def extract_letter(text: str) -> str | None:
 
 def score_letter(response: str, gold: str) -> dict:
     """GPQA: the chosen letter after ``</think>`` against the correct letter."""
-    ans = final_answer(response)
-    if ans is None:
-        return _result(False, None, gold, "no_think_close")
-    pred = extract_letter(ans)
-    if pred is None:
-        return _result(False, None, gold, "no_letter")
-    return _result(pred == gold.strip().upper(), pred, gold)
+    return _score(response, gold, extract_letter, lambda p: p == gold.strip().upper(), "no_letter")
