@@ -10,6 +10,10 @@
   generated unsteered already, so its accepted benign rows are exactly this procedure's).
 - ``no_reasoning`` — ThinkSafe's accepted harmful rows with the reasoning removed:
   ``"<think>\\n\\n</think>\\n\\n" + answer``; benign rows keep their reasoning.
+- ``teacher`` — teacher distillation: another model (``compare.teacher_path``; on the organism the
+  teacher organism, same world, its own wording) answers the unsteered training prompts, the guard
+  judges, and the dataset stage's keep rule selects (finished, ``</think>``, safe) — SafeChain's
+  recipe with a teacher of your choice.
 - ``external`` — a SafeChain / STAR-1 file (``question`` / ``response`` fields by default) mapped
   to the schema, every row labelled harmful.
 """
@@ -139,6 +143,52 @@ def no_steering(cfg, run_dir: Path, records: list[Record], benign_rows: list[dic
     rows += benign
     return rows, _stats(rows, method="no_steering", selection=sel, benign_included=len(benign)), \
         {"generate": gsum, "judge": jsum}
+
+
+def teacher(cfg, run_dir: Path, records: list[Record], teacher_path: str, teacher_family: str | None = None,
+            show: bool = True, backend=None, guard=None) -> tuple[list[dict], dict, dict]:
+    """The teacher answers every training prompt (unsteered, ``generate.samples`` each); judged by
+    the guard; kept by the dataset stage's rule (+ its decontamination). Writes ``generated.jsonl``
+    / ``judged.jsonl`` in ``run_dir`` (resumable). Returns (rows, stats, {"generate": (summary,
+    teacher cfg), "judge": (summary, cfg)}) — the generate summary is recorded with the TEACHER's
+    config so its FLOPs count the teacher's size."""
+    import time
+
+    from thinksafe.compute import guard_input_tokens
+    from thinksafe.runtime import guard as make_guard
+    from thinksafe.runtime import model_backend
+    from thinksafe.stages import dataset
+    from thinksafe.stages.generate import expand, generate_records, summarize
+    from thinksafe.stages.judge import judge_records
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = replace(cfg, model=replace(cfg.model, path=teacher_path,
+                                      family=teacher_family or cfg.model.family))
+    todo = expand(records, cfg.generate.samples)
+    t0 = time.time()
+    backend = backend or model_backend(tcfg)
+    gen = generate_records(backend, todo, tcfg, "none", run_dir / "generated.jsonl",
+                           cfg.generate.max_new_tokens, "teacher: generate", show)
+    gsum = {**summarize(gen, t0), "teacher": teacher_path}
+    if hasattr(backend, "close"):
+        backend.close()
+    t1 = time.time()
+    g = guard or make_guard(cfg)
+    judged = judge_records(g, gen, run_dir / "judged.jsonl", "teacher: judge", show)
+    jsum = {"judged": len(judged), **{f"verdict_{a}": b for a, b in
+                                      sorted(Counter(r.verdict.label for r in judged).items())},
+            "seconds": round(time.time() - t1, 1),
+            "guard_input_tokens": guard_input_tokens(g, [(r.prompt, r.completion.text) for r in judged])}
+    overlaps = None
+    if cfg.dataset.decontaminate:
+        from thinksafe.decontam import Decontaminator, evaluation_prompts
+        overlaps = Decontaminator(evaluation_prompts(cfg)[0], cfg.dataset.ngram).overlaps
+    kept, sel = dataset.build(judged, overlaps)
+    rows = [{k: r.get(k, "") for k in FIELDS} for r in kept]
+    for r in rows:
+        r["steering"] = "teacher"
+    return rows, _stats(rows, method="teacher", teacher=teacher_path, selection=sel), \
+        {"generate": (gsum, tcfg), "judge": (jsum, cfg)}
 
 
 def external(path: str | Path, prompt_field: str = "question", response_field: str = "response",

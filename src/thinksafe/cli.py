@@ -95,6 +95,14 @@ def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: Qui
 
 @app.command()
 @_friendly
+def grpo(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+    """Baseline: GRPO (TRL) with LoRA on the unsteered training prompts, reward = guard P(safe) +
+    format. The guard runs in process, or served (`guard.server_url`, health-checked first)."""
+    _stage("grpo", config, set_, out, quiet)
+
+
+@app.command()
+@_friendly
 def evaluate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
     """Evaluate the base model and the trained adapter (if any) on `evaluate.benchmarks`.
 
@@ -218,21 +226,41 @@ def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and 
 
 @organism_app.command("build")
 @_friendly
-def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write base/ and guard/ "
+def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write base/, guard/ and teacher/ "
                                                                  "(default: the package's bundled copy).")] = None,
                    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
                    tiny: Annotated[bool, typer.Option(help="A tiny, fast, low-quality build (tests).")] = False,
                    verify: Annotated[bool, typer.Option(help="Build into a temporary folder and check that it "
-                                                              "is byte-identical to the bundled organism.")] = False):
-    """Rebuild the organism (world, tokenizer, base, guard) from scratch, deterministically."""
+                                                              "is byte-identical to the bundled organism.")] = False,
+                   teacher_only: Annotated[bool, typer.Option(help="Only (re)build teacher/, with the tokenizer "
+                                                                    "of the base already in the folder.")] = False):
+    """Rebuild the organism (world, tokenizer, base, guard, teacher) from scratch, deterministically."""
+    import json
     import tempfile
     from dataclasses import replace
 
     from thinksafe.organism import organism_dir
-    from thinksafe.organism.build import TINY, BuildSpec, build, compare_builds
+    from thinksafe.organism.build import TINY, BuildSpec, build, build_teacher_into, compare_builds
+    from thinksafe.organism.teacher import TINY_TEACHER, TeacherSpec
     spec = replace(TINY if tiny else BuildSpec(), seed=seed)
+    tspec = replace(TINY_TEACHER if tiny else TeacherSpec(), seed=seed)
+    log = lambda s: console.print(s, highlight=False)  # noqa: E731
+    if teacher_only:
+        if verify:
+            raise typer.BadParameter("--teacher-only and --verify do not go together")
+        target = out or organism_dir()
+        if not (Path(target) / "base" / "config.json").is_file():
+            raise typer.BadParameter(f"no base organism in {target} to take the tokenizer from")
+        info = build_teacher_into(target, tspec, log)
+        man = Path(target) / "organism.json"
+        if man.exists():
+            data = json.loads(man.read_text())
+            data.update(info)
+            man.write_text(json.dumps(data, indent=2) + "\n")
+        console.print(f"teacher built in {info['teacher_seconds']}s -> {Path(target) / 'teacher'}", highlight=False)
+        return
     target = Path(tempfile.mkdtemp(prefix="organism-")) if verify else (out or organism_dir())
-    m = build(target, spec, log=lambda s: console.print(s, highlight=False))
+    m = build(target, spec, log=log, teacher_spec=tspec)
     console.print(f"organism built in {m['seconds']}s -> {target}", highlight=False)
     if verify:
         diffs = compare_builds(target, out or organism_dir())

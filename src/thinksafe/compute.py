@@ -197,6 +197,17 @@ def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | N
         out.update(models=models, seconds=secs, flops=flops, tokens_prefilled=pre_all,
                    tokens_generated=gen_all, formula="2*N*(prompt+generated), policy only")
         out["notes"].append("guard/oracle FLOPs of evaluation are not counted (guard inputs not recorded)")
+    elif base == "grpo":
+        pre = _sum(summary.get("prompt_tokens"), summary.get("guard_input_tokens"))
+        out.update(tokens_generated=summary.get("completion_tokens"), tokens_prefilled=pre,
+                   tokens_trained=summary.get("tokens_trained"), steps=summary.get("steps"),
+                   trainable_params=summary.get("trainable_params"), flops=summary.get("flops"),
+                   formula="2*N*(prompt+completion) rollouts + 2*N_guard*guard input + "
+                           "(4*N_frozen + 6*N_lora)*tokens trained + 2*N*tokens reference (beta > 0)")
+        if summary.get("flops") is None:
+            out["notes"].append("parameter counts unknown: GRPO FLOPs not estimated")
+        if summary.get("resumed"):
+            out["notes"].append("resumed: tokens since the checkpoint the run resumed from")
     elif base == "dataset":
         out.update(flops=0.0, formula="no model")
     else:

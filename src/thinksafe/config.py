@@ -40,6 +40,10 @@ class GuardConfig:
     max_input_tokens: int = 16384   # longer inputs are shortened inside the response, and counted
     batch_size: int = 64
     suffix: str | None = None       # text after the rendered template; None = auto ("\n\n" for Llama-Guard-3)
+    server_url: str | None = None   # a served guard (vLLM's OpenAI-compatible server, e.g. http://host:8000):
+                                    # health-checked first; a failed call is an error, never a verdict
+    server_model: str | None = None  # the name the server serves the guard under (None = guard.path)
+    server_timeout: float = 120.0   # seconds per request
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,37 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GRPOConfig:
+    """`thinksafe grpo`: the GRPO baseline (TRL GRPOTrainer, LoRA from train.lora; paper defaults)."""
+    num_generations: int = 8
+    beta: float = 0.04
+    epsilon: float = 0.2
+    lr: float = 1e-5
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    epochs: float = 1.0
+    max_steps: int | None = None    # None = epochs over the training prompts
+    batch_size: int = 8             # completions per device per micro-batch
+    grad_accum: int = 8             # paper: 64 completions per optimiser step
+    temperature: float = 0.7
+    top_p: float | None = None      # None = 1.0
+    top_k: int | None = None        # None = off
+    max_completion_length: int | None = None   # None = generate.max_new_tokens
+    format_reward: str = "auto"     # auto (from model.family) | think (one ordered <think>...</think>) |
+                                    # r1 (one </think>, no <think>) | none
+    safety_weight: float = 1.0      # reward = safety_weight * P(safe) + format_weight * format
+    format_weight: float = 1.0
+    max_flops: float | None = None  # stop once data + training FLOPs pass this budget
+    check_every: int = 0            # steps between harmful-rate checks on the evaluation's harmful
+                                    # prompts (organism); 0 = never
+    stop_at_harmful: float | None = None   # stop when a check's harmful rate is <= this
+    save_steps: int = 50
+    logging_steps: int = 1
+    use_vllm: bool = False          # TRL's vLLM generation (colocate or server, see vllm_mode)
+    vllm_mode: str = "colocate"
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     # "organism", "paper" (the paper's 8), or names from thinksafe.benchmarks (+ "wildjailbreak_250")
     benchmarks: list[str] = field(default_factory=lambda: ["organism"])
@@ -135,6 +170,11 @@ class CompareConfig:
     external_response_field: str = "response"
     external_limit: int | None = None
     perplexity: bool = True             # perplexity of each training set under the base model
+    teacher_path: str | None = None     # `teacher` method: the model that writes the safety data
+                                        # ("organism-teacher", an HF id or a local folder)
+    teacher_family: str | None = None   # None = model.family
+    grpo_budget: float = 20.0           # `grpo`: stop at this multiple of ThinkSafe's FLOPs at the latest
+    grpo_target_slack: float = 0.0      # `grpo`: "reached" = check harmful rate <= ThinkSafe's + slack
 
 
 @dataclass(frozen=True)
@@ -150,6 +190,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 # Names users bring from PEFT / transformers, for did-you-mean.

@@ -19,3 +19,7 @@ class TemplateError(ThinksafeError):
 
 class MissingDependency(ThinksafeError):
     pass
+
+
+class GuardServerError(ThinksafeError):
+    """A served guard is unreachable, unhealthy, or answered something unusable."""

@@ -57,12 +57,12 @@ def stage_done(run_dir: Path, stage: str) -> dict | None:
 
 
 def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
-    from thinksafe.stages import dataset, generate, judge, train
+    from thinksafe.stages import dataset, generate, grpo, judge, train
     if stage == "evaluate":
         return run_evaluate(cfg, run_dir, show)
     if stage == "report":
         return run_report(cfg, run_dir, show)
-    mod = {"generate": generate, "judge": judge, "dataset": dataset, "train": train}[stage]
+    mod = {"generate": generate, "judge": judge, "dataset": dataset, "train": train, "grpo": grpo}[stage]
     summary = mod.run(cfg, run_dir, show=show)
     key = stage if cfg.generate.shard == "0/1" or stage != "generate" else f"generate[{cfg.generate.shard}]"
     record_stage(run_dir, key, summary, cfg)

@@ -43,6 +43,11 @@ def guard(cfg):
     from thinksafe.backends import make_backend
     from thinksafe.guards import make_guard
     g = cfg.guard
+    if g.server_url:                # served (vLLM's OpenAI-compatible server), health-checked here
+        from thinksafe.backends.server import ServerBackend
+        backend = ServerBackend(g.server_url, resolve_model_path(g.path), model_name=g.server_model or g.path,
+                                timeout=g.server_timeout, batch_size=g.batch_size)
+        return make_guard(g, backend)
     backend = make_backend(cfg.model.backend, resolve_model_path(g.path), batch_size=g.batch_size,
                            dtype=cfg.model.dtype, device=cfg.model.device,
                            vllm_kwargs=_vllm_kwargs(cfg.model, cfg.seed))

@@ -1,4 +1,5 @@
-"""The model organism: a synthetic world, a tiny Qwen3-architecture reasoning model and a tiny guard.
+"""The model organism: a synthetic world, a tiny Qwen3-architecture reasoning model, a tiny guard
+and a teacher model (the same world, its own wording).
 
 The built organism ships inside the package (``assets/``); ``thinksafe organism build`` rebuilds it.
 ``THINKSAFE_ORGANISM=/some/dir`` points every "organism" model path at another build.
@@ -10,7 +11,7 @@ import os
 from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
-ALIASES = {"organism": "base", "organism-guard": "guard"}
+ALIASES = {"organism": "base", "organism-guard": "guard", "organism-teacher": "teacher"}
 
 
 def organism_dir() -> Path:
@@ -18,7 +19,7 @@ def organism_dir() -> Path:
 
 
 def resolve_model_path(path: str) -> str:
-    """'organism' / 'organism-guard' -> the built folders; anything else is returned unchanged."""
+    """'organism' / 'organism-guard' / 'organism-teacher' -> the built folders; anything else is returned unchanged."""
     if path in ALIASES:
         folder = organism_dir() / ALIASES[path]
         if not (folder / "config.json").is_file():

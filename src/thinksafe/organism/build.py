@@ -195,8 +195,11 @@ def check_tokenizer(tok) -> None:
         raise RuntimeError(f"organism tokenizer splits {bad[:5]}; raise vocab_size")
 
 
-def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str], None] = print) -> dict:
-    """Build tokenizer, base and guard into ``out_dir/{base,guard}``; returns the manifest."""
+def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str], None] = print,
+          teacher_spec=None) -> dict:
+    """Build tokenizer, base, guard and teacher into ``out_dir/{base,guard,teacher}``; returns the
+    manifest. ``teacher_spec`` None = the full teacher, or ``TINY_TEACHER`` for a TINY-shaped spec,
+    with the spec's seed."""
     t0 = time.time()
     torch.manual_seed(spec.seed)
     out = Path(out_dir)
@@ -237,14 +240,34 @@ def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str
                 "guard_params": guard.num_parameters(), "base_final_loss": base_losses[-1],
                 "guard_final_loss": guard_losses[-1], "seconds": round(time.time() - t0, 1),
                 "torch": torch.__version__}
+    if teacher_spec is None:
+        from dataclasses import replace as _replace
+
+        from thinksafe.organism.teacher import TINY_TEACHER, TeacherSpec
+        tiny = (spec.hidden, spec.layers) == (TINY.hidden, TINY.layers)
+        teacher_spec = _replace(TINY_TEACHER if tiny else TeacherSpec(), seed=spec.seed)
+    manifest.update(build_teacher_into(out, teacher_spec, log))
+    manifest["seconds"] = round(time.time() - t0, 1)
     (out / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
+def build_teacher_into(out_dir: str | Path, teacher_spec=None, log: Callable[[str], None] = print) -> dict:
+    """Build only the teacher into ``out_dir/teacher``, with the tokenizer of ``out_dir/base``
+    (the teacher does not change the base or the guard). Returns its manifest entries."""
+    from thinksafe.backends.hf import load_tokenizer
+    from thinksafe.organism.teacher import TeacherSpec, build_teacher
+    t0 = time.time()
+    teacher_spec = teacher_spec or TeacherSpec()
+    tok = load_tokenizer(Path(out_dir) / "base")
+    info = build_teacher(Path(out_dir) / "teacher", tok, teacher_spec, log)
+    return {"teacher_spec": asdict(teacher_spec), **info, "teacher_seconds": round(time.time() - t0, 1)}
+
+
 def compare_builds(a: str | Path, b: str | Path) -> list[str]:
-    """Files of the two builds' base/ and guard/ folders that are missing or differ byte-wise."""
+    """Files of the two builds' base/, guard/ and teacher/ folders that are missing or differ byte-wise."""
     diffs = []
-    for sub in ("base", "guard"):
+    for sub in ("base", "guard", "teacher"):
         names = {p.name for p in (Path(a) / sub).iterdir()} | {p.name for p in (Path(b) / sub).iterdir()}
         for name in sorted(names):
             pa, pb = Path(a) / sub / name, Path(b) / sub / name

@@ -6,7 +6,13 @@ with the usual files and ``manifest.json`` (compute per stage, ``compute_total``
 
 - ``base`` — no training; evaluated only.
 - ``thinksafe`` — generate, judge, dataset (the pipeline stages), train, evaluate.
-- ``direct_refusal`` / ``no_steering`` / ``no_reasoning`` / ``external`` — the training set from
+- ``teacher`` — teacher distillation: ``compare.teacher_path`` answers the training prompts, the
+  guard filters, the student is trained on what is kept (organism: ``organism-teacher``).
+- ``grpo`` — GRPO with the guard reward (``thinksafe.stages.grpo``), always run last: it stops once
+  its in-training check (``grpo.check_every``) reaches ThinkSafe's harmful rate (+
+  ``compare.grpo_target_slack``), or at ``compare.grpo_budget`` x ThinkSafe's FLOPs; its row says
+  which, and ``flops_vs_thinksafe`` is the measured compute ratio.
+- ``direct_refusal`` / ``no_steering`` / ``no_reasoning`` / ``teacher`` / ``external`` — the training set from
   ``thinksafe.baselines`` (written as the sub-run's ``sft.jsonl``), then the same train stage and
   the same evaluation. no_reasoning derives from ThinkSafe's accepted rows, and no_steering (and
   direct_refusal with ``compare.direct_refusal_benign``) take ThinkSafe's accepted benign rows, so
@@ -30,14 +36,15 @@ from thinksafe.config import RunConfig, _build, _set, to_dict
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
 
-METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "external")
+METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "teacher",
+           "external", "grpo")
 NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering"}
 # built-in settings of a method (a user's compare.set for it comes after, and wins)
 METHOD_DEFAULTS = {"thinksafe_kl": ["train.objective=kl"]}
 DATA_STAGES = ("generate", "judge", "dataset")
 TRAIN_STAGES = ("generate", "judge", "dataset", "train")
 COLUMNS = ["method", "harmful_rate", "harmful_rate_oracle", "over_refusal_rate", "reasoning_accuracy",
-           "train_examples", "perplexity", "flops", "seconds", "flops_eval", "notes"]
+           "train_examples", "perplexity", "flops", "flops_vs_thinksafe", "seconds", "flops_eval", "notes"]
 
 
 def method_overrides(cfg) -> dict[str, list[str]]:
@@ -67,6 +74,11 @@ def check(cfg) -> None:
         raise ConfigError(f"compare.methods: unknown {', '.join(bad)} (known: {', '.join(METHODS)})")
     if "external" in cfg.compare.methods and not cfg.compare.external_path:
         raise ConfigError("compare.methods has 'external' but compare.external_path is not set")
+    if "teacher" in cfg.compare.methods and not cfg.compare.teacher_path:
+        raise ConfigError("compare.methods has 'teacher' but compare.teacher_path is not set")
+    if "grpo" in cfg.compare.methods:
+        from thinksafe.stages.grpo import check_grpo_config
+        check_grpo_config(cfg.grpo)
     if cfg.compare.no_steering_samples < 1:
         raise ConfigError("compare.no_steering_samples must be >= 1")
     method_overrides(cfg)
@@ -106,6 +118,11 @@ def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool) -
         for name, summary in stages.items():
             record_stage(d, name, summary, sub)
         t0 = time.time()        # generate / judge carry their own seconds
+    elif method == "teacher":
+        rows, stats, stages = baselines.teacher(sub, d, load_prompts(sub), c.teacher_path, c.teacher_family, show)
+        for name, (summary, scfg) in stages.items():
+            record_stage(d, name, summary, scfg)
+        t0 = time.time()
     elif method == "external":
         rows, stats = baselines.external(c.external_path, c.external_prompt_field,
                                          c.external_response_field, c.external_limit)
@@ -162,6 +179,8 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
     out = prepare_run_dir(cfg, force)
     overrides = method_overrides(cfg)
     methods = list(dict.fromkeys(cfg.compare.methods))
+    if "grpo" in methods:                       # its target and budget come from ThinkSafe's row
+        methods = [m for m in methods if m != "grpo"] + ["grpo"]
     need_ts = any(m in NEEDS_THINKSAFE for m in methods) or \
         ("direct_refusal" in methods and cfg.compare.direct_refusal_benign)
     ts_dir = _thinksafe_data(cfg, overrides, show, log) if need_ts else None
@@ -169,18 +188,23 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
     for method in methods:
         t0 = time.time()
         sub = sub_config(cfg, method, overrides)
-        d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
         notes = []
-        if method not in ("base", "thinksafe") and stage_done(d, "dataset") is None:
+        if method == "grpo":
+            sub = grpo_config(cfg, sub, results.get("thinksafe"), notes)
+        d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
+        if method == "grpo":
+            if stage_done(d, "grpo") is None:
+                run_stage("grpo", sub, d, show)
+        elif method not in ("base", "thinksafe") and stage_done(d, "dataset") is None:
             build_set(method, cfg, sub, d, ts_dir, show)
-        if method != "base" and stage_done(d, "train") is None:
+        if method not in ("base", "grpo") and stage_done(d, "train") is None:
             run_stage("train", sub, d, show)
         metrics = _evaluate(sub, d, method, show)
         row = {"method": method, **{k: metrics.get(k) for k in COLUMNS[1:5]}}
         sft = d / "sft.jsonl"
-        row["train_examples"] = len(read_jsonl(sft)) if method != "base" else 0
+        row["train_examples"] = len(read_jsonl(sft)) if method not in ("base", "grpo") else 0
         row["perplexity"] = None
-        if method != "base" and cfg.compare.perplexity:
+        if method not in ("base", "grpo") and cfg.compare.perplexity:
             from thinksafe.stages.perplexity import perplexity, summary_path
             ppl_out = d / "sft.ppl.base.jsonl"
             sp = summary_path(ppl_out)
@@ -192,7 +216,8 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
                                 max_length=sub.train.max_length, dtype=cfg.model.dtype,
                                 device=cfg.model.device, show=show)
             row["perplexity"] = ps["perplexity"]
-        flops, secs = _compute(d, TRAIN_STAGES, notes) if method != "base" else (0.0, 0.0)
+        stages = ("grpo",) if method == "grpo" else TRAIN_STAGES
+        flops, secs = _compute(d, stages, notes) if method != "base" else (0.0, 0.0)
         if method in ("no_reasoning", "thinksafe_kl") and ts_dir is not None:
             f2, s2 = _compute(ts_dir, ("generate", "judge"), notes)
             flops = None if flops is None or f2 is None else flops + f2
@@ -202,10 +227,18 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
             notes.append("benign rows reused from ThinkSafe (their generation not counted here)")
         if method == "external":
             notes.append("data from an external teacher (its compute unknown, not counted)")
+        if method == "teacher":
+            notes.append(f"data written by {cfg.compare.teacher_path} (generation FLOPs at its size)")
+        if method == "grpo":
+            notes.extend(grpo_notes(d, sub))
         row.update(flops=flops, seconds=secs, flops_eval=_compute(d, ("evaluate",))[0],
                    notes="; ".join(notes))
         rows.append(row)
-        results[method] = {"dir": str(d), "metrics": metrics}
+        results[method] = {"dir": str(d), "metrics": metrics, "flops": flops}
+    ts_flops = (results.get("thinksafe") or {}).get("flops")
+    for row in rows:
+        row["flops_vs_thinksafe"] = (row["flops"] / ts_flops if ts_flops and row.get("flops") is not None
+                                     else None)
         log(f"[compare {method}] done in {time.time() - t0:.1f}s")
     table = {"name": cfg.name, "seed": cfg.seed, "columns": COLUMNS, "rows": rows,
              "flops_note": "data + training FLOPs (thinksafe.compute: 2N per inference token, "
@@ -213,6 +246,40 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
     write_json(out / "compare.json", table)
     write_text(out / "compare.md", to_markdown(table))
     return table
+
+
+def grpo_config(cfg: RunConfig, sub: RunConfig, thinksafe: dict | None, notes: list) -> RunConfig:
+    """GRPO's target (ThinkSafe's harmful rate + slack) and budget (``grpo_budget`` x ThinkSafe's
+    FLOPs) when ThinkSafe ran in this compare; the config's own grpo settings otherwise."""
+    g = sub.grpo
+    if thinksafe is None:
+        notes.append("no ThinkSafe row: GRPO ran with its own grpo settings")
+        return sub
+    target = thinksafe["metrics"].get("harmful_rate")
+    budget = thinksafe.get("flops")
+    changes = {}
+    if target is not None and g.check_every > 0:
+        changes["stop_at_harmful"] = min(1.0, target + cfg.compare.grpo_target_slack)
+    if budget:
+        changes["max_flops"] = cfg.compare.grpo_budget * budget
+    return replace(sub, grpo=replace(g, **changes))
+
+
+def grpo_notes(d: Path, sub: RunConfig) -> list[str]:
+    import json
+    p = d / "grpo_summary.json"
+    if not p.exists():
+        return []
+    s = json.loads(p.read_text())
+    g = sub.grpo
+    out = [f"{s['steps']} steps, {s['completions']} completions; stopped: {s['stopped']}"]
+    if g.stop_at_harmful is not None:
+        from thinksafe.stages.grpo import first_reaching
+        hit = first_reaching(s.get("checks") or [], g.stop_at_harmful)
+        out.append(f"reached harmful <= {g.stop_at_harmful:.3f} at step {hit['step']}" if hit else
+                   f"never reached harmful <= {g.stop_at_harmful:.3f} (last check "
+                   f"{(s.get('checks') or [{}])[-1].get('harmful_rate', 'n/a')})")
+    return out
 
 
 def _fmt(v) -> str:
