@@ -13,7 +13,8 @@ TINY = ["prompts.n_harmful=4", "prompts.n_reasoning=3", "prompts.n_borderline=2"
         "evaluate.n_harmful=3", "evaluate.n_reasoning=2", "evaluate.n_borderline=2",
         "generate.max_new_tokens=16", "evaluate.max_new_tokens=16", "train.epochs=1",
         "train.batch_size=4", "model.batch_size=8", "guard.batch_size=8",
-        "compare.no_steering_samples=2"]
+        "compare.no_steering_samples=2", "grpo.num_generations=2", "grpo.batch_size=4",
+        "grpo.grad_accum=1", "grpo.epochs=1", "grpo.max_steps=2", "grpo.check_every=1"]
 
 
 def _cfg(out, extra=()):
@@ -26,14 +27,17 @@ def _cfg(out, extra=()):
 
 def test_shipped_compare_config_loads():
     cfg = _cfg("x")
-    assert cfg.compare.methods == ["base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering",
-                                   "no_reasoning"]
+    assert cfg.compare.methods == ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal",
+                                   "no_steering", "no_reasoning", "grpo"]
+    assert cfg.compare.teacher_path == "organism-teacher"
 
 
 def test_bad_method_and_override_fail_early(tmp_path):
     from thinksafe.stages.compare import run_compare
     with pytest.raises(ConfigError):
-        run_compare(_cfg(tmp_path / "a", ["compare.methods=[base, grpo]"]), show=False)
+        run_compare(_cfg(tmp_path / "a", ["compare.methods=[base, opd]"]), show=False)
+    with pytest.raises(ConfigError, match="teacher_path"):
+        run_compare(_cfg(tmp_path / "d", ["compare.methods=[teacher]", "compare.teacher_path=null"]), show=False)
     with pytest.raises(ConfigError):
         run_compare(_cfg(tmp_path / "b", ["compare.set=[epochs=5]"]), show=False)
     with pytest.raises(ConfigError):
@@ -46,7 +50,8 @@ def test_compare_end_to_end(tiny_organism, tmp_path):
     cfg = _cfg(out, ["compare.set=[direct_refusal:train.epochs=2]"])
     logs = []
     table = run_compare(cfg, show=False, log=logs.append)
-    methods = ["base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning"]
+    methods = ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal", "no_steering",
+               "no_reasoning", "grpo"]
     assert [r["method"] for r in table["rows"]] == methods
     kl_summary = json.loads((out / "thinksafe_kl" / "train_summary.json").read_text())
     assert kl_summary["objective"] == "kl" and kl_summary["examples"] > 0       # ThinkSafe's data, KL loss
@@ -61,6 +66,9 @@ def test_compare_end_to_end(tiny_organism, tmp_path):
             assert 0.0 <= r[k] <= 1.0, (r["method"], k)
         if r["method"] == "base":
             assert r["perplexity"] is None and r["train_examples"] == 0 and r["flops"] == 0.0
+        elif r["method"] == "grpo":
+            assert r["perplexity"] is None and r["flops"] > 0 and r["flops_vs_thinksafe"] > 0
+            assert "steps" in r["notes"] and "harmful <=" in r["notes"]
         else:
             assert r["perplexity"] > 0 and r["flops"] > 0 and r["seconds"] > 0, r
             assert (out / r["method"] / "manifest.json").exists()
@@ -73,6 +81,18 @@ def test_compare_end_to_end(tiny_organism, tmp_path):
     ns = json.loads((out / "no_steering" / "manifest.json").read_text())
     assert ns["stages"]["generate"]["summary"]["records"] == 2 * 4       # k samples per harmful prompt
     assert ns["compute_total"]["flops"] > 0
+    # teacher distillation: the teacher's own wording, generation FLOPs at the teacher's size
+    te = [json.loads(x) for x in (out / "teacher" / "sft.jsonl").read_text().splitlines()]
+    assert te and all(x["steering"] == "teacher" for x in te)
+    tm = json.loads((out / "teacher" / "manifest.json").read_text())
+    from thinksafe.compute import model_params
+    assert tm["stages"]["generate"]["compute"]["params"] == model_params("organism-teacher")["flop_params"]
+    # GRPO: its target is ThinkSafe's harmful rate and its budget a multiple of ThinkSafe's FLOPs
+    ts = next(r for r in table["rows"] if r["method"] == "thinksafe")
+    import yaml
+    gcfg = yaml.safe_load((out / "grpo" / "config.yaml").read_text())["grpo"]
+    assert gcfg["stop_at_harmful"] == pytest.approx(ts["harmful_rate"])
+    assert gcfg["max_flops"] == pytest.approx(cfg.compare.grpo_budget * ts["flops"])
     # a rerun resumes: every stage is skipped, same table
     again = run_compare(cfg, show=False, log=logs.append)
     assert [r["harmful_rate"] for r in again["rows"]] == [r["harmful_rate"] for r in table["rows"]]

@@ -218,3 +218,22 @@ def test_pareto_plot_without_points(tmp_path):
     from thinksafe.plots import pareto_plot
     p = pareto_plot(tmp_path / "x.png", [])
     assert p.read_bytes()[:8] == PNG
+
+
+def test_report_shows_compute_beside_quality(tmp_path):
+    run = make_run(tmp_path, "qwen3-4b", {"base": FULL, "thinksafe": PARTIAL})
+    manifest = {"stages": {
+        "generate": {"compute": {"seconds": 12.5, "device": "cpu", "tokens_generated": 1000,
+                                 "tokens_prefilled": 200, "tokens_trained": None, "flops": 2.4e9}},
+        "train": {"compute": {"seconds": 30.0, "device": "cpu", "tokens_generated": None,
+                              "tokens_prefilled": None, "tokens_trained": 5000, "flops": 2.0e10}}},
+        "compute_total": {"seconds": 42.5, "flops": 2.24e10, "tokens_generated": 1000,
+                          "tokens_prefilled": 200, "tokens_trained": 5000}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    R.report_runs([run], show=False)
+    md = (run / "report.md").read_text()
+    assert "## Compute" in md
+    assert "| generate | 12.5 | cpu | 1,000 | 200 | – | 2.4e+09 |" in md
+    assert "| **total** | 42.5 |  | 1,000 | 200 | 5,000 | 2.24e+10 |" in md
+    s = json.loads((run / "summary.json").read_text())
+    assert s["compute"][str(run)]["flops"] == pytest.approx(2.24e10)

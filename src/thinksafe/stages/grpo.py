@@ -274,7 +274,12 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
 
     class _Accounting(TrainerCallback):
         def on_step_end(self, args, st, control, model=None, **kw):
-            add(reward.counts)
+            counts = reward.counts
+            if trainer.accelerator.num_processes > 1:     # every process scored its own completions
+                keys = sorted(counts)
+                t = torch.tensor([float(counts[k]) for k in keys], device=trainer.accelerator.device)
+                counts = dict(zip(keys, trainer.accelerator.reduce(t, reduction="sum").tolist()))
+            add(counts)
             reward.reset()
             nl = state["n_lora"]
             flops = step_flops(totals, n, n_guard, nl, g.beta) if nl is not None else None

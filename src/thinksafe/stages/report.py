@@ -385,6 +385,10 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
     else:
         _organism_pareto(pareto, organism, name)
         lines += ["![safety vs reasoning](pareto.png)", ""]
+    comp_lines, comp = compute_lines(sorted({r.run_dir for r in results}, key=str))
+    lines += comp_lines
+    if comp:
+        summary["compute"] = comp
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "report.md", "\n".join(lines).rstrip() + "\n")
     if show:
@@ -393,6 +397,44 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
         if real:
             print_paper_table(real)
     return summary
+
+
+def _num(v, fmt: str = "{:,}") -> str:
+    if v is None:
+        return DASH
+    return f"{float(v):.3g}" if fmt == "g" else fmt.format(v)
+
+
+def compute_lines(run_dirs: list[Path]) -> tuple[list[str], dict]:
+    """The compute of each run (its manifest.json): a table stage x (seconds, tokens, FLOPs)."""
+    import json
+    lines, out = [], {}
+    for d in run_dirs:
+        p = Path(d) / "manifest.json"
+        if not p.exists():
+            continue
+        m = json.loads(p.read_text())
+        stages = {k: v.get("compute") for k, v in m.get("stages", {}).items() if v.get("compute")}
+        if not stages:
+            continue
+        out[str(d)] = m.get("compute_total")
+        if not lines:
+            lines += ["## Compute", "",
+                      "Estimated model FLOPs (2·N per inference token, (4·N_frozen + 6·N_LoRA) per LoRA "
+                      "training token, + 2·N for a reference pass; details in each run's manifest.json). "
+                      f"{DASH} = not known.", ""]
+        lines += [f"`{d}`", "", "| stage | seconds | device | tokens generated | tokens prefilled | "
+                  "tokens trained | FLOPs |", "|---|---|---|---|---|---|---|"]
+        rows = list(stages.items())
+        t = m.get("compute_total") or {}
+        for name, c in rows + [("**total**", {**t, "device": ""})]:
+            secs = c.get("seconds")
+            lines.append(f"| {name} | {_num(secs, '{:.1f}') if secs is not None else DASH} | "
+                         f"{c.get('device', DASH)} | {_num(c.get('tokens_generated'))} | "
+                         f"{_num(c.get('tokens_prefilled'))} | {_num(c.get('tokens_trained'))} | "
+                         f"{_num(c.get('flops'), 'g')} |")
+        lines.append("")
+    return lines, out
 
 
 def _organism_pareto(path: Path, organism: list[ModelResult], name) -> None:
