@@ -47,7 +47,7 @@ def test_bad_method_and_override_fail_early(tmp_path):
 def test_compare_end_to_end(tiny_organism, tmp_path):
     from thinksafe.stages.compare import COLUMNS, run_compare
     out = tmp_path / "cmp"
-    cfg = _cfg(out, ["compare.set=[direct_refusal:train.epochs=2]"])
+    cfg = _cfg(out, ["compare.set=[direct_refusal:train.epochs=2, teacher:generate.max_new_tokens=96]"])
     logs = []
     table = run_compare(cfg, show=False, log=logs.append)
     methods = ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal", "no_steering",

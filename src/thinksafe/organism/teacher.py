@@ -37,7 +37,8 @@ class TeacherSpec:
     batch: int = 64
 
 
-TINY_TEACHER = TeacherSpec(n_reasoning=200, n_harmful=100, n_borderline=40, hidden=32, layers=1, epochs=1)
+TINY_TEACHER = TeacherSpec(n_reasoning=300, n_harmful=150, n_borderline=60, hidden=32, layers=1, epochs=3,
+                           lr=1e-2, batch=32)
 
 
 def reasoning_response(p: world.WorldPrompt) -> str:
