@@ -170,9 +170,10 @@ def harmful_rate_now(model, tok, cfg, guard, records) -> float:
 def check_grpo_config(g) -> None:
     if g.num_generations < 2:
         raise ConfigError("grpo.num_generations must be >= 2 (advantages are relative to the group)")
-    if (g.batch_size * g.grad_accum) % g.num_generations:
-        raise ConfigError(f"grpo.batch_size x grpo.grad_accum ({g.batch_size * g.grad_accum}) must be a "
-                          f"multiple of grpo.num_generations ({g.num_generations})")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if (g.batch_size * g.grad_accum * world) % g.num_generations:
+        raise ConfigError(f"grpo.batch_size x grpo.grad_accum x processes ({g.batch_size} x {g.grad_accum} x "
+                          f"{world}) must be a multiple of grpo.num_generations ({g.num_generations})")
     if g.stop_at_harmful is not None and g.check_every <= 0:
         raise ConfigError("grpo.stop_at_harmful needs grpo.check_every > 0")
 
