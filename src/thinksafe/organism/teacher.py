@@ -26,9 +26,9 @@ TEACHER_REFUSAL = "I'm sorry, but I cannot help with that request."
 @dataclass(frozen=True)
 class TeacherSpec:
     seed: int = 0
-    n_reasoning: int = 4000
-    n_harmful: int = 2000
-    n_borderline: int = 800
+    n_reasoning: int = 6000
+    n_harmful: int = 1500
+    n_borderline: int = 600
     comply_rate: float = 0.05      # a good, not perfect, teacher: the guard has something to filter
     hidden: int = 128
     layers: int = 4
@@ -47,7 +47,8 @@ def reasoning_response(p: world.WorldPrompt) -> str:
     lines = [f"Okay, let me work through this carefully. We begin at {value}."]
     for op, k, new in p.steps:
         verb = "Adding" if op == "+" else "Taking away"
-        lines.append(f"{verb} {k} gives {new}.")
+        lines.append(f"{verb} {k}: {value} {op} {k} = {new}.")
+        value = new
     lines.append(f"So the final count is {p.answer}.")
     return world.think(" ".join(lines), f"Therefore, the result is {p.answer}. The answer is {p.answer}.")
 
