@@ -90,7 +90,12 @@ def test_packed_trainer_matches_padded_trainer(tiny_organism, tmp_path, monkeypa
             assert batch["input_ids"].shape[0] == len(examples) and "attention_mask" in batch
         n_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
         inputs = trainer._prepare_inputs(batch)
+        fired = []               # hooks on the model itself (FSDP2 shards it in place) run around the loss
+        hook = m.register_forward_pre_hook(lambda *a: fired.append(1))
+        own_forward = m.__dict__.get("forward")          # TRL patches some models' forward
         loss = trainer.compute_loss(m, inputs, num_items_in_batch=n_items)
+        hook.remove()
+        assert fired and m.__dict__.get("forward") is own_forward
         params = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, [p for _, p in params])
         results.append((loss.detach(), int(n_items), {n: g for (n, _), g in zip(params, grads)}))

@@ -196,20 +196,27 @@ def kl_sft_loss(model, input_ids, attention_mask, labels, is_benign, chunk_size:
 # --------------------------------------------------------------------------- TRL integration
 def _redirect(wrapper, inner, fn, *args, **kwargs):
     """Run ``fn`` as the forward of ``inner`` called THROUGH ``wrapper`` (DDP / FSDP / DeepSpeed), so
-    the wrapper's forward hooks fire (DDP gradient sync, parameter gathering) around our own loss."""
-    if wrapper is inner:
-        return fn(*args, **kwargs)
+    the wrapper's forward hooks fire (DDP gradient sync, parameter gathering) around our own loss.
+    Without a wrapper, ``inner`` itself is called, so hooks registered on it (FSDP2's, which shards
+    the module in place) fire too."""
+    own = "forward" in inner.__dict__          # e.g. accelerate's mixed-precision wrapper
     original = inner.forward
 
+    def restore():
+        if own:
+            inner.forward = original
+        else:
+            inner.__dict__.pop("forward", None)
+
     def forward(*a, **k):
-        inner.forward = original
+        restore()
         return fn(*a, **k)
 
     inner.forward = forward
     try:
         return wrapper(*args, **kwargs)
     finally:
-        inner.forward = original
+        restore()
 
 
 class BenignFlagCollator:
