@@ -63,7 +63,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from thinksafe.trainers.loss import causal_lm_parts, chunked_cross_entropy
 from thinksafe.trainers.packing import (PackedCollator, PaddedCollator, get_varlen_backend, plan_batches,
-                                        register_varlen_attention, set_varlen_backend, varlen_attention)
+                                        register_varlen_attention, select_varlen_backend)
 
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
@@ -462,33 +462,9 @@ def loss_check(model, examples, device, n: int = 3) -> dict:
 
 
 def check_varlen(device) -> dict:
-    """On CUDA: torch's varlen FlashAttention vs the exact per-example SDPA loop (forward and q-gradient)."""
-    if device.type != "cuda":
-        set_varlen_backend("sdpa_loop")
-        return {"backend": "sdpa_loop"}
-    if get_varlen_backend(device) != "torch_varlen":
-        set_varlen_backend("sdpa_loop")
-        return {"backend": "sdpa_loop", "reason": "torch.nn.attention.varlen not importable"}
-    g = torch.Generator(device=device).manual_seed(0)
-    lens = [700, 1, 1300, 500]
-    T = sum(lens)
-    q = torch.randn(T, 16, 128, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
-    k = torch.randn(T, 8, 128, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
-    v = torch.randn(T, 8, 128, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
-    go = torch.randn(T, 16, 128, device=device, dtype=torch.bfloat16, generator=g)
-    try:
-        outs = []
-        for backend in ("torch_varlen", "sdpa_loop"):
-            o = varlen_attention(q, k, v, lens, scale=128 ** -0.5, backend=backend)
-            gq, gk = torch.autograd.grad(o, (q, k), go)
-            outs.append((o.float(), gq.float(), gk.float()))
-        err = max((a - b).abs().max().item() for a, b in zip(*outs))
-        ok = err < 5e-2
-    except Exception as e:          # noqa: BLE001
-        set_varlen_backend("sdpa_loop")
-        return {"backend": "sdpa_loop", "reason": f"torch varlen failed: {type(e).__name__}: {e}"[:300]}
-    set_varlen_backend("torch_varlen" if ok else "sdpa_loop")
-    return {"backend": "torch_varlen" if ok else "sdpa_loop", "max_abs_diff_vs_sdpa_loop": err}
+    """On CUDA: torch's varlen FlashAttention vs the exact per-example SDPA loop (forward and q/k gradients) at
+    Qwen3-0.6B's attention shape; the loop is used if varlen is missing, fails, or disagrees."""
+    return select_varlen_backend(device, 16, 8, 128, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------- main

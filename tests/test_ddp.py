@@ -1,6 +1,6 @@
 """The train stage under real DDP: 2 processes on CPU (gloo), launched by `accelerate launch` with the
 shipped ddp.yaml (the README's command) or by torchrun, with `python -m thinksafe.cli train` as the
-target, against 1 process with the same effective batch."""
+target, against 1 process with the same effective batch; packed rows (the default) and padded batches."""
 
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def read_log(run_dir) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("objective, launcher", [("kl", "accelerate"), ("sft", "torchrun")])
-def test_ddp_two_processes_match_one(tmp_path, objective, launcher):
+@pytest.mark.parametrize("objective, launcher, packing", [("kl", "accelerate", True), ("sft", "torchrun", True),
+                                                       ("kl", "torchrun", False)])
+def test_ddp_two_processes_match_one(tmp_path, objective, launcher, packing):
     from safetensors.torch import load_file
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(CONFIG)
@@ -66,6 +67,8 @@ def test_ddp_two_processes_match_one(tmp_path, objective, launcher):
     write_rows(one, rows)
     write_rows(two, rows)
     common = ["train", str(cfg), "--set", f"train.objective={objective}"]
+    if not packing:                                     # packing is the default
+        common += ["--set", "train.packing=false"]
     # effective batch 8: 1 process x 8 rows  vs  2 processes x 2 rows x 2 accumulation steps
     launch(common + ["--set", "train.batch_size=8"], 1, one)
     r = launch(common + ["--set", "train.batch_size=2", "--set", "train.grad_accum=2"], 2, two, launcher)
@@ -86,6 +89,10 @@ def test_ddp_two_processes_match_one(tmp_path, objective, launcher):
     s2 = json.loads((two / "train_summary.json").read_text())
     assert s1["world_size"] == 1 and s2["world_size"] == 2
     assert s2["steps"] == s1["steps"] == 4 and s2["input_tokens_seen"] == s1["input_tokens_seen"]
+    assert s1["packing"] is s2["packing"] is packing
+    if packing:     # one packed row per micro-batch, counted over both processes: 4 x 1 vs 4 steps x 2 x 2
+        assert (s1["packed_rows"], s2["packed_rows"]) == (4, 16)
+        assert s1["real_tokens_per_row"] * 4 == pytest.approx(s1["input_tokens_seen"], abs=0.5)
     # only the main process writes: one announcement, from rank 0, and no stray temp files
     out = r.stdout + r.stderr
     assert out.count("wrote ") == 1 and "[train] rank 0 of 2 wrote" in out

@@ -110,7 +110,8 @@ def test_layer_range_maps_to_peft():
 
 def test_bad_settings_fail_before_training(tmp_path):
     write_rows(tmp_path, sft_rows(4))
-    for key, value in (("objective", "dpo"), ("method", "qlora"), ("truncation", "left"), ("report_to", "mlflow")):
+    for key, value in (("objective", "dpo"), ("method", "qlora"), ("truncation", "left"), ("report_to", "mlflow"),
+                       ("ce_chunk_size", "0"), ("kl_chunk_size", "0")):
         cfg = organism_config(tmp_path, f"train.{key}={value}")
         with pytest.raises(ConfigError, match=f"train.{key}"):
             train.run(cfg, tmp_path, show=False)
@@ -144,6 +145,7 @@ def test_lora_run_outputs(lora_run):
     assert s["method"] == "lora" and s["objective"] == "sft" and s["truncation"] == "cut"
     assert s["cut_too_long"] > 0 and s["examples"] + s["dropped_too_long"] == 12
     assert s["steps"] == 3 and s["world_size"] == 1 and s["tokens_per_second"] > 0
+    assert s["packing"] is True and s["packed_rows"] == 3          # the default: one packed row per micro-batch
     assert json.loads((run_dir / "train_summary.json").read_text()) == s
     log = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and all("loss" in h and "train_tokens_per_second" in h for h in log)
@@ -184,6 +186,7 @@ def test_full_finetuning_with_kl_saves_a_loadable_model(tmp_path, organism_tok):
     out = tmp_path / "model"
     assert s["output"] == "model" and not (tmp_path / "adapter").exists()
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert s["packing"] is True and "thinksafe_varlen" not in (out / "config.json").read_text()
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path("organism"))
     assert s["trainable_params"] == sum(p.numel() for p in base.parameters())
     tuned = AutoModelForCausalLM.from_pretrained(str(out))

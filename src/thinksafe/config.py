@@ -99,6 +99,9 @@ class TrainConfig:
     method: str = "lora"            # lora | full (full fine-tuning; saves the whole model)
     objective: str = "sft"          # sft | kl (ThinkSafe+KL: benign rows learn KL(base || student), not CE)
     kl_chunk_size: int = 512        # kl: tokens per chunk of the vocabulary projection
+    packing: bool = True            # each micro-batch packed into one row, no padding (same batches);
+                                    # false = TRL's padded batches
+    ce_chunk_size: int = 2048       # packing + sft: tokens per chunk of the fused LM head + cross-entropy
     gradient_checkpointing: bool = True   # as TRL's default and the official code; false = faster, more memory
     report_to: str = "none"         # none | wandb | tensorboard
 

@@ -6,15 +6,19 @@ for the ORIGINAL prompt, target = the full response (``<think>`` trace included)
 the default) or cut to ``max_length`` (``truncation: cut``); both are counted in the summary.
 
 ``method``: ``lora`` (PEFT adapter -> ``adapter/``) or ``full`` (whole model -> ``model/``).
-``objective``: ``sft`` (cross-entropy, TRL's own loss) or ``kl`` (ThinkSafe+KL, see
-``thinksafe.trainers.kl``). Multi-GPU: launch this stage with ``accelerate launch``; only the main
-process writes files.
+``objective``: ``sft`` (cross-entropy) or ``kl`` (ThinkSafe+KL, see ``thinksafe.trainers.kl``).
+``packing`` (default): each micro-batch of ``batch_size`` examples is packed into one row without
+padding, attended per example, with a chunked LM-head cross-entropy (``thinksafe.trainers.packed``);
+``packing: false`` trains on TRL's padded batches with TRL's loss. A model whose attention the packed
+path does not implement (sliding windows, attention dropout) trains padded, with a note in the
+summary. Multi-GPU: launch this stage with ``accelerate launch``; only the main process writes files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -128,8 +132,9 @@ def check_train_config(tc) -> None:
                                 ("truncation", tc.truncation, TRUNCATIONS), ("report_to", tc.report_to, REPORTERS)):
         if value not in allowed:
             raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, got {value!r}")
-    if tc.kl_chunk_size < 1:
-        raise ConfigError(f"train.kl_chunk_size must be >= 1, got {tc.kl_chunk_size}")
+    for key in ("kl_chunk_size", "ce_chunk_size"):
+        if getattr(tc, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
     if tc.method == "lora":
         layer_range(tc.lora)
 
@@ -162,6 +167,51 @@ def sft_config(tc, out_dir: Path, seed: int, use_bf16: bool):
                      completion_only_loss=True, packing=False, disable_tqdm=True,
                      remove_unused_columns=True, dataloader_num_workers=0,
                      dataloader_pin_memory=use_bf16, include_num_input_tokens_seen="non_padding", **extra)
+
+
+def packing_choice(tc, model_config) -> tuple[bool, str | None]:
+    """(pack?, note): ``train.packing`` unless the model's attention rules it out (then a note says why)."""
+    if not tc.packing:
+        return False, None
+    from thinksafe.trainers.packed import packing_unsupported
+    reason = packing_unsupported(model_config)
+    if reason:
+        return False, f"train.packing=true ignored: {reason}; trained on padded batches"
+    return True, None
+
+
+def make_trainer(tc, packing: bool, ref_model=None, **kwargs):
+    """The trainer for ``train.objective`` × packing (kwargs: SFTTrainer's model, args, train_dataset, ...)."""
+    if tc.objective == "kl":
+        if packing:
+            from thinksafe.trainers.packed import PackedKLTrainer as cls
+        else:
+            from thinksafe.trainers.kl import KLTrainer as cls
+        return cls(**kwargs, ref_model=ref_model, kl_chunk_size=tc.kl_chunk_size)
+    if packing:
+        from thinksafe.trainers.packed import PackedSFTTrainer
+        return PackedSFTTrainer(**kwargs, ce_chunk_size=tc.ce_chunk_size)
+    from trl import SFTTrainer
+    return SFTTrainer(**kwargs)
+
+
+def packing_summary(trainer, packing: bool, note: str | None) -> dict:
+    """``packing`` (+ ``packing_note``); when packed, this session's rows, real tokens per row and the
+    padding tokens that right-padding the same micro-batches would have added (all processes)."""
+    out: dict = {"packing": packing}
+    if note:
+        out["packing_note"] = note
+    stats = getattr(trainer, "packing_stats", None)
+    if packing and stats is not None:
+        rows, real, padded = (int(x) for x in stats.tolist())
+        out.update({"packed_rows": rows, "real_tokens_per_row": round(real / rows, 1) if rows else None,
+                    "padding_tokens_avoided": padded - real,
+                    "padding_frac_avoided": round((padded - real) / padded, 4) if padded else None})
+        backend = getattr(trainer, "varlen_backend", None) or {}
+        out["varlen_backend"] = backend.get("backend")
+        if backend.get("reason"):
+            out["varlen_backend_note"] = backend["reason"]
+    return out
 
 
 def progress_callback(show: bool):
@@ -200,7 +250,6 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     from datasets import Dataset
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
-    from trl import SFTTrainer
 
     from thinksafe.backends.hf import load_tokenizer
 
@@ -228,6 +277,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")   # torchrun on CPUs: DDP over gloo
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16 if use_bf16 else torch.float32, use_safetensors=True)
+    packing, packing_note = packing_choice(tc, model.config)
+    if packing_note and main:
+        print(f"[train] {packing_note}", file=sys.stderr, flush=True)
     ref_model = None
     if tc.method == "lora":
         model = get_peft_model(model, lora_config(tc.lora, model))
@@ -240,11 +292,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
     kwargs = dict(model=model, args=sft_config(tc, ckpt_dir, cfg.seed, use_bf16), train_dataset=ds,
                   processing_class=tok, callbacks=[progress_callback(show)])
-    if tc.objective == "kl":
-        from thinksafe.trainers.kl import KLTrainer
-        trainer = KLTrainer(**kwargs, ref_model=ref_model, kl_chunk_size=tc.kl_chunk_size)
-    else:
-        trainer = SFTTrainer(**kwargs)
+    trainer = make_trainer(tc, packing, ref_model=ref_model, **kwargs)
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)
     resume = any(ckpt_dir.glob("checkpoint-*")) if ckpt_dir.exists() else False
@@ -266,7 +314,8 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "world_size": world, "input_tokens_seen": seen,
                "tokens_per_second": round(session / runtime, 1) if runtime else None,
-               "output": out.name, "resumed": resume, "seconds": round(time.time() - t0, 1)}
+               "output": out.name, "resumed": resume, "seconds": round(time.time() - t0, 1),
+               **packing_summary(trainer, packing, packing_note)}
     for key in ("ce", "kl"):
         last = [h[key] for h in history if key in h]
         if last:

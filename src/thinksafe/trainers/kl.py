@@ -135,19 +135,20 @@ def combine(ce_sum: torch.Tensor, kl_sum: torch.Tensor, counts: torch.Tensor) ->
 
 
 def peft_reference(model) -> Callable:
-    """Reference hidden states: the same model with its adapter disabled, no grad."""
-    def hidden(input_ids, attention_mask):
+    """Reference hidden states: the same model with its adapter disabled, no grad. Extra keyword
+    arguments (a packed row's position_ids, cu_seq_lens_q/k, ...) go to the decoder as they are."""
+    def hidden(input_ids, attention_mask=None, **kwargs):
         with torch.no_grad(), model.disable_adapter():
             return backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
-                                   use_cache=False).last_hidden_state
+                                   use_cache=False, **kwargs).last_hidden_state
     return hidden
 
 
 def model_reference(ref_model) -> Callable:
-    def hidden(input_ids, attention_mask):
+    def hidden(input_ids, attention_mask=None, **kwargs):
         with torch.no_grad():
             return backbone(ref_model)(input_ids=input_ids, attention_mask=attention_mask,
-                                       use_cache=False).last_hidden_state
+                                       use_cache=False, **kwargs).last_hidden_state
     return hidden
 
 
@@ -195,20 +196,27 @@ def kl_sft_loss(model, input_ids, attention_mask, labels, is_benign, chunk_size:
 # --------------------------------------------------------------------------- TRL integration
 def _redirect(wrapper, inner, fn, *args, **kwargs):
     """Run ``fn`` as the forward of ``inner`` called THROUGH ``wrapper`` (DDP / FSDP / DeepSpeed), so
-    the wrapper's forward hooks fire (DDP gradient sync, parameter gathering) around our own loss."""
-    if wrapper is inner:
-        return fn(*args, **kwargs)
+    the wrapper's forward hooks fire (DDP gradient sync, parameter gathering) around our own loss.
+    Without a wrapper, ``inner`` itself is called, so hooks registered on it (FSDP2's, which shards
+    the module in place) fire too."""
+    own = "forward" in inner.__dict__          # e.g. accelerate's mixed-precision wrapper
     original = inner.forward
 
+    def restore():
+        if own:
+            inner.forward = original
+        else:
+            inner.__dict__.pop("forward", None)
+
     def forward(*a, **k):
-        inner.forward = original
+        restore()
         return fn(*a, **k)
 
     inner.forward = forward
     try:
         return wrapper(*args, **kwargs)
     finally:
-        inner.forward = original
+        restore()
 
 
 class BenignFlagCollator:
@@ -266,19 +274,24 @@ class KLTrainer(SFTTrainer):
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         counts = torch.zeros(4, dtype=torch.long, device=device)
         for b in batch_samples:
-            counts += row_counts(b["labels"].to(device), b["is_benign"].to(device))
+            counts += self._row_counts(b, device)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         self._step_counts = counts
         return batch_samples, num_items
+
+    def _row_counts(self, batch, device=None) -> torch.Tensor:
+        """[ce_tokens, kl_tokens, ce_rows, kl_rows] of one collated micro-batch."""
+        device = device if device is not None else batch["labels"].device
+        return row_counts(batch["labels"].to(device), batch["is_benign"].to(device))
 
     def _references(self, unwrapped):
         if self.ref_model is None:
             return peft_reference(unwrapped), None
         ref = self.accelerator.unwrap_model(self.ref_model)
 
-        def hidden(input_ids, attention_mask):
-            return _redirect(self.ref_model, ref, model_reference(ref), input_ids, attention_mask)
+        def hidden(input_ids, attention_mask=None, **kwargs):
+            return _redirect(self.ref_model, ref, model_reference(ref), input_ids, attention_mask, **kwargs)
         return hidden, output_head(ref)
 
     def _loss_parts(self, unwrapped, inputs, is_benign):
@@ -296,7 +309,7 @@ class KLTrainer(SFTTrainer):
             # global counts of the step; DDP/FSDP/DeepSpeed average gradients over processes
             loss = combine(parts["ce_sum"], parts["kl_sum"], self._step_counts) * self.accelerator.num_processes
         else:
-            loss = combine(parts["ce_sum"], parts["kl_sum"], row_counts(inputs["labels"], is_benign))
+            loss = combine(parts["ce_sum"], parts["kl_sum"], self._row_counts({**inputs, "is_benign": is_benign}))
         stats = torch.stack([parts["ce_sum"].detach().double(), parts["kl_sum"].detach().double(),
                              parts["ce_tokens"].double(), parts["kl_tokens"].double()])
         if self.accelerator.num_processes > 1:

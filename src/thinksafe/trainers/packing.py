@@ -260,6 +260,47 @@ def get_varlen_backend(device: torch.device) -> str:
     return "torch_varlen" if device.type == "cuda" and _torch_varlen() is not None else "sdpa_loop"
 
 
+def select_varlen_backend(device: torch.device | str, num_heads: int = 16, num_kv_heads: int = 8,
+                          head_dim: int = 128, dtype: torch.dtype = torch.bfloat16,
+                          seq_lens: Sequence[int] = (700, 1, 1300, 500), tol: float = 5e-2) -> dict[str, Any]:
+    """Choose and set (:func:`set_varlen_backend`) the backend for ``device``; returns what was chosen and why.
+
+    Off CUDA: the per-example SDPA loop. On CUDA: torch's varlen FlashAttention if it imports, runs, and matches
+    the loop (output, q and k gradients, max abs difference < ``tol``) on a random packed batch of this attention
+    shape and dtype; otherwise the loop, with the reason.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        set_varlen_backend("sdpa_loop")
+        return {"backend": "sdpa_loop"}
+    set_varlen_backend("auto")
+    if get_varlen_backend(device) != "torch_varlen":
+        set_varlen_backend("sdpa_loop")
+        return {"backend": "sdpa_loop", "reason": "torch.nn.attention.varlen not importable"}
+    g = torch.Generator(device=device).manual_seed(0)
+    T = sum(seq_lens)
+    q = torch.randn(T, num_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
+    k = torch.randn(T, num_kv_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
+    v = torch.randn(T, num_kv_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
+    go = torch.randn(T, num_heads, head_dim, device=device, dtype=dtype, generator=g)
+    try:
+        outs = []
+        for backend in ("torch_varlen", "sdpa_loop"):
+            o = varlen_attention(q, k, v, seq_lens, scale=head_dim ** -0.5, backend=backend)
+            gq, gk = torch.autograd.grad(o, (q, k), go)
+            outs.append((o.float(), gq.float(), gk.float()))
+        err = max((a - b).abs().max().item() for a, b in zip(*outs))
+    except Exception as e:          # noqa: BLE001 - recorded, and the exact loop is used
+        set_varlen_backend("sdpa_loop")
+        return {"backend": "sdpa_loop", "reason": f"torch varlen failed: {type(e).__name__}: {e}"[:300]}
+    ok = err < tol
+    set_varlen_backend("torch_varlen" if ok else "sdpa_loop")
+    out: dict[str, Any] = {"backend": "torch_varlen" if ok else "sdpa_loop", "max_abs_diff_vs_sdpa_loop": err}
+    if not ok:
+        out["reason"] = f"torch varlen differs from the SDPA loop by {err:.3g}"
+    return out
+
+
 def _torch_varlen():
     try:
         from torch.nn.attention.varlen import varlen_attn
