@@ -64,6 +64,7 @@ def teacher_metrics(tmp_path_factory, monkeypatch_module):
     monkeypatch_module.delenv("THINKSAFE_ORGANISM", raising=False)
     out = tmp_path_factory.mktemp("teacher")
     cfg = load_config(demo_config_path(), [f"out={out}", "seed=11", "model.path=organism-teacher",
+                                           "evaluate.max_new_tokens=192",
                                            "evaluate.n_harmful=40", "evaluate.n_reasoning=40",
                                            "evaluate.n_borderline=20"])
     m = evaluate_model(cfg, out, "teacher", show=False, steered_check=False)
