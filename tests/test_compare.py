@@ -50,6 +50,9 @@ def test_compare_end_to_end(tiny_organism, tmp_path):
     cfg = _cfg(out, ["compare.set=[direct_refusal:train.epochs=2, teacher:generate.max_new_tokens=96]"])
     logs = []
     table = run_compare(cfg, show=False, log=logs.append)
+    done = [x.split("]")[0][len("[compare "):] for x in logs if x.startswith("[compare ") and ":" not in x.split("]")[0]]
+    assert done == ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal", "no_steering",
+                    "no_reasoning", "grpo"]                       # one line per method, in order
     methods = ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal", "no_steering",
                "no_reasoning", "grpo"]
     assert [r["method"] for r in table["rows"]] == methods

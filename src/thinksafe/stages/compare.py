@@ -235,11 +235,11 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
                    notes="; ".join(notes))
         rows.append(row)
         results[method] = {"dir": str(d), "metrics": metrics, "flops": flops}
+        log(f"[compare {method}] done in {time.time() - t0:.1f}s")
     ts_flops = (results.get("thinksafe") or {}).get("flops")
     for row in rows:
         row["flops_vs_thinksafe"] = (row["flops"] / ts_flops if ts_flops and row.get("flops") is not None
                                      else None)
-        log(f"[compare {method}] done in {time.time() - t0:.1f}s")
     table = {"name": cfg.name, "seed": cfg.seed, "columns": COLUMNS, "rows": rows,
              "flops_note": "data + training FLOPs (thinksafe.compute: 2N per inference token, "
                            "(4N_frozen + 6N_lora) per LoRA training token); evaluation apart"}
