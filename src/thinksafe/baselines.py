@@ -108,36 +108,45 @@ def select_all_safe(judged: list[Record], k: int, seed: int) -> tuple[list[dict]
     return rows, {"prompts": len(groups), "kept_prompts": len(rows), "dropped": dict(drops), "samples": k}
 
 
-def no_steering(cfg, run_dir: Path, records: list[Record], benign_rows: list[dict] | None = None,
-                k: int = 5, show: bool = True, backend=None, guard=None) -> tuple[list[dict], dict, dict]:
-    """Generate k unsteered samples per harmful prompt, judge them, keep all-safe prompts.
-    Writes ``generated.jsonl`` / ``judged.jsonl`` in ``run_dir`` (resumable). Returns (rows, stats,
-    {"generate": summary, "judge": summary}) with the summaries in the stages' own shape."""
+def generate_and_judge(gen_cfg, judge_cfg, run_dir: Path, todo: list[Record], name: str, show: bool,
+                       backend=None, guard=None) -> tuple[list[Record], dict, dict]:
+    """Generate ``todo`` unsteered with ``gen_cfg``'s model, judge with ``judge_cfg``'s guard; both
+    resumable files in ``run_dir``. Returns (judged, generate summary, judge summary)."""
     import time
 
     from thinksafe.compute import guard_input_tokens
     from thinksafe.runtime import guard as make_guard
     from thinksafe.runtime import model_backend
-    from thinksafe.stages.generate import expand, generate_records, summarize
+    from thinksafe.stages.generate import generate_records, summarize
     from thinksafe.stages.judge import judge_records
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    harm = [r for r in records if r.label == "harmful"]
-    todo = expand(harm, k) if k > 1 else [replace(r, meta={**r.meta, "prompt_id": r.id}) for r in harm]
     t0 = time.time()
-    backend = backend or model_backend(cfg)
-    gen = generate_records(backend, todo, cfg, "none", run_dir / "generated.jsonl",
-                           cfg.generate.max_new_tokens, "no_steering: generate", show)
+    backend = backend or model_backend(gen_cfg)
+    gen = generate_records(backend, todo, gen_cfg, "none", run_dir / "generated.jsonl",
+                           gen_cfg.generate.max_new_tokens, f"{name}: generate", show)
     gsum = summarize(gen, t0)
     if hasattr(backend, "close"):
         backend.close()
     t1 = time.time()
-    g = guard or make_guard(cfg)
-    judged = judge_records(g, gen, run_dir / "judged.jsonl", "no_steering: judge", show)
+    g = guard or make_guard(judge_cfg)
+    judged = judge_records(g, gen, run_dir / "judged.jsonl", f"{name}: judge", show)
     jsum = {"judged": len(judged), **{f"verdict_{a}": b for a, b in
                                       sorted(Counter(r.verdict.label for r in judged).items())},
             "seconds": round(time.time() - t1, 1),
             "guard_input_tokens": guard_input_tokens(g, [(r.prompt, r.completion.text) for r in judged])}
+    return judged, gsum, jsum
+
+
+def no_steering(cfg, run_dir: Path, records: list[Record], benign_rows: list[dict] | None = None,
+                k: int = 5, show: bool = True, backend=None, guard=None) -> tuple[list[dict], dict, dict]:
+    """Generate k unsteered samples per harmful prompt, judge them, keep all-safe prompts.
+    Writes ``generated.jsonl`` / ``judged.jsonl`` in ``run_dir`` (resumable). Returns (rows, stats,
+    {"generate": summary, "judge": summary}) with the summaries in the stages' own shape."""
+    from thinksafe.stages.generate import expand
+    harm = [r for r in records if r.label == "harmful"]
+    todo = expand(harm, k) if k > 1 else [replace(r, meta={**r.meta, "prompt_id": r.id}) for r in harm]
+    judged, gsum, jsum = generate_and_judge(cfg, cfg, run_dir, todo, "no_steering", show, backend, guard)
     rows, sel = select_all_safe(judged, k, cfg.seed)
     benign = [{kk: b.get(kk, "") for kk in FIELDS} for b in (benign_rows or []) if b.get("label") != "harmful"]
     rows += benign
@@ -152,33 +161,13 @@ def teacher(cfg, run_dir: Path, records: list[Record], teacher_path: str, teache
     / ``judged.jsonl`` in ``run_dir`` (resumable). Returns (rows, stats, {"generate": (summary,
     teacher cfg), "judge": (summary, cfg)}) — the generate summary is recorded with the TEACHER's
     config so its FLOPs count the teacher's size."""
-    import time
-
-    from thinksafe.compute import guard_input_tokens
-    from thinksafe.runtime import guard as make_guard
-    from thinksafe.runtime import model_backend
     from thinksafe.stages import dataset
-    from thinksafe.stages.generate import expand, generate_records, summarize
-    from thinksafe.stages.judge import judge_records
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from thinksafe.stages.generate import expand
     tcfg = replace(cfg, model=replace(cfg.model, path=teacher_path,
                                       family=teacher_family or cfg.model.family))
-    todo = expand(records, cfg.generate.samples)
-    t0 = time.time()
-    backend = backend or model_backend(tcfg)
-    gen = generate_records(backend, todo, tcfg, "none", run_dir / "generated.jsonl",
-                           cfg.generate.max_new_tokens, "teacher: generate", show)
-    gsum = {**summarize(gen, t0), "teacher": teacher_path}
-    if hasattr(backend, "close"):
-        backend.close()
-    t1 = time.time()
-    g = guard or make_guard(cfg)
-    judged = judge_records(g, gen, run_dir / "judged.jsonl", "teacher: judge", show)
-    jsum = {"judged": len(judged), **{f"verdict_{a}": b for a, b in
-                                      sorted(Counter(r.verdict.label for r in judged).items())},
-            "seconds": round(time.time() - t1, 1),
-            "guard_input_tokens": guard_input_tokens(g, [(r.prompt, r.completion.text) for r in judged])}
+    judged, gsum, jsum = generate_and_judge(tcfg, cfg, run_dir, expand(records, cfg.generate.samples),
+                                            "teacher", show, backend, guard)
+    gsum["teacher"] = teacher_path
     overlaps = None
     if cfg.dataset.decontaminate:
         from thinksafe.decontam import Decontaminator, evaluation_prompts
