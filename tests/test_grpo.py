@@ -233,3 +233,27 @@ def test_grpo_stops_with_one_clear_error_when_the_served_guard_fails(served_guar
     assert [s["step"] for s in steps] == [1]                 # step 1 ran on served rewards, then it stopped
     assert not (out / "adapter").exists()
     assert any((out / "checkpoints").glob("checkpoint-1"))   # a rerun resumes from here
+
+
+def test_prompt_rows_are_unsteered_originals_without_a_second_bos():
+    from thinksafe.config import load_config
+    from thinksafe.stages.grpo import prompt_rows
+
+    class BosTok:
+        bos_token, bos_token_id = "<s>", 1
+
+        def apply_chat_template(self, chat, tokenize=False, add_generation_prompt=True, **kw):
+            return f"<s>[user] {chat[0]['content']} [assistant] <think>"
+
+        def __call__(self, text, add_special_tokens=True):
+            class R:
+                input_ids = ([1] if add_special_tokens else []) + [7] * len(text.split())
+            return R()
+
+    cfg = load_config(None, ["prompts.n_harmful=3", "prompts.n_reasoning=2", "prompts.n_borderline=1",
+                             "model.family=r1_distill"])
+    rows = prompt_rows(cfg, BosTok())
+    assert len(rows) == 6 and {r["label"] for r in rows} == {"harmful", "benign"}
+    for r in rows:
+        assert r["prompt"].startswith("[user] ") and r["original"] in r["prompt"]   # the tokenizer adds BOS
+        assert "The following prompt is harmful" not in r["prompt"]                   # unsteered
