@@ -142,7 +142,7 @@ def no_steering(cfg, run_dir: Path, records: list[Record], benign_rows: list[dic
                 k: int = 5, show: bool = True, backend=None, guard=None) -> tuple[list[dict], dict, dict]:
     """Generate k unsteered samples per harmful prompt, judge them, keep all-safe prompts.
     Writes ``generated.jsonl`` / ``judged.jsonl`` in ``run_dir`` (resumable). Returns (rows, stats,
-    {"generate": summary, "judge": summary}) with the summaries in the stages' own shape."""
+    {"generate": (summary, cfg), "judge": (summary, cfg)}) with the summaries in the stages' own shape."""
     from thinksafe.stages.generate import expand
     harm = [r for r in records if r.label == "harmful"]
     todo = expand(harm, k) if k > 1 else [replace(r, meta={**r.meta, "prompt_id": r.id}) for r in harm]
@@ -151,7 +151,7 @@ def no_steering(cfg, run_dir: Path, records: list[Record], benign_rows: list[dic
     benign = [{kk: b.get(kk, "") for kk in FIELDS} for b in (benign_rows or []) if b.get("label") != "harmful"]
     rows += benign
     return rows, _stats(rows, method="no_steering", selection=sel, benign_included=len(benign)), \
-        {"generate": gsum, "judge": jsum}
+        {"generate": (gsum, cfg), "judge": (jsum, cfg)}
 
 
 def teacher(cfg, run_dir: Path, records: list[Record], teacher_path: str, teacher_family: str | None = None,
@@ -168,11 +168,7 @@ def teacher(cfg, run_dir: Path, records: list[Record], teacher_path: str, teache
     judged, gsum, jsum = generate_and_judge(tcfg, cfg, run_dir, expand(records, cfg.generate.samples),
                                             "teacher", show, backend, guard)
     gsum["teacher"] = teacher_path
-    overlaps = None
-    if cfg.dataset.decontaminate:
-        from thinksafe.decontam import Decontaminator, evaluation_prompts
-        overlaps = Decontaminator(evaluation_prompts(cfg)[0], cfg.dataset.ngram).overlaps
-    kept, sel = dataset.build(judged, overlaps)
+    kept, sel = dataset.build(judged, dataset.eval_overlaps(cfg)[0])
     rows = [{k: r.get(k, "") for k in FIELDS} for r in kept]
     for r in rows:
         r["steering"] = "teacher"

@@ -104,7 +104,7 @@ def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool) -
     ts_rows = read_jsonl(ts_dir / "sft.jsonl") if ts_dir else []
     ts_benign = [r for r in ts_rows if r.get("label") != "harmful"]
     c = cfg.compare
-    t0 = time.time()
+    t0, stages = time.time(), {}
     if method == "direct_refusal":
         rows, stats = baselines.direct_refusal(load_prompts(sub), ts_benign if c.direct_refusal_benign else None)
     elif method == "no_reasoning":
@@ -115,19 +115,17 @@ def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool) -
     elif method == "no_steering":
         rows, stats, stages = baselines.no_steering(sub, d, load_prompts(sub), ts_benign,
                                                     c.no_steering_samples, show)
-        for name, summary in stages.items():
-            record_stage(d, name, summary, sub)
-        t0 = time.time()        # generate / judge carry their own seconds
     elif method == "teacher":
         rows, stats, stages = baselines.teacher(sub, d, load_prompts(sub), c.teacher_path, c.teacher_family, show)
-        for name, (summary, scfg) in stages.items():
-            record_stage(d, name, summary, scfg)
-        t0 = time.time()
     elif method == "external":
         rows, stats = baselines.external(c.external_path, c.external_prompt_field,
                                          c.external_response_field, c.external_limit)
     else:
         raise ConfigError(f"no training set builder for '{method}'")
+    for name, (summary, scfg) in stages.items():   # generated + judged here: recorded as their own
+        record_stage(d, name, summary, scfg)         # stages (scfg: the teacher's config, for its FLOPs)
+    if stages:
+        t0 = time.time()        # generate / judge carry their own seconds
     stats["seconds"] = round(time.time() - t0, 1)
     baselines.write(d, rows, stats)
     record_stage(d, "dataset", stats, sub)

@@ -55,16 +55,22 @@ def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
     return kept, stats
 
 
+def eval_overlaps(cfg) -> tuple:
+    """(``overlaps(prompt)`` against the evaluation prompts or None, what decontamination did)."""
+    info = {"enabled": cfg.dataset.decontaminate}
+    if not cfg.dataset.decontaminate:
+        return None, info
+    from thinksafe.decontam import Decontaminator, evaluation_prompts
+    prompts, missing = evaluation_prompts(cfg)
+    info.update(ngram=cfg.dataset.ngram, eval_prompts=len(prompts), unavailable=missing)
+    return Decontaminator(prompts, cfg.dataset.ngram).overlaps, info
+
+
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     rows = read_jsonl(run_dir / INPUT)
     if not rows:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
-    overlaps, decontam = None, {"enabled": cfg.dataset.decontaminate}
-    if cfg.dataset.decontaminate:
-        from thinksafe.decontam import Decontaminator, evaluation_prompts
-        prompts, missing = evaluation_prompts(cfg)
-        overlaps = Decontaminator(prompts, cfg.dataset.ngram).overlaps
-        decontam.update(ngram=cfg.dataset.ngram, eval_prompts=len(prompts), unavailable=missing)
+    overlaps, decontam = eval_overlaps(cfg)
     kept, stats = build([Record.from_json(d) for d in rows], overlaps)
     stats["decontamination"] = decontam
     if not kept:

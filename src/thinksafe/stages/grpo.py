@@ -182,7 +182,7 @@ def _grpo_args(cfg, out_dir: Path, use_bf16: bool):
     import dataclasses
 
     from trl import GRPOConfig
-    g, fam = cfg.grpo, family_of(cfg)
+    g = cfg.grpo
     names = {f.name for f in dataclasses.fields(GRPOConfig)}
     extra = {}
     if "max_prompt_length" in names:
@@ -200,7 +200,7 @@ def _grpo_args(cfg, out_dir: Path, use_bf16: bool):
         save_strategy="steps", save_steps=g.save_steps, save_total_limit=1,
         report_to=cfg.train.report_to, seed=cfg.seed, data_seed=cfg.seed, bf16=use_bf16,
         disable_tqdm=True, log_completions=False, dataloader_num_workers=0,
-        use_cpu=not use_bf16, chat_template_kwargs=dict(fam.template_kwargs) or None, **extra)
+        use_cpu=not use_bf16, **extra)
 
 
 def prompt_rows(cfg, tok) -> list[dict]:
