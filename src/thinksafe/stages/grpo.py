@@ -83,7 +83,7 @@ class GuardReward:
                        "truncated": 0}
 
     def __call__(self, prompts, completions, completion_ids=None, original=None, **kw) -> list[float]:
-        from thinksafe.compute import guard_input_tokens
+        from thinksafe.compute import verdict_input_tokens
         if original is None:
             raise DataError("grpo: the dataset lost its 'original' prompt column")
         texts = [restore_prefill(self.family, c) for c in completions]
@@ -115,7 +115,7 @@ class GuardReward:
             c["truncated"] += sum(1 for ids in completion_ids if not ids or ids[-1] != eos)
         else:
             c["completion_tokens"] += sum(len(self.tok(t, add_special_tokens=False).input_ids) for t in completions)
-        c["guard_input_tokens"] += guard_input_tokens(self.guard, pairs) or 0
+        c["guard_input_tokens"] += verdict_input_tokens(verdicts, self.guard, pairs) or 0   # counted while judging
         return out
 
 
