@@ -174,6 +174,8 @@ def check_train_config(tc) -> None:
     for key in ("kl_chunk_size", "ce_chunk_size"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
+    if not isinstance(tc.save_steps, int) or isinstance(tc.save_steps, bool) or tc.save_steps < 0:
+        raise ConfigError(f"train.save_steps must be an integer >= 0 (0 = once per epoch), got {tc.save_steps!r}")
     if tc.method == "lora":
         layer_range(tc.lora)
 
@@ -197,11 +199,16 @@ def sft_config(tc, out_dir: Path, seed: int, use_bf16: bool):
         extra["gradient_checkpointing"] = False
         if "activation_checkpointing" in names:                 # the new name (transformers >= 5.x)
             extra["activation_checkpointing"] = False
+    save_steps = getattr(tc, "save_steps", 0) or 0
+    if save_steps:
+        extra.update(save_strategy="steps", save_steps=save_steps)
+    else:
+        extra["save_strategy"] = "epoch"
     return SFTConfig(output_dir=str(out_dir), learning_rate=tc.lr, num_train_epochs=tc.epochs,
                      per_device_train_batch_size=tc.batch_size,
                      gradient_accumulation_steps=tc.grad_accum, lr_scheduler_type=tc.scheduler,
                      warmup_steps=tc.warmup_ratio, max_grad_norm=tc.max_grad_norm, max_length=None,
-                     logging_steps=tc.logging_steps, save_strategy="epoch", save_total_limit=1,
+                     logging_steps=tc.logging_steps, save_total_limit=1,
                      report_to=getattr(tc, "report_to", "none"), seed=seed, data_seed=seed, bf16=use_bf16,
                      completion_only_loss=True, packing=False, disable_tqdm=True,
                      remove_unused_columns=True, dataloader_num_workers=0,
