@@ -47,7 +47,7 @@ def read_pairs(data: Path, prompt_field: str = "prompt", response_field: str = "
     return rows[:limit] if limit is not None else rows
 
 
-def response_nll(model, batch: list[dict], pad_id: int, chunk_size: int = 1024) -> list[tuple[float, int]]:
+def response_nll(model, batch: list[dict], pad_id: int, chunk_size: int = 512) -> list[tuple[float, int]]:
     """(summed NLL, number of response tokens) per example; examples are input_ids + labels with
     -100 on the prompt, right-padded here.
 
