@@ -190,6 +190,7 @@ def main(argv=None) -> int:
         print(f"scale: the Qwen3 tokenizer is not at {DATA / 'tokenizers' / 'qwen3'} (set THINKSAFE_DATA)",
               file=sys.stderr)
         return 2
+    os.environ.setdefault("THINKSAFE_DATA", str(DATA))      # the evaluation files decontamination reads
     if args.tiny:
         args.sizes, args.probe_tokens = [20, 40], 300
     before_sizes = sorted(args.sizes)[:2] if args.before_sizes is None else args.before_sizes

@@ -80,13 +80,25 @@ def eval_prompts() -> list[str]:
     return [r["prompt"] for r in rows]
 
 
+def cut_sizes(work: Path, n_max: int, sizes: list[int]) -> None:
+    """prompts-N / generated-N: the first N rows of the largest files (written once)."""
+    for n in sorted(sizes):
+        for name in ("prompts", "generated"):
+            dst = work / f"{name}-{n}.jsonl"
+            if n == n_max or dst.exists():
+                continue
+            with open(work / f"{name}-{n_max}.jsonl") as src, open(dst, "w") as out:
+                for _, line in zip(range(n), src):
+                    out.write(line)
+
+
 def prepare(work: Path, n_max: int, sizes: list[int], tiny: bool = False, shape: str = "tiny") -> dict:
     """Write every input under ``work`` (skipped when a matching set is already there)."""
     work = Path(work)
-    key = {"version": VERSION, "n_max": n_max, "sizes": sorted(sizes), "tiny": tiny, "shape": shape,
-           "data": str(DATA)}
+    key = {"version": VERSION, "n_max": n_max, "tiny": tiny, "shape": shape, "data": str(DATA)}
     man = work / "manifest.json"
     if man.is_file() and json.loads(man.read_text()).get("key") == key:
+        cut_sizes(work, n_max, sizes)
         return json.loads(man.read_text())["info"]
     if work.exists():
         shutil.rmtree(work)
@@ -104,8 +116,7 @@ def prepare(work: Path, n_max: int, sizes: list[int], tiny: bool = False, shape:
         text = evals[i % len(evals)] if i % 100 == 7 else text_of(rng, words, rng.randint(15, 300))
         prompts.append({"instruction": text, "label": label, "category": "S2" if "harmful" in label else None})
     lengths = response_lengths(n_max, tiny)
-    for n in sorted(sizes):
-        (work / f"prompts-{n}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts[:n]))
+    (work / f"prompts-{n_max}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     records = expand(file_records(work / f"prompts-{n_max}.jsonl", "instruction", "label"), 1)
     gen_tokens = 0
     with open(work / f"generated-{n_max}.jsonl", "w") as f:
@@ -116,11 +127,7 @@ def prepare(work: Path, n_max: int, sizes: list[int], tiny: bool = False, shape:
             c = Completion(f"<think>\n{think}\n</think>\n\n{answer}", finish, 0, n_tok)
             gen_tokens += n_tok
             f.write(json.dumps(Record(**{**r.__dict__, "steering": "prefix", "completion": c}).to_json()) + "\n")
-    for n in sorted(sizes):
-        if n != n_max:
-            with open(work / f"generated-{n_max}.jsonl") as src, open(work / f"generated-{n}.jsonl", "w") as dst:
-                for _, line in zip(range(n), src):
-                    dst.write(line)
+    cut_sizes(work, n_max, sizes)
     info = {"records": n_max, "mean_response_tokens": round(gen_tokens / n_max, 1),
             "max_response_tokens": max(lengths), "responses_at_cap": sum(x == max(lengths) for x in lengths),
             "generated_mib": round((work / f"generated-{n_max}.jsonl").stat().st_size / 2**20, 1),

@@ -197,6 +197,9 @@ def st_dataset(spec):
         patch(dataset, "iter_jsonl", lambda p, appended=False: iter(old_read_jsonl(p)))
     cfg = cfg_for(spec, "evaluate.benchmarks=[paper]")
     stats = dataset.run(cfg, run, show=False)
+    missing = set(stats["decontamination"]["unavailable"]) - {"gpqa_diamond"}     # gated, not in shared/data
+    if missing:
+        raise RuntimeError(f"evaluation files missing: {sorted(missing)}")
     return {"note": f"kept {stats['kept']:,}, eval overlap {stats['dropped'].get('eval_overlap', 0)}, "
                     f"{stats['decontamination']['eval_prompts']:,} eval prompts"}
 

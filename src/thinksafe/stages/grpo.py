@@ -75,12 +75,21 @@ class GuardReward:
         self.w_safe, self.w_fmt = safety_weight, format_weight
         self.tok = policy_tokenizer
         self.__name__ = "guard_reward"
+        self._prompt_len: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
         self.counts = {"completions": 0, "prompt_tokens": 0, "completion_tokens": 0,
                        "guard_input_tokens": 0, "unparsed": 0, "safe_sum": 0.0, "format_sum": 0.0,
                        "truncated": 0}
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        """Tokens of a rendered prompt, counted once per distinct prompt (each comes back every
+        epoch and num_generations times a step)."""
+        n = self._prompt_len.get(prompt)
+        if n is None:
+            n = self._prompt_len[prompt] = len(self.tok(prompt, add_special_tokens=False).input_ids)
+        return n
 
     def __call__(self, prompts, completions, completion_ids=None, original=None, **kw) -> list[float]:
         from thinksafe.compute import verdict_input_tokens
@@ -108,7 +117,7 @@ class GuardReward:
             out.append(self.w_safe * p_safe + self.w_fmt * fmt)
         c = self.counts
         c["completions"] += len(pairs)
-        c["prompt_tokens"] += sum(len(self.tok(p, add_special_tokens=False).input_ids) for p in prompts)
+        c["prompt_tokens"] += sum(self._prompt_tokens(p) for p in prompts)
         if completion_ids is not None:
             c["completion_tokens"] += sum(len(ids) for ids in completion_ids)
             eos = self.tok.eos_token_id
