@@ -62,7 +62,8 @@ def test_truncation_drop_and_cut_are_counted(organism_tokenizer):
     limit = sorted(lengths)[len(lengths) // 2]
     over = [n > limit for n in lengths]
     kept, stats = tokenize_rows_stats(tok, rows, fam, limit, "drop")
-    assert stats == {"truncation": "drop", "dropped_too_long": sum(over), "cut_too_long": 0, "cut_tokens": 0}
+    assert stats == {"truncation": "drop", "dropped_too_long": sum(over), "cut_too_long": 0, "cut_tokens": 0,
+                     "dropped_untokenizable": 0}
     assert len(kept) == len(rows) - sum(over)
     assert tokenize_rows(tok, rows, fam, limit) == (kept, sum(over))          # the old interface
     cut, stats = tokenize_rows_stats(tok, rows, fam, limit, "cut")

@@ -51,7 +51,7 @@ def tokenize_example(tokenizer, prompt: str, response: str, family: Family) -> d
 
 
 def tokenize_many(tokenizer, rows: list[dict], family: Family, prompt_field: str = "prompt",
-                  response_field: str = "response", block: int = 1024):
+                  response_field: str = "response", block: int = 256):
     """:func:`tokenize_example` for many rows, fast: each prompt is rendered once (samples of one
     prompt share it), prompts and responses are tokenized in batched tokenizer calls and the
     round-trip check decodes each response once, also batched. Yields ``(index, example)`` or
