@@ -64,11 +64,33 @@ def test_full_pipeline_and_rerun(tiny_organism, tmp_path):
     gen = [json.loads(x) for x in (run_dir / "generated.jsonl").read_text().splitlines()]
     assert {g["steering"] for g in gen if g["label"] == "harmful"} == {"prefix"}
     assert {g["steering"] for g in gen if g["label"] != "harmful"} == {None}
-    # rerun: every finished stage is skipped, the numbers are unchanged
+    # rerun: every finished stage is kept, the numbers are unchanged
     logs.clear()
     run_all(cfg, show=False, log=logs.append)
-    assert sum("skipped" in line for line in logs) == 5
+    assert sum("unchanged" in line for line in logs) == 6, logs
     assert json.loads((run_dir / "summary.json").read_text())["models"] == summary["models"]
+    # a new train.lr reruns exactly train, evaluate (the trained model only) and report
+    gen, judged = (run_dir / "generated.jsonl").read_bytes(), (run_dir / "judged.jsonl").read_bytes()
+    base_eval = (run_dir / "eval" / "base" / "generations.jsonl").read_bytes()
+    old_adapter = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    logs.clear()
+    run_all(replace(cfg, train=replace(cfg.train, lr=cfg.train.lr * 2)), show=False, log=logs.append)
+    reran = [line.split("]")[0][1:] for line in logs if "] reruns:" in line]
+    kept = [line.split("]")[0][1:] for line in logs if "] unchanged" in line]
+    assert reran == ["train", "evaluate", "report"], logs
+    assert kept == ["generate", "judge", "dataset"], logs
+    assert any(f"train.lr: {cfg.train.lr} -> {cfg.train.lr * 2}" in line for line in logs), logs
+    assert any("[evaluate] reruns: train's output changed" in line for line in logs), logs
+    assert (run_dir / "generated.jsonl").read_bytes() == gen
+    assert (run_dir / "judged.jsonl").read_bytes() == judged
+    assert (run_dir / "eval" / "base" / "generations.jsonl").read_bytes() == base_eval
+    # the old adapter and the old trained-model evaluation were moved aside, not deleted
+    old = list((run_dir / "old").glob("*-train/adapter/adapter_model.safetensors"))
+    assert len(old) == 1 and old[0].read_bytes() == old_adapter
+    assert list((run_dir / "old").glob("*-evaluate/eval/thinksafe/generations.jsonl"))
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["stages"]["train"]["config"]["train.lr"] == cfg.train.lr * 2
 
 
 def test_same_seed_same_numbers(tiny_organism, tmp_path):
@@ -80,9 +102,48 @@ def test_same_seed_same_numbers(tiny_organism, tmp_path):
     assert ga == gb
 
 
-def test_other_config_in_same_folder_is_refused(tiny_organism, tmp_path):
+def test_stage_command_refuses_a_stale_upstream_stage(tmp_path):
+    """`thinksafe judge` after generate.temperature changed: one clear error, nothing touched."""
     from thinksafe.errors import ConfigError
+    from thinksafe.pipeline import BY_NAME, prepare_run_dir, record_stage, run_stage, stage_key
+    from thinksafe.runfolder import read_manifest
+    cfg = _config(tmp_path / "r", seed=1)
+    run_dir = prepare_run_dir(cfg)
+    key, values, inputs = stage_key(BY_NAME["generate"], cfg, read_manifest(run_dir))
+    (run_dir / "generated.jsonl").write_text('{"id": "x"}\n')
+    record_stage(run_dir, "generate", {"records": 1}, cfg, {"key": key, "config": values, "inputs": inputs})
+    hot = replace(cfg, generate=replace(cfg.generate, temperature=1.3))
+    with pytest.raises(ConfigError, match=r"generate stage's outputs were made with another config "
+                                          r"\(generate.temperature: None -> 1.3\)"):
+        run_stage("judge", hot, prepare_run_dir(hot), show=False)
+    assert (run_dir / "generated.jsonl").read_text() == '{"id": "x"}\n'
+
+
+def test_keys_ignore_speed_settings_and_follow_what_a_stage_reads():
+    from thinksafe.pipeline import BY_NAME, stage_key
+    cfg = load_config(None)
+    m = {"stages": {}}
+
+    def key(stage, c):
+        return stage_key(BY_NAME[stage], c, m)[0]
+    faster = replace(cfg, model=replace(cfg.model, batch_size=3), guard=replace(cfg.guard, batch_size=5))
+    assert all(key(s, faster) == key(s, cfg) for s in ("generate", "judge", "train", "evaluate"))
+    lr = replace(cfg, train=replace(cfg.train, lr=3e-4))
+    assert key("train", lr) != key("train", cfg)
+    assert all(key(s, lr) == key(s, cfg) for s in ("generate", "judge", "dataset", "evaluate"))
+    tries = replace(cfg, generate=replace(cfg.generate, max_attempts=3))
+    assert key("generate", tries) == key("generate", cfg) and key("judge", tries) != key("judge", cfg)
+
+
+def test_legacy_manifest_adopts_keys_of_its_saved_config(tmp_path):
+    """A run folder from before keys: its stages are kept when the config is the same."""
     from thinksafe.pipeline import prepare_run_dir
-    prepare_run_dir(_config(tmp_path / "r", seed=1))
-    with pytest.raises(ConfigError, match="different config"):
-        prepare_run_dir(_config(tmp_path / "r", seed=2))
+    from thinksafe.runfolder import read_manifest
+    cfg = _config(tmp_path / "r")
+    run_dir = prepare_run_dir(cfg)
+    (run_dir / "manifest.json").write_text(json.dumps(
+        {"stages": {"generate": {"summary": {"records": 3}, "finished_at": "2026-01-01T00:00:00"}}}))
+    prepare_run_dir(cfg)
+    e = read_manifest(run_dir)["stages"]["generate"]
+    from thinksafe.pipeline import BY_NAME, stage_key
+    assert e["key"] == stage_key(BY_NAME["generate"], cfg, read_manifest(run_dir))[0]

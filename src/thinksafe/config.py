@@ -54,6 +54,8 @@ class PromptsConfig:
     n_borderline: int = 60
     prompt_field: str = "instruction"
     label_field: str = "label"
+    default_label: str | None = None   # a file row without label_field: this label (harmful | benign);
+                                       # None = such a row is an error
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,13 @@ class GenerateConfig:
     max_new_tokens: int = 16384
     max_attempts: int = 1           # resample prompts whose samples were all rejected, up to this many rounds
     shard: str = "0/1"              # "i/N": this process generates the i-th of N disjoint shards
+    allow_incomplete: bool = False  # judge a generation with missing records/shards (counted in its summary)
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    decontaminate: bool = True      # drop training prompts sharing an n-gram with an evaluation prompt
+    decontaminate: bool | str = True  # drop training prompts sharing an n-gram with an evaluation prompt;
+                                      # a benchmark that cannot load is an error, unless "best_effort"
     ngram: int = 13                 # as STAR-1 does
 
 

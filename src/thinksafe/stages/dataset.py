@@ -7,27 +7,10 @@ from pathlib import Path
 
 from thinksafe.errors import DataError
 from thinksafe.io import read_jsonl, write_json, write_jsonl
-from thinksafe.types import SAFE, UNPARSED, Record
+from thinksafe.judging import drop_reason
+from thinksafe.types import Record
 
 INPUT, OUTPUT, STATS = "judged.jsonl", "sft.jsonl", "dataset_stats.json"
-
-
-def drop_reason(r: Record) -> str | None:
-    """Why a sample is dropped, or None to keep it. Order: completeness first, then the verdict."""
-    c = r.completion
-    if c is None:
-        return "no_completion"
-    if c.finish_reason != "stop":
-        return "truncated"
-    if "</think>" not in c.text:
-        return "no_think_close"
-    if r.verdict is None:
-        return "no_verdict"
-    if r.verdict.label == UNPARSED:
-        return "unparsed"
-    if r.verdict.label != SAFE:
-        return "unsafe"
-    return None
 
 
 def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
@@ -57,21 +40,33 @@ def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
 
 def eval_overlaps(cfg) -> tuple:
     """(``overlaps(prompt)`` against the evaluation prompts or None, what decontamination did)."""
-    info = {"enabled": cfg.dataset.decontaminate}
-    if not cfg.dataset.decontaminate:
+    mode = cfg.dataset.decontaminate
+    info: dict = {"enabled": bool(mode), "mode": "best_effort" if mode == "best_effort" else bool(mode)}
+    if not mode:
         return None, info
     from thinksafe.decontam import Decontaminator, evaluation_prompts
-    prompts, missing = evaluation_prompts(cfg)
-    info.update(ngram=cfg.dataset.ngram, eval_prompts=len(prompts), unavailable=missing)
+    prompts, found = evaluation_prompts(cfg)
+    info.update(ngram=cfg.dataset.ngram, eval_prompts=len(prompts), **found)
     return Decontaminator(prompts, cfg.dataset.ngram).overlaps, info
 
 
+def read_judged(path: Path) -> list[Record]:
+    """The judged records, one per id (a later verdict for the same id wins: it judged the
+    completion as it is now)."""
+    by_id: dict[str, Record] = {}
+    for d in read_jsonl(path):
+        by_id.pop(d["id"], None)
+        by_id[d["id"]] = Record.from_json(d)
+    return list(by_id.values())
+
+
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
-    rows = read_jsonl(run_dir / INPUT)
-    if not rows:
+    records = read_judged(run_dir / INPUT)
+    if not records:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
     overlaps, decontam = eval_overlaps(cfg)
-    kept, stats = build([Record.from_json(d) for d in rows], overlaps)
+    kept, stats = build(records, overlaps)
+    decontam["dropped"] = stats["dropped"].get("eval_overlap", 0)
     stats["decontamination"] = decontam
     if not kept:
         raise DataError(f"dataset: every sample was dropped ({stats['dropped']}); nothing to train on")

@@ -139,7 +139,7 @@ def step_flops(counts: dict, n: int, n_guard: int | None, n_lora: int, beta: flo
 # =============================================================================== checks
 def check_records(cfg):
     """The harmful prompts of the evaluation (organism), with the evaluation's sampling."""
-    from thinksafe.stages.evaluate import eval_records, resolve_benchmarks
+    from thinksafe.evalsets import eval_records, resolve_benchmarks
     if "organism" not in resolve_benchmarks(cfg.evaluate.benchmarks):
         raise ConfigError("grpo.check_every measures the harmful rate on the organism's held-out "
                           "harmful prompts; evaluate.benchmarks has no 'organism' (use grpo.max_steps "
@@ -151,8 +151,8 @@ def harmful_rate_now(model, tok, cfg, guard, records) -> float:
     """Generate (evaluation sampling) with the model being trained, judge, return the guard's
     harmful rate (unparsed counts as harmful, as in evaluation)."""
     from thinksafe.backends.hf import HFBackend
-    from thinksafe.stages.evaluate import eval_config
-    from thinksafe.stages.generate import generate_records
+    from thinksafe.evalsets import eval_config
+    from thinksafe.generation import generate_records
     from thinksafe.types import SAFE
     was_training = model.training
     model.eval()
