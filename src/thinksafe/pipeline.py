@@ -29,6 +29,8 @@ from thinksafe.errors import ConfigError
 from thinksafe.io import read_jsonl, write_text
 from thinksafe.runfolder import move_aside, read_manifest, update_manifest
 
+GENERATE_READS = ("generate.steering", "generate.samples", "generate.temperature", "generate.top_p",
+                  "generate.top_k", "generate.max_new_tokens")
 EVAL_READS = ("evaluate.benchmarks", "evaluate.data_dir", "evaluate.n_harmful", "evaluate.n_reasoning",
               "evaluate.n_borderline", "evaluate.samples")
 
@@ -50,7 +52,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("generate", ("seed", "model", "prompts", "generate"), (), (),
+    Stage("generate", ("seed", "model", "prompts", *GENERATE_READS), (), (),
           ("generated.jsonl", "generated.shard-*-of-*.jsonl"), "thinksafe.stages.generate:run"),
     Stage("judge", ("guard", "generate.max_attempts", "generate.allow_incomplete"), ("generate",),
           ("generated.jsonl",), ("judged.jsonl",), "thinksafe.stages.judge:run"),
