@@ -27,7 +27,8 @@ import yaml
 from thinksafe.config import RunConfig, to_dict
 from thinksafe.errors import ConfigError
 from thinksafe.io import read_jsonl, write_text
-from thinksafe.runfolder import move_aside, read_manifest, update_manifest
+from thinksafe.errors import ThinksafeError
+from thinksafe.runfolder import move_aside, move_aside_to, put_back, read_manifest, update_manifest
 
 GENERATE_READS = ("generate.steering", "generate.samples", "generate.temperature", "generate.top_p",
                   "generate.top_k", "generate.max_new_tokens")
@@ -248,13 +249,20 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
     stale = _stale_parts(stage, before, values, inputs, run_dir)
     if force:
         stale = list(stage.outputs if stage.parts is None else [p for p, _ in stage.parts])
-    moved = move_aside(run_dir, stale, name) if stale else []
+    moved, dest = move_aside_to(run_dir, stale, name) if stale else ([], None)
     note = f"; moved aside {', '.join(moved)} into {run_dir / 'old'}" if moved else ""
     log(f"[{name}] {'runs' if reasons == ['not done yet'] else 'reruns'}: {'; '.join(reasons)}{note}")
-    update_manifest(run_dir, lambda mm: mm.setdefault("started", {}).__setitem__(
-        name, {"key": key, "config": values, "inputs": inputs}))
     t0 = time.time()
-    summary = _call(stage, cfg, run_dir, show)
+    try:
+        update_manifest(run_dir, lambda mm: mm.setdefault("started", {}).__setitem__(
+            name, {"key": key, "config": values, "inputs": inputs}))
+        summary = _call(stage, cfg, run_dir, show)
+    except ThinksafeError:
+        # a user error before the stage wrote anything: what was moved aside goes back
+        if moved and not any(_exists(run_dir, o) for o in stage.outputs):
+            put_back(run_dir, moved, dest)
+            update_manifest(run_dir, lambda mm: (mm.get("started") or {}).pop(name, None))
+        raise
     if stage.complete is None or stage.complete(summary):
         record_stage(run_dir, name, summary, cfg, {"key": key, "config": values, "inputs": inputs})
         log(f"[{name}] done in {time.time() - t0:.1f}s")
@@ -372,9 +380,15 @@ def _merge_shards(cfg: RunConfig, run_dir: Path, log) -> None:
     key, values, inputs = stage_key(BY_NAME["generate"], cfg, m)
     if (m["stages"].get("generate") or {}).get("key") == key:
         return
+    from thinksafe.generation import output_path
     shards = [(m.get("shards") or {}).get(f"{i}/{n}") for i in range(n)]
     if not all(s and s.get("key") == key for s in shards):
         return
+    for i, s in enumerate(shards):      # a shard file cut or lost after its process finished
+        if _lines(output_path(run_dir, i, n)) < s["summary"].get("records", 0):
+            log(f"[generate] shard {i}/{n} is recorded as done but its file holds fewer records; "
+                "not merged")
+            return
     total: dict = {"shards": n}
     for s in shards:
         for k, v in s["summary"].items():
@@ -382,6 +396,20 @@ def _merge_shards(cfg: RunConfig, run_dir: Path, log) -> None:
                 total[k] = round(total.get(k, 0) + v, 1)
     log(f"[generate] {n} shards finished with this config: recorded as done")
     record_stage(run_dir, "generate", total, cfg, {"key": key, "config": values, "inputs": inputs})
+
+
+def _exists(run_dir: Path, rel: str) -> bool:
+    return any(run_dir.glob(rel)) if any(c in rel for c in "*?[") else (run_dir / rel).exists()
+
+
+def _lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    n = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            n += block.count(b"\n")
+    return n
 
 
 # ----------------------------------------------------------------------------- evaluate, report

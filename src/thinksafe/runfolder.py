@@ -50,13 +50,35 @@ def update_manifest(run_dir: Path, change) -> dict:
 def move_aside(run_dir: Path, rel_paths: Iterable[str], label: str) -> list[str]:
     """Move the existing ``rel_paths`` (files or folders, globs allowed) of ``run_dir`` into
     ``old/<time>-<label>/`` (same relative paths); returns what was moved. Nothing is deleted."""
+    return move_aside_to(run_dir, rel_paths, label)[0]
+
+
+def put_back(run_dir: Path, moved: list[str], dest: Path | None) -> None:
+    """Undo ``move_aside_to`` for paths nothing has been written to since (a stage that failed
+    before writing): they return to where they were."""
+    if dest is None:
+        return
+    run_dir = Path(run_dir)
+    for rel in moved:
+        if not (run_dir / rel).exists() and (dest / rel).exists():
+            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(dest / rel), str(run_dir / rel))
+    for d in sorted(dest.rglob("*"), reverse=True):    # drop what is left empty
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+
+
+def move_aside_to(run_dir: Path, rel_paths: Iterable[str], label: str) -> tuple[list[str], Path | None]:
+    """``move_aside``, also returning the folder it moved into (None: nothing moved)."""
     run_dir = Path(run_dir)
     found: list[Path] = []
     for rel in rel_paths:
         found += sorted(run_dir.glob(rel)) if any(c in rel for c in "*?[") else \
             ([run_dir / rel] if (run_dir / rel).exists() else [])
     if not found:
-        return []
+        return [], None
     dest = run_dir / OLD / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
     n = 1
     while dest.exists():
@@ -69,4 +91,4 @@ def move_aside(run_dir: Path, rel_paths: Iterable[str], label: str) -> list[str]
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(p, target) if p.is_file() else shutil.move(str(p), str(target))
         moved.append(str(rel))
-    return moved
+    return moved, dest

@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from thinksafe.config import RunConfig, _build, _set, to_dict
+from thinksafe.config import RunConfig, _build, _set, check_ranges, to_dict
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
 
@@ -65,7 +65,7 @@ def sub_config(cfg: RunConfig, method: str, overrides: dict[str, list[str]]) -> 
     for kv in overrides.get(method, []):
         key, raw = kv.split("=", 1)
         _set(d, key.strip(), raw)
-    return _build(RunConfig, d, "")
+    return check_ranges(_build(RunConfig, d, ""))
 
 
 def check(cfg) -> None:
@@ -301,6 +301,8 @@ def grpo_notes(d: Path, sub: RunConfig) -> list[str]:
     s = json.loads(p.read_text())
     g = sub.grpo
     out = [f"{s['steps']} steps, {s['completions']} completions; stopped: {s['stopped']}"]
+    if s.get("check_split"):
+        out.append(f"checks on the {s['check_split']}")
     if g.stop_at_harmful is not None:
         from thinksafe.stages.grpo import first_reaching
         hit = first_reaching(s.get("checks") or [], g.stop_at_harmful)
