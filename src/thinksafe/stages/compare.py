@@ -22,8 +22,10 @@ Per-method config changes: ``compare.set: ["direct_refusal:train.epochs=5", ...]
 
 Writes ``<out>/compare.json`` and ``<out>/compare.md``: method x (harmful rate, over-refusal,
 reasoning accuracy, perplexity of its training responses under the base model, compute of its
-data + training: FLOPs and seconds; evaluation compute is listed apart). Every stage is skipped
-when already done, so a rerun resumes.
+data + training: FLOPs and seconds; evaluation compute is listed apart). Every stage of every
+sub-run is kept while its key holds (``thinksafe.pipeline``) and rerun, with its reason logged, when
+the config it reads or its inputs changed; a baseline's training set is keyed by the config and
+ThinkSafe's data it derives from. A rerun resumes.
 """
 
 from __future__ import annotations
@@ -89,8 +91,13 @@ def _thinksafe_data(cfg, overrides, show, log) -> Path:
     sub = sub_config(cfg, "thinksafe", overrides)
     d = prepare_run_dir(sub)
     for stage in DATA_STAGES:
-        ensure(stage, sub, d, show, log=lambda s: log(f"[compare thinksafe] {s}"))
+        ensure(stage, sub, d, show, log=_prefixed(log, "thinksafe"))
     return d
+
+
+def _prefixed(log, method: str):
+    """The pipeline's "[stage] ..." lines as "[compare METHOD: stage] ..."."""
+    return lambda line: log(f"[compare {method}: {line[1:]}" if line.startswith("[") else f"[compare {method}] {line}")
 
 
 def _set_key(method: str, cfg, sub, ts_dir: Path | None) -> str:
@@ -120,7 +127,7 @@ def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool, l
         return
     if done:
         moved = move_aside(d, ["sft.jsonl", "dataset_stats.json", "generated.jsonl", "judged.jsonl"], "dataset")
-        log(f"[compare {method}] training set reruns (its config or ThinkSafe's data changed); "
+        log(f"[compare {method}: dataset] reruns (its config or ThinkSafe's data changed); "
             f"moved aside {', '.join(moved) or 'nothing'}")
     ts_rows = read_jsonl(ts_dir / "sft.jsonl") if ts_dir else []
     ts_benign = [r for r in ts_rows if r.get("label") != "harmful"]
@@ -166,7 +173,7 @@ def _evaluate(sub, d: Path, method: str, show: bool, log=print) -> dict:
         reasons = why(BY_NAME["evaluate"], done, values, inputs)
         if any("output changed" in r for r in reasons):
             move_aside(d, [f"eval/{method}"], "evaluate")
-        log(f"[compare {method}] evaluate reruns: {'; '.join(reasons)}")
+        log(f"[compare {method}: evaluate] reruns: {'; '.join(reasons)}")
     adapter = None
     if method != "base":
         if (d / "adapter" / "adapter_config.json").exists():
@@ -220,7 +227,7 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
         if method == "grpo":
             sub = grpo_config(cfg, sub, results.get("thinksafe"), notes)
         d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
-        say = lambda s, m=method: log(f"[compare {m}] {s}")  # noqa: E731
+        say = _prefixed(log, method)
         if method == "grpo":
             ensure("grpo", sub, d, show, log=say)
         elif method not in ("base", "thinksafe"):

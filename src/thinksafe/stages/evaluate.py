@@ -283,8 +283,10 @@ def _settings(cfg, adapter, kind: str) -> dict:
     s = {"generation": {"model": cfg.model.path, "adapter": str(adapter) if adapter else None,
                         "family": fam.name, "temperature": p.temperature, "top_p": p.top_p,
                         "top_k": p.top_k, "max_new_tokens": p.max_new_tokens, "seed": cfg.seed}}
-    if kind == "safety":
-        s["guard"] = {"kind": cfg.guard.kind, "path": cfg.guard.path}
+    if kind == "safety":          # everything that changes a verdict
+        g = cfg.guard
+        s["guard"] = {"kind": g.kind, "path": g.path, "top_k": g.top_k,
+                      "max_input_tokens": g.max_input_tokens, "suffix": g.suffix}
     if kind == "overrefusal":
         s["refusal_guard"] = {"kind": e.refusal_guard_kind, "path": e.refusal_guard_path}
     return s
@@ -301,9 +303,10 @@ def _check_settings(folder: Path, settings: dict, run_dir: Path | None = None,
         if diff:
             # generation changed: everything in the folder; a guard only: its verdict files
             parts = {"generation": ["*"], "guard": ["judged*.jsonl"], "refusal_guard": ["refusal.jsonl"]}
-            globs = ["*"] if "generation" in diff else [g for k in diff for g in parts[k]]
-            if files is not None and "*" in globs:
+            if files is not None:
                 globs = list(files)
+            else:
+                globs = ["*"] if "generation" in diff else [g for k in diff for g in parts.get(k, ["*"])]
             root = Path(run_dir) if run_dir is not None else folder.parent
             rels = [str((folder / g).relative_to(root)) for g in globs]
             moved = move_aside(root, rels, "evaluate")
@@ -373,8 +376,7 @@ def evaluate_model(cfg, run_dir: Path, tag: str, adapter: str | None = None, sho
     if "organism" in names:
         org = eval_records(cfg)
         _check_settings(out, {"organism": {**_settings(cfg, adapter, "organism")["generation"],
-                                           "guard": f"{cfg.guard.kind}:{cfg.guard.path}",
-                                           "steered_check": steered_check}},
+                                           **_settings(cfg, adapter, "safety")["guard"]}},
                         run_dir, files=ORGANISM_FILES, show=show)
         gen["organism"] = generate_records(model, org, ecfg, "none", out / "generations.jsonl",
                                            e.max_new_tokens, f"evaluate {tag}", show, chunk=gen_chunk)
