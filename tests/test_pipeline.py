@@ -147,3 +147,84 @@ def test_legacy_manifest_adopts_keys_of_its_saved_config(tmp_path):
     e = read_manifest(run_dir)["stages"]["generate"]
     from thinksafe.pipeline import BY_NAME, stage_key
     assert e["key"] == stage_key(BY_NAME["generate"], cfg, read_manifest(run_dir))[0]
+
+
+def _fake_stages(monkeypatch, calls):
+    """Every stage writes its first output and returns a summary; nothing is loaded."""
+    from thinksafe import pipeline
+
+    def fake(stage, cfg, run_dir, show):
+        calls.append(stage.name)
+        out = run_dir / stage.outputs[0].replace("*", "x")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if stage.name == "evaluate":
+            (run_dir / "eval" / "base").mkdir(parents=True, exist_ok=True)
+            (run_dir / "eval" / "thinksafe").mkdir(parents=True, exist_ok=True)
+            return {"base": {}, "thinksafe": {}}
+        out.write_text(f"{stage.name} {len(calls)}\n")
+        return {"n": len(calls)}
+    monkeypatch.setattr(pipeline, "_call", fake)
+    monkeypatch.setattr("thinksafe.compute.for_run", lambda *a, **k: {"flops": 0.0})
+
+
+def test_force_and_from_rerun_on_purpose(tmp_path, monkeypatch):
+    calls = []
+    _fake_stages(monkeypatch, calls)
+    cfg = load_config(None, [f"out={tmp_path / 'r'}"])
+    run_all(cfg, show=False, log=lambda s: None)
+    assert calls == ["generate", "judge", "dataset", "train", "evaluate", "report"]
+    calls.clear()
+    run_all(cfg, show=False, log=lambda s: None)
+    assert calls == []
+    logs = []
+    run_all(cfg, show=False, force=["judge"], log=logs.append)
+    # judge reran on purpose, and what consumes its (new) output after it; generate was kept
+    assert calls == ["judge", "dataset", "train", "evaluate", "report"]
+    assert any("[judge] reruns: forced" in x for x in logs)
+    assert list((tmp_path / "r" / "old").glob("*-judge/judged.jsonl"))
+    calls.clear()
+    run_all(cfg, show=False, start="train", log=lambda s: None)
+    assert calls == ["train", "evaluate", "report"]
+    from thinksafe.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown stage trian"):
+        run_all(cfg, show=False, force=["trian"], log=lambda s: None)
+
+
+def test_same_sft_bytes_do_not_retrain(tmp_path, monkeypatch):
+    """dataset's fingerprint is the content of sft.jsonl: a rerun that keeps the rows keeps train."""
+    from thinksafe import pipeline
+    calls = []
+    _fake_stages(monkeypatch, calls)
+    real = pipeline._call
+
+    def same_rows(stage, cfg, run_dir, show):
+        if stage.name == "dataset":
+            calls.append("dataset")
+            (run_dir / "sft.jsonl").write_text("the same rows\n")
+            return {"kept": 1}
+        return real(stage, cfg, run_dir, show)
+    monkeypatch.setattr(pipeline, "_call", same_rows)
+    cfg = load_config(None, [f"out={tmp_path / 'r'}"])
+    run_all(cfg, show=False, log=lambda s: None)
+    calls.clear()
+    more = replace(cfg, dataset=replace(cfg.dataset, ngram=8))
+    run_all(more, show=False, log=lambda s: None)
+    assert calls == ["dataset"]
+
+
+def test_a_failed_start_puts_moved_outputs_back(tmp_path, monkeypatch):
+    from thinksafe import pipeline
+    from thinksafe.errors import DataError
+    calls = []
+    _fake_stages(monkeypatch, calls)
+    cfg = load_config(None, [f"out={tmp_path / 'r'}"])
+    run_all(cfg, show=False, log=lambda s: None)
+    before = (tmp_path / "r" / "judged.jsonl").read_text()
+
+    def boom(stage, cfg, run_dir, show):
+        raise DataError("bad input")
+    monkeypatch.setattr(pipeline, "_call", boom)
+    with pytest.raises(DataError):
+        pipeline.run_stage("judge", cfg, tmp_path / "r", show=False, force=True)
+    assert (tmp_path / "r" / "judged.jsonl").read_text() == before
+    assert not list((tmp_path / "r").glob("old/*"))
