@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,8 +149,9 @@ def record_stage(run_dir: Path, stage: str, summary: dict, cfg: RunConfig | None
     if key:
         entry.update(key)
     st = BY_NAME.get(stage)
-    entry["fingerprint"] = _fingerprint(st, Path(run_dir), entry.get("key", ""), finished) if st else \
-        _hash({"finished": finished, "stage": stage})
+    run_id = f"{finished}/{time.time_ns()}/{os.getpid()}"      # a rerun on purpose is another output
+    entry["fingerprint"] = _fingerprint(st, Path(run_dir), entry.get("key", ""), run_id) if st else \
+        _hash({"finished": run_id, "stage": stage})
     try:            # compute accounting (thinksafe.compute); never fails the stage itself
         from thinksafe import compute
         entry["compute"] = compute.for_run(stage, summary, Path(run_dir), cfg)
