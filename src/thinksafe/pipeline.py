@@ -274,7 +274,6 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
 
 
 def _main_process() -> bool:
-    import os
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -291,6 +290,10 @@ def _follow(stage: Stage, cfg: RunConfig, run_dir: Path, show: bool, wait_s: flo
         if done.get("key") == key:
             return done["summary"]              # kept
         time.sleep(0.5)
+    else:
+        raise ConfigError(f"{stage.name}: rank {os.environ.get('RANK')} waited {wait_s:.0f}s for rank 0 to "
+                          "start this stage; launch one stage at a time (e.g. `accelerate launch -m "
+                          f"thinksafe.cli {stage.name} CONFIG`)")
     return _call(stage, cfg, run_dir, show)
 
 
