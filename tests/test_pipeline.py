@@ -229,3 +229,29 @@ def test_a_failed_start_puts_moved_outputs_back(tmp_path, monkeypatch):
         pipeline.run_stage("judge", cfg, tmp_path / "r", show=False, force=True)
     assert (tmp_path / "r" / "judged.jsonl").read_text() == before
     assert not list((tmp_path / "r").glob("old/*"))
+
+
+def test_a_crashed_rerun_is_not_mistaken_for_the_finished_run(tmp_path, monkeypatch):
+    """Run A finished; B moved A's outputs aside and crashed; A's config again must rerun, not
+    report A's (moved) outputs as kept."""
+    from thinksafe import pipeline
+    calls = []
+    _fake_stages(monkeypatch, calls)
+    cfg = load_config(None, [f"out={tmp_path / 'r'}"])
+    run_all(cfg, show=False, log=lambda s: None)
+    real = pipeline._call
+
+    def crash(stage, c, run_dir, show):
+        if stage.name == "train":
+            (run_dir / "adapter").write_text("half")
+            raise RuntimeError("killed")
+        return real(stage, c, run_dir, show)
+    monkeypatch.setattr(pipeline, "_call", crash)
+    with pytest.raises(RuntimeError):
+        run_all(replace(cfg, train=replace(cfg.train, lr=1.0)), show=False, log=lambda s: None)
+    monkeypatch.setattr(pipeline, "_call", real)
+    logs = []
+    run_all(cfg, show=False, log=logs.append)
+    assert any(x.startswith("[train] runs") or x.startswith("[train] reruns") for x in logs), logs
+    assert (tmp_path / "r" / "adapter").read_text().startswith("train")
+    assert list((tmp_path / "r" / "old").glob("*-train/adapter"))      # the half-written one, kept aside

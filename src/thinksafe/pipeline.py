@@ -255,15 +255,23 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
     note = f"; moved aside {', '.join(moved)} into {run_dir / 'old'}" if moved else ""
     log(f"[{name}] {'runs' if reasons == ['not done yet'] else 'reruns'}: {'; '.join(reasons)}{note}")
     t0 = time.time()
+    def start(mm):      # the folder no longer holds the finished run's outputs: forget it
+        mm.setdefault("started", {})[name] = {"key": key, "config": values, "inputs": inputs}
+        if moved:
+            mm["stages"].pop(name, None)
+
+    def undo(mm):
+        (mm.get("started") or {}).pop(name, None)
+        if entry is not None:
+            mm["stages"][name] = entry
     try:
-        update_manifest(run_dir, lambda mm: mm.setdefault("started", {}).__setitem__(
-            name, {"key": key, "config": values, "inputs": inputs}))
+        update_manifest(run_dir, start)
         summary = _call(stage, cfg, run_dir, show)
     except ThinksafeError:
         # a user error before the stage wrote anything: what was moved aside goes back
         if moved and not any(_exists(run_dir, o) for o in stage.outputs):
             put_back(run_dir, moved, dest)
-            update_manifest(run_dir, lambda mm: (mm.get("started") or {}).pop(name, None))
+            update_manifest(run_dir, undo)
         raise
     if stage.complete is None or stage.complete(summary):
         record_stage(run_dir, name, summary, cfg, {"key": key, "config": values, "inputs": inputs})
