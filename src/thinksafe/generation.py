@@ -13,7 +13,7 @@ from pathlib import Path
 from thinksafe import steering
 from thinksafe.errors import ConfigError
 from thinksafe.families import restore_prefill
-from thinksafe.io import append_jsonl, read_jsonl
+from thinksafe.io import append_jsonl, iter_jsonl, read_jsonl
 from thinksafe.runtime import family_of, progress_bar, render_prompt, sampling
 from thinksafe.types import Record, stable_id
 
@@ -94,7 +94,7 @@ def read_generated(run_dir: Path) -> list[Record]:
     files = [Path(run_dir) / OUTPUT, *shard_files(run_dir)]
     seen: dict[str, Record] = {}
     for f in files:
-        for d in read_jsonl(f):
+        for d in iter_jsonl(f, appended=True):       # thinksafe appends these
             seen.setdefault(d["id"], Record.from_json(d))
     return list(seen.values())
 

@@ -86,7 +86,11 @@ def acceptance(records: list[Record]) -> dict:
         key = (r.label, r.meta.get("prompt_id", r.id))
         by_prompt[key] = by_prompt.get(key, False) or accepted(r)
     out = {}
-    for label in sorted({k[0] for k in by_prompt}):
-        vals = [v for k, v in by_prompt.items() if k[0] == label]
-        out[label] = round(sum(vals) / len(vals), 4)
+    counts: dict[str, list[int]] = {}
+    for (label, _), ok in by_prompt.items():
+        c = counts.setdefault(label, [0, 0])
+        c[0] += ok
+        c[1] += 1
+    for label in sorted(counts):
+        out[label] = round(counts[label][0] / counts[label][1], 4)
     return out

@@ -27,7 +27,7 @@ import yaml
 
 from thinksafe.config import RunConfig, to_dict
 from thinksafe.errors import ConfigError
-from thinksafe.io import read_jsonl, write_text
+from thinksafe.io import iter_jsonl, write_text
 from thinksafe.errors import ThinksafeError
 from thinksafe.runfolder import move_aside, move_aside_to, put_back, read_manifest, update_manifest
 
@@ -459,4 +459,4 @@ def run_report(cfg: RunConfig, run_dir: Path, show: bool = True, paper_model: st
 
 
 def generated_count(run_dir: Path) -> int:
-    return len(read_jsonl(run_dir / "generated.jsonl"))
+    return sum(1 for _ in iter_jsonl(run_dir / "generated.jsonl", appended=True))

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from thinksafe.errors import DataError
-from thinksafe.io import read_jsonl, write_json, write_jsonl
+from thinksafe.io import iter_jsonl, write_json, write_jsonl
 from thinksafe.judging import drop_reason
 from thinksafe.types import Record
 
 INPUT, OUTPUT, STATS = "judged.jsonl", "sft.jsonl", "dataset_stats.json"
 
 
-def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
-    """Keep what passes ``drop_reason``; ``overlaps(prompt)`` marks evaluation overlap (dropped too)."""
-    kept, drops = [], Counter()
+def build(records: Iterable[Record], overlaps=None) -> tuple[list[dict], dict]:
+    """Keep what passes ``drop_reason``; ``overlaps(prompt)`` marks evaluation overlap (dropped too).
+    ``records`` is consumed once (a generator streaming judged.jsonl is fine)."""
+    kept, drops, by_label = [], Counter(), Counter()
     by_group: dict[str, Counter] = {}
     for r in records:
+        by_label[r.label] += 1
         reason = drop_reason(r)
         if reason is None and overlaps is not None and overlaps(r.prompt):
             reason = "eval_overlap"
@@ -30,9 +33,8 @@ def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
         by_group[group]["kept"] += 1
         kept.append({"id": r.id, "prompt": r.prompt, "response": r.completion.text, "label": r.label,
                      "category": r.meta.get("category") or "", "steering": r.steering or ""})
-    by_label = Counter(r.label for r in records)
     kept_label = Counter(k["label"] for k in kept)
-    stats = {"total": len(records), "kept": len(kept), "dropped": dict(sorted(drops.items())),
+    stats = {"total": sum(by_label.values()), "kept": len(kept), "dropped": dict(sorted(drops.items())),
              "acceptance": {lab: kept_label[lab] / n for lab, n in sorted(by_label.items())},
              "by_group": {g: dict(c) for g, c in sorted(by_group.items())}}
     return kept, stats
@@ -50,22 +52,22 @@ def eval_overlaps(cfg) -> tuple:
     return Decontaminator(prompts, cfg.dataset.ngram).overlaps, info
 
 
-def read_judged(path: Path) -> list[Record]:
-    """The judged records, one per id (a later verdict for the same id wins: it judged the
-    completion as it is now)."""
-    by_id: dict[str, Record] = {}
-    for d in read_jsonl(path):
-        by_id.pop(d["id"], None)
-        by_id[d["id"]] = Record.from_json(d)
-    return list(by_id.values())
+def read_judged(path: Path) -> Iterator[Record]:
+    """The judged records, one per id, streamed: a later verdict for the same id wins (it judged the
+    completion as it is now). Two passes over the file; only the ids stay in memory."""
+    last: dict[str, int] = {}
+    for i, d in enumerate(iter_jsonl(path, appended=True)):
+        last[d["id"]] = i
+    for i, d in enumerate(iter_jsonl(path, appended=True)):
+        if last.get(d["id"]) == i:
+            yield Record.from_json(d)
 
 
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
-    records = read_judged(run_dir / INPUT)
-    if not records:
-        raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
     overlaps, decontam = eval_overlaps(cfg)
-    kept, stats = build(records, overlaps)
+    kept, stats = build(read_judged(run_dir / INPUT), overlaps)      # only kept rows stay in memory
+    if not stats["total"]:
+        raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
     decontam["dropped"] = stats["dropped"].get("eval_overlap", 0)
     stats["decontamination"] = decontam
     if not kept:

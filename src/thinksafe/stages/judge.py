@@ -55,8 +55,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     if cfg.generate.max_attempts > 1:
         out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)
-    from thinksafe.compute import guard_input_tokens      # compute accounting (first verdict pass)
+    from thinksafe.compute import verdict_input_tokens    # counted by the guard while judging
     return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
             "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1), **gaps,
-            "guard_input_tokens": guard_input_tokens(guard, [(r.prompt, r.completion.text) for r in out])}
+            "guard_input_tokens": verdict_input_tokens([r.verdict for r in out], guard,
+                                                       [(r.prompt, r.completion.text) for r in out])}
