@@ -113,9 +113,8 @@ def test_bad_settings_fail_before_training(tmp_path):
     write_rows(tmp_path, sft_rows(4))
     for key, value in (("objective", "dpo"), ("method", "qlora"), ("truncation", "left"), ("report_to", "mlflow"),
                        ("ce_chunk_size", "0"), ("kl_chunk_size", "0")):
-        cfg = organism_config(tmp_path, f"train.{key}={value}")
-        with pytest.raises(ConfigError, match=f"train.{key}"):
-            train.run(cfg, tmp_path, show=False)
+        with pytest.raises(ConfigError, match=f"train.{key}"):     # when the config loads, or at the latest here
+            train.run(organism_config(tmp_path, f"train.{key}={value}"), tmp_path, show=False)
 
 
 @pytest.mark.parametrize("name", ["wandb", "tensorboard"])

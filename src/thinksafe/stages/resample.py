@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from thinksafe.generation import OUTPUT as GENERATED
+from thinksafe.generation import generate_records
+from thinksafe.judging import acceptance, accepted, judge_records
 from thinksafe.runtime import model_backend
-from thinksafe.stages.generate import OUTPUT as GENERATED
-from thinksafe.stages.generate import generate_records
-from thinksafe.stages.judge import OUTPUT as JUDGED
-from thinksafe.stages.judge import acceptance, accepted, judge_records
 from thinksafe.types import Record, stable_id
+
+JUDGED = "judged.jsonl"
 
 
 def rejected_prompts(judged: list[Record]) -> list[Record]:
