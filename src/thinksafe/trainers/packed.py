@@ -34,6 +34,7 @@ from thinksafe.trainers.kl import (KLTrainer, _redirect, backbone, causal_lm, cr
                                    forward_kl_per_token, frozen_head, gathered, output_head, peft_reference,
                                    softcap_of)
 from thinksafe.trainers.loss import chunked_cross_entropy
+from thinksafe.trainers.microbatch import MicroBatchTraining
 from thinksafe.trainers.packing import (IGNORE_INDEX, VARLEN_ATTENTION, PackedCollator, packed_model_inputs,
                                         register_varlen_attention, select_varlen_backend)
 
@@ -218,18 +219,21 @@ class _Packing:
         return batch_samples, num_items
 
 
-class PackedSFTTrainer(_Packing, SFTTrainer):
+class PackedSFTTrainer(MicroBatchTraining, _Packing, SFTTrainer):
     """SFTTrainer on packed rows with the varlen attention and the chunked cross-entropy.
 
     The dataset needs ``input_ids`` and ``labels`` (-100 where nothing is learned).
-    ``ce_chunk_size``: response tokens per chunk of the fused LM head + cross-entropy."""
+    ``ce_chunk_size``: response tokens per chunk of the fused LM head + cross-entropy.
+    ``micro_batch_tokens``: cut each collated batch into micro-batches of at most this many tokens
+    (:mod:`thinksafe.trainers.microbatch`); None = one forward pass per collated batch."""
 
-    def __init__(self, *args, ce_chunk_size: int = 2048, **kwargs):
+    def __init__(self, *args, ce_chunk_size: int = 2048, micro_batch_tokens: int | None = None, **kwargs):
         kwargs.setdefault("data_collator", PackedCollator())
         super().__init__(*args, **kwargs)
         self.ce_chunk_size = ce_chunk_size
         self.loss_is_scaled_for_ga = True       # divided by the step's response tokens below
         self._init_packing()
+        self._init_micro_batches(micro_batch_tokens)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -247,14 +251,16 @@ class PackedSFTTrainer(_Packing, SFTTrainer):
         return (loss, None) if return_outputs else loss
 
 
-class PackedKLTrainer(_Packing, KLTrainer):
+class PackedKLTrainer(MicroBatchTraining, _Packing, KLTrainer):
     """ThinkSafe+KL (:class:`~thinksafe.trainers.kl.KLTrainer`) on packed rows: one ``is_benign``
-    flag per packed example; counts and means over the whole optimiser step, as KLTrainer."""
+    flag per packed example; counts and means over the whole optimiser step, as KLTrainer.
+    ``micro_batch_tokens`` as :class:`PackedSFTTrainer`."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, micro_batch_tokens: int | None = None, **kwargs):
         kwargs.setdefault("data_collator", PackedCollator())    # KLTrainer keeps is_benign around it
         super().__init__(*args, **kwargs)
         self._init_packing()
+        self._init_micro_batches(micro_batch_tokens)
 
     def _row_counts(self, batch, device=None) -> torch.Tensor:
         device = device if device is not None else batch["labels"].device

@@ -44,6 +44,10 @@ IGNORE_INDEX = -100
 VARLEN_ATTENTION = "thinksafe_varlen"
 
 
+class PackedAttentionError(RuntimeError):
+    """The packed (varlen) attention was called without the per-example lengths of the packed row."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Batch planning
 # --------------------------------------------------------------------------------------------------------------
@@ -372,17 +376,19 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                              scaling: float | None = None, sliding_window: int | None = None, **kwargs):
     """transformers attention-interface entry: ``query`` ``(B, Hq, T, D)``, ``key``/``value`` ``(B, Hkv, T, D)``.
 
-    Needs ``packed_seq_lens`` (or ``cu_seq_lens_q``) in the forward kwargs and batch size 1; without them it
-    falls back to transformers' SDPA (ordinary unpacked batches, padding masks included).
+    Needs ``packed_seq_lens`` (or ``cu_seq_lens_q``) in the forward kwargs and batch size 1. Without them it
+    raises :class:`PackedAttentionError`: transformers builds no mask for this implementation, so attending
+    over the whole row would let every packed example see the ones before it.
     """
     seq_lens = kwargs.get("packed_seq_lens")
     cu = kwargs.get("cu_seq_lens_q")
     if seq_lens is None and cu is not None:
         seq_lens = [int(x) for x in torch.diff(cu.to("cpu")).tolist()]
     if seq_lens is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        raise PackedAttentionError(
+            f"{VARLEN_ATTENTION} attention got no per-example lengths (packed_seq_lens / cu_seq_lens_q) in the "
+            "forward call; full causal attention over a packed row would leak across examples. Pass the packed "
+            "batch's keys (packed_model_inputs) or set the model's attention back (restore_attention)")
     if sliding_window is not None:
         raise NotImplementedError("varlen attention does not implement sliding windows")
     if dropout and module.training:
