@@ -107,6 +107,8 @@ class TrainConfig:
     micro_batch_tokens: int | None = None   # packing: each step's batch_size*grad_accum examples cut into
                                     # micro-batches of <= this many tokens (same step, same gradient); null = off
     group_by_length: bool = False   # true = steps of similar lengths (changes which examples share a step)
+    lm_head_loss: str = "auto"      # packing + sft: auto (Liger / Cut Cross-Entropy on CUDA when installed,
+                                    # else PyTorch) | torch | liger | cce
     report_to: str = "none"         # none | wandb | tensorboard
 
 

@@ -135,6 +135,9 @@ def check_train_config(tc) -> None:
     for key in ("kl_chunk_size", "ce_chunk_size"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
+    from thinksafe.trainers.kernels import LM_HEAD_LOSSES
+    if getattr(tc, "lm_head_loss", "auto") not in LM_HEAD_LOSSES:
+        raise ConfigError(f"train.lm_head_loss must be one of {', '.join(LM_HEAD_LOSSES)}, got {tc.lm_head_loss!r}")
     if getattr(tc, "micro_batch_tokens", None) is not None and tc.micro_batch_tokens < 1:
         raise ConfigError(f"train.micro_batch_tokens must be >= 1 (or null = off), got {tc.micro_batch_tokens}")
     if tc.method == "lora":
@@ -229,7 +232,8 @@ def make_trainer(tc, packing: bool, ref_model=None, **kwargs):
         return KLTrainer(**kwargs, ref_model=ref_model, kl_chunk_size=tc.kl_chunk_size)
     if packing:
         from thinksafe.trainers.packed import PackedSFTTrainer
-        return PackedSFTTrainer(**kwargs, ce_chunk_size=tc.ce_chunk_size, micro_batch_tokens=micro)
+        return PackedSFTTrainer(**kwargs, ce_chunk_size=tc.ce_chunk_size, micro_batch_tokens=micro,
+                                lm_head_loss=getattr(tc, "lm_head_loss", "auto"))
     from trl import SFTTrainer
     return SFTTrainer(**kwargs)
 
@@ -254,6 +258,11 @@ def packing_summary(trainer, packing: bool, note: str | None) -> dict:
                         "micro_batches_per_step": round(parts / steps, 2) if steps else None,
                         "tokens_per_micro_batch": round(tokens / parts, 1) if parts else None,
                         "max_tokens_per_micro_batch": largest})
+        head = getattr(trainer, "lm_head_backend", None)
+        if head:
+            out["lm_head_loss"] = head["backend"]
+            if head.get("reason"):
+                out["lm_head_loss_note"] = head["reason"]
         backend = getattr(trainer, "varlen_backend", None) or {}
         out["varlen_backend"] = backend.get("backend")
         if backend.get("reason"):

@@ -251,8 +251,9 @@ _BACKEND = {"name": "auto"}
 
 
 def set_varlen_backend(name: str) -> None:
-    """``"auto"`` (torch varlen on CUDA when importable, else the SDPA loop), ``"torch_varlen"`` or ``"sdpa_loop"``."""
-    if name not in ("auto", "torch_varlen", "sdpa_loop"):
+    """``"auto"`` (torch varlen on CUDA when importable, else the SDPA loop), ``"flash_attn"`` (the flash-attn
+    package), ``"torch_varlen"`` or ``"sdpa_loop"``."""
+    if name not in ("auto", "flash_attn", "torch_varlen", "sdpa_loop"):
         raise ValueError(name)
     _BACKEND["name"] = name
 
@@ -269,40 +270,47 @@ def select_varlen_backend(device: torch.device | str, num_heads: int = 16, num_k
                           seq_lens: Sequence[int] = (700, 1, 1300, 500), tol: float = 5e-2) -> dict[str, Any]:
     """Choose and set (:func:`set_varlen_backend`) the backend for ``device``; returns what was chosen and why.
 
-    Off CUDA: the per-example SDPA loop. On CUDA: torch's varlen FlashAttention if it imports, runs, and matches
-    the loop (output, q and k gradients, max abs difference < ``tol``) on a random packed batch of this attention
-    shape and dtype; otherwise the loop, with the reason.
+    Off CUDA: the per-example SDPA loop. On CUDA, the first of FlashAttention's ``flash_attn_varlen_func``
+    (flash-attn package) and torch's varlen FlashAttention that imports, runs, and matches the loop (output,
+    q and k gradients, max abs difference < ``tol``) on a random packed batch of this attention shape and
+    dtype; otherwise the loop, with the reasons.
     """
+    from thinksafe.trainers.kernels import flash_attn_varlen
     device = torch.device(device)
     if device.type != "cuda":
         set_varlen_backend("sdpa_loop")
         return {"backend": "sdpa_loop"}
-    set_varlen_backend("auto")
-    if get_varlen_backend(device) != "torch_varlen":
-        set_varlen_backend("sdpa_loop")
-        return {"backend": "sdpa_loop", "reason": "torch.nn.attention.varlen not importable"}
+    reasons = []
+    for name, fn in (("flash_attn", flash_attn_varlen), ("torch_varlen", _torch_varlen)):
+        if fn() is None:
+            reasons.append(f"{name} not importable")
+            continue
+        try:
+            err = _varlen_self_check(name, device, num_heads, num_kv_heads, head_dim, dtype, seq_lens)
+        except Exception as e:          # noqa: BLE001 - recorded, and the next candidate is tried
+            reasons.append(f"{name} failed: {type(e).__name__}: {e}"[:300])
+            continue
+        if err < tol:
+            set_varlen_backend(name)
+            return {"backend": name, "max_abs_diff_vs_sdpa_loop": err}
+        reasons.append(f"{name} differs from the SDPA loop by {err:.3g}")
+    set_varlen_backend("sdpa_loop")
+    return {"backend": "sdpa_loop", "reason": "; ".join(reasons)}
+
+
+def _varlen_self_check(name, device, num_heads, num_kv_heads, head_dim, dtype, seq_lens) -> float:
     g = torch.Generator(device=device).manual_seed(0)
     T = sum(seq_lens)
     q = torch.randn(T, num_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
     k = torch.randn(T, num_kv_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
     v = torch.randn(T, num_kv_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
     go = torch.randn(T, num_heads, head_dim, device=device, dtype=dtype, generator=g)
-    try:
-        outs = []
-        for backend in ("torch_varlen", "sdpa_loop"):
-            o = varlen_attention(q, k, v, seq_lens, scale=head_dim ** -0.5, backend=backend)
-            gq, gk = torch.autograd.grad(o, (q, k), go)
-            outs.append((o.float(), gq.float(), gk.float()))
-        err = max((a - b).abs().max().item() for a, b in zip(*outs))
-    except Exception as e:          # noqa: BLE001 - recorded, and the exact loop is used
-        set_varlen_backend("sdpa_loop")
-        return {"backend": "sdpa_loop", "reason": f"torch varlen failed: {type(e).__name__}: {e}"[:300]}
-    ok = err < tol
-    set_varlen_backend("torch_varlen" if ok else "sdpa_loop")
-    out: dict[str, Any] = {"backend": "torch_varlen" if ok else "sdpa_loop", "max_abs_diff_vs_sdpa_loop": err}
-    if not ok:
-        out["reason"] = f"torch varlen differs from the SDPA loop by {err:.3g}"
-    return out
+    outs = []
+    for backend in (name, "sdpa_loop"):
+        o = varlen_attention(q, k, v, seq_lens, scale=head_dim ** -0.5, backend=backend)
+        gq, gk = torch.autograd.grad(o, (q, k), go)
+        outs.append((o.float(), gq.float(), gk.float()))
+    return max((a - b).abs().max().item() for a, b in zip(*outs))
 
 
 def _torch_varlen():
@@ -326,6 +334,14 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     if sum(seq_lens) != T:
         raise ValueError(f"seq_lens sum to {sum(seq_lens)}, expected {T}")
     backend = backend or get_varlen_backend(query.device)
+    if backend == "flash_attn":
+        from thinksafe.trainers.kernels import flash_attn_varlen
+        if cu_seqlens is None:
+            cu_seqlens = torch.tensor([0, *torch.tensor(list(seq_lens)).cumsum(0).tolist()], dtype=torch.int32)
+        cu_seqlens = cu_seqlens.to(query.device, torch.int32, non_blocking=True)
+        max_len = int(max_len if max_len is not None else max(seq_lens))
+        return flash_attn_varlen()(query.contiguous(), key.contiguous(), value.contiguous(), cu_seqlens, cu_seqlens,
+                                   max_len, max_len, softmax_scale=scale, causal=True)      # GQA built in
     if backend == "torch_varlen":
         fn = _torch_varlen()
         params = inspect.signature(fn).parameters
