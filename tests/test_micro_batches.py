@@ -218,3 +218,27 @@ def test_checkpointing_decided_from_budget_and_shape():
     on, note = train.checkpointing_choice(tc, model, packing=True)
     assert on is (torch.cuda.is_available() and on) and "auto" in note
     assert train.checkpointing_choice(load_config(None, []).train, model, True) == (True, None)
+
+
+# --------------------------------------------------------------------------- the benchmark rows and the GPU script
+def test_shipped_benchmark_rows_train_the_same_examples(tmp_path):
+    """train_throughput.py's `thinksafe train` rows at a tiny shape: with and without token budgets, the same
+    timed steps and tokens, more examples per forward pass with the budget."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "tt.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "train_throughput.py"), "--tiny", "--device",
+                           "cpu", "--methods", "shipped_1x8,shipped", "--examples", "40", "--budget-seconds", "30",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["recipe"]: r for r in json.loads(out.read_text())["results"]}
+    old, new = rows["shipped_1x8"], rows["shipped"]
+    assert old["status"] == new["status"] == "ok"
+    assert old["optimizer_steps"] == new["optimizer_steps"] == 3 and old["tokens"] == new["tokens"] > 0
+    assert old["micro_batches_per_step"] == 8 and 1 <= new["micro_batches_per_step"] < 8
+    assert new["micro_batch_tokens"] == 512 and new["tokens_per_micro_batch"] <= 512
+    assert new["lm_head_loss"]["backend"] == "torch" and new["gradient_checkpointing"] is False
+    check = subprocess.run(["bash", "-n", str(root / "benchmarks" / "gpu_train_check.sh")], capture_output=True)
+    assert check.returncode == 0, check.stderr
