@@ -122,7 +122,7 @@ def _run(tmp_path, name, *sets, n=20):
 def test_train_stage_token_budget_keeps_steps_schedule_and_losses(tiny_organism, tmp_path):
     """20 examples, 2 epochs, batch 1 x 8: the same 6 steps (the last of each epoch holds 4 examples),
     the same learning rates and the same per-step losses as the padded official layout."""
-    s_pad, log_pad = _run(tmp_path, "padded", "train.packing=false")
+    s_pad, log_pad = _run(tmp_path, "padded", "train.packing=false", "train.micro_batch_tokens=200")
     s, log = _run(tmp_path, "budget", "train.micro_batch_tokens=200")
     assert s["steps"] == s_pad["steps"] == 6 and s["epochs"] == s_pad["epochs"]
     assert [h["learning_rate"] for h in log] == pytest.approx([h["learning_rate"] for h in log_pad])
@@ -135,6 +135,7 @@ def test_train_stage_token_budget_keeps_steps_schedule_and_losses(tiny_organism,
     assert s["tokens_per_micro_batch"] * s["packed_rows"] == pytest.approx(s["input_tokens_seen"], abs=1)
     assert s["input_tokens_seen"] == s_pad["input_tokens_seen"]
     assert s["gradient_checkpointing"] is False and "micro_batch_tokens" not in s_pad
+    assert "micro_batch_tokens ignored without packing" in s_pad["packing_note"] and "packing_note" not in s
 
 
 def test_ddp_two_processes_with_token_budget_match_one(tmp_path):
@@ -242,3 +243,12 @@ def test_shipped_benchmark_rows_train_the_same_examples(tmp_path):
     assert new["lm_head_loss"]["backend"] == "torch" and new["gradient_checkpointing"] is False
     check = subprocess.run(["bash", "-n", str(root / "benchmarks" / "gpu_train_check.sh")], capture_output=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_deepspeed_refuses_token_budgets_with_one_line():
+    from thinksafe.trainers.microbatch import MicroBatchTraining
+    ds = type("DS", (MicroBatchTraining,), {"is_deepspeed_enabled": True})()
+    with pytest.raises(ConfigError, match="not supported with DeepSpeed"):
+        ds._init_micro_batches(32768)
+    ds._init_micro_batches(None)                          # off: the accumulation layout, as before
+    assert ds.micro_batch_tokens is None

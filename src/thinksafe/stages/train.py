@@ -11,7 +11,9 @@ the default) or cut to ``max_length`` (``truncation: cut``); both are counted in
 padding, attended per example, with a chunked LM-head cross-entropy (``thinksafe.trainers.packed``);
 ``packing: false`` trains on TRL's padded batches with TRL's loss. A model whose attention the packed
 path does not implement (sliding windows, attention dropout) trains padded, with a note in the
-summary. Multi-GPU: launch this stage with ``accelerate launch``; only the main process writes files.
+summary. ``micro_batch_tokens``: each step's batch_size × grad_accum examples are drawn as one batch and
+cut into packed micro-batches by tokens (``thinksafe.trainers.microbatch``; same steps, same gradient).
+Multi-GPU: launch this stage with ``accelerate launch``; only the main process writes files.
 """
 
 from __future__ import annotations
@@ -334,6 +336,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16 if use_bf16 else torch.float32, use_safetensors=True)
     packing, packing_note = packing_choice(tc, model.config)
+    if not packing and getattr(tc, "micro_batch_tokens", None):
+        extra = "train.micro_batch_tokens ignored without packing (batch_size x grad_accum accumulation steps)"
+        packing_note = f"{packing_note}; {extra}" if packing_note else extra
     if packing_note and main:
         print(f"[train] {packing_note}", file=sys.stderr, flush=True)
     ref_model = None

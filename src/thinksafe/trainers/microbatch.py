@@ -13,6 +13,8 @@ deferred reduction) waits for the last micro-batch, and every process runs the s
 micro-batches (a process with fewer adds ones that learn nothing), so collectives always pair up.
 
 An example longer than the budget gets a micro-batch of its own (nothing is cut or dropped here).
+DeepSpeed is refused (its engine treats every backward of a one-accumulation-step run as a boundary):
+use DDP or FSDP2, or ``micro_batch_tokens: null`` there.
 
 Gradient checkpointing for ``train.gradient_checkpointing: null`` (auto) is decided by
 :func:`checkpointing_needed` from the budget and the model's shape against the accelerator's memory.
@@ -96,6 +98,10 @@ class MicroBatchTraining:
     """Mixin for the packed trainers: ``training_step`` on token-budget micro-batches of the step's row."""
 
     def _init_micro_batches(self, micro_batch_tokens: int | None) -> None:
+        if micro_batch_tokens and getattr(self, "is_deepspeed_enabled", False):
+            from thinksafe.errors import ConfigError    # its engine steps at every backward it counts as a boundary
+            raise ConfigError("train.micro_batch_tokens is not supported with DeepSpeed; set it to null "
+                              "(batch_size x grad_accum accumulation steps) or use DDP / FSDP2")
         self.micro_batch_tokens = micro_batch_tokens
         # optimiser steps, micro-batches (forward passes), real tokens, largest micro-batch: all processes
         self.micro_batch_stats = torch.zeros(4, dtype=torch.long)
@@ -115,9 +121,6 @@ class MicroBatchTraining:
 
     def _deferred_sync(self, model):
         """What the Trainer uses around a micro-batch that is not the last of a step."""
-        from accelerate.utils import DistributedType
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return contextlib.nullcontext
         if getattr(self, "is_distributed_loading_by_transformers", False):
             from transformers.distributed.fsdp import is_fsdp_managed_module
             if is_fsdp_managed_module(self.model):
