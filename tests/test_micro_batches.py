@@ -252,3 +252,25 @@ def test_deepspeed_refuses_token_budgets_with_one_line():
         ds._init_micro_batches(32768)
     ds._init_micro_batches(None)                          # off: the accumulation layout, as before
     assert ds.micro_batch_tokens is None
+
+
+def test_every_process_runs_as_many_micro_batches_as_the_busiest():
+    """_plan_step with a stand-in for a 2-process accelerator whose other process needs 3 micro-batches."""
+    from types import SimpleNamespace
+
+    from thinksafe.trainers.microbatch import MicroBatchTraining
+    other = torch.tensor([3, 900, 320])
+
+    class Acc:
+        num_processes = 2
+
+        def gather(self, t):
+            return torch.cat([t, other])
+    mb = type("MB", (MicroBatchTraining,), {})()
+    mb.accelerator, mb.args = Acc(), SimpleNamespace(device=torch.device("cpu"))
+    mb._init_micro_batches(300)
+    assert mb._plan_step((100, 120, 50)) == 3                  # this process alone: one micro-batch
+    assert mb.micro_batch_stats.tolist() == [1, 6, 1170, 320]  # 3 passes on each of 2 processes
+    batch = PackedCollator()([{"input_ids": list(range(n)), "labels": list(range(n))} for n in (100, 120, 50)])
+    parts = split_step(batch, 300, 3)
+    assert len(parts) == 3 and [p["num_loss_tokens"] > 0 for p in parts] == [True, False, False]
