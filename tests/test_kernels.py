@@ -82,6 +82,9 @@ def test_packed_lm_loss_through_a_kernel_equals_the_chunked_loss(tiny_organism, 
     b = packed_lm_loss(model, batch, num_items=n, kernel="torch")
     assert a.item() > 1e-3
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    nothing = dict(batch, labels=torch.full_like(batch["labels"], -100))      # a micro-batch that learns nothing
+    zero = packed_lm_loss(model, nothing, num_items=n, kernel="cce")
+    assert zero.item() == 0.0 and zero.requires_grad
 
 
 def test_flash_attn_is_called_as_its_api_and_chosen_before_torch_varlen(monkeypatch):

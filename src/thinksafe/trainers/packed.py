@@ -88,6 +88,8 @@ def packed_lm_loss(model, batch: dict, *, chunk_size: int = 2048, num_items=None
     learned = y != IGNORE_INDEX
     denom = num_items if num_items is not None else learned.sum()
     if _plain_head(head) and not softcap and kernel != "torch":
+        if not bool(learned.any()):             # e.g. a micro-batch that only keeps collectives paired
+            return hidden.sum() * 0.0
         from thinksafe.trainers.kernels import linear_ce_sum
         ce = linear_ce_sum(kernel, hidden[0, :-1][learned], head.weight, y[learned])
         return ce / torch.as_tensor(denom, device=ce.device).clamp(min=1) + hidden.sum() * 0.0
