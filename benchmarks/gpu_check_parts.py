@@ -8,7 +8,7 @@
 ``models`` writes OUT/policy (Qwen3-0.6B's shape, random weights, the real Qwen3 tokenizer and template),
 OUT/guard (Llama-Guard-3-8B's shape: Llama, hidden 4096, 32 layers, 32/8 heads, intermediate 14336;
 random weights; the Qwen3 tokenizer with the real Llama-Guard-3 chat template — the vocabulary is the
-tokenizer's, 151,669, instead of Llama 3's 128,256, about 1 % more parameters) and OUT/prompts.jsonl.
+tokenizer's, 151,669, instead of Llama 3's 128,256: 8.22B parameters instead of 8.03B) and OUT/prompts.jsonl.
 ``--tiny``: both models at a tiny width (CPU, seconds). Weights are created on the GPU when there is one.
 Random weights: the guard's verdicts are mostly "unparsed" (scored 0), which is fine for speed.
 """
