@@ -110,6 +110,8 @@ class TrainConfig:
     lm_head_loss: str = "auto"      # packing + sft: auto (Liger / Cut Cross-Entropy on CUDA when installed,
                                     # else PyTorch) | torch | liger | cce
     report_to: str = "none"         # none | wandb | tensorboard
+    save_steps: int = 0             # > 0: a checkpoint every N optimiser steps (a crash loses at most N);
+                                    # 0 = once per epoch
 
 
 @dataclass(frozen=True)
