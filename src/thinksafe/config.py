@@ -106,7 +106,13 @@ class TrainConfig:
     packing: bool = True            # each micro-batch packed into one row, no padding (same batches);
                                     # false = TRL's padded batches
     ce_chunk_size: int = 2048       # packing + sft: tokens per chunk of the fused LM head + cross-entropy
-    gradient_checkpointing: bool = True   # as TRL's default and the official code; false = faster, more memory
+    gradient_checkpointing: bool | None = True   # as TRL's default and the official code; false = faster,
+                                    # more memory; null = auto (from micro_batch_tokens and the model's shape)
+    micro_batch_tokens: int | None = None   # packing: each step's batch_size*grad_accum examples cut into
+                                    # micro-batches of <= this many tokens (same step, same gradient); null = off
+    group_by_length: bool = False   # true = steps of similar lengths (changes which examples share a step)
+    lm_head_loss: str = "auto"      # packing + sft: auto (Liger / Cut Cross-Entropy on CUDA when installed,
+                                    # else PyTorch) | torch | liger | cce
     report_to: str = "none"         # none | wandb | tensorboard
     save_steps: int = 0             # > 0: a checkpoint every N optimiser steps (a crash loses at most N);
                                     # 0 = once per epoch
