@@ -147,8 +147,8 @@ def st_prompts(spec):
 
 def st_generate_resume(spec):
     """generate's resume: all but the last 1 % already in generated.jsonl (a torn last line too)."""
+    from thinksafe import generation as generate
     from thinksafe.prompts import file_records
-    from thinksafe.stages import generate
     w, n = Path(spec["work"]), spec["size"]
     out = w / f"resume-{n}.jsonl"
     keep = n - max(1, n // 100)
@@ -157,7 +157,7 @@ def st_generate_resume(spec):
             dst.write(line)
         dst.write('{"id": "torn')
     if spec["before"]:
-        patch(generate, "read_jsonl", lambda p, repair=False: old_read_jsonl(p))
+        patch(generate, "read_jsonl", lambda p, repair=False, appended=False: old_read_jsonl(p))
     recs = generate.expand(file_records(w / f"prompts-{n}.jsonl", "instruction", "label"), 1)
     got = generate.generate_records(StubPolicy(tokenizer(spec)), recs, cfg_for(spec), "prefix", out,
                                     100, "generate", show=False)
@@ -194,7 +194,7 @@ def st_dataset(spec):
     run.mkdir()
     (run / "judged.jsonl").symlink_to(w / f"judged-{n}.jsonl")
     if spec["before"]:
-        patch(dataset, "iter_jsonl", lambda p, appended=False: iter(old_read_jsonl(p)))
+        patch(dataset, "iter_jsonl", lambda p, repair=False, appended=False: iter(old_read_jsonl(p)))
     cfg = cfg_for(spec, "evaluate.benchmarks=[paper]")
     stats = dataset.run(cfg, run, show=False)
     missing = set(stats["decontamination"]["unavailable"]) - {"gpqa_diamond"}     # gated, not in shared/data
@@ -273,7 +273,7 @@ def st_compute(spec):
     if not gen.exists():
         gen.symlink_to(w / f"generated-{n}.jsonl")
     if spec["before"]:
-        patch(compute, "iter_jsonl", lambda p, repair=False: iter(old_read_jsonl(p)))
+        patch(compute, "iter_jsonl", lambda p, repair=False, appended=False: iter(old_read_jsonl(p)))
     entry = compute.stage_compute("evaluate", {"base": {"seconds": 1.0}}, {"flop_params": 10**6}, None, run)
     judged = [Record.from_json(d) for d in iter_jsonl(w / f"judged-{n}.jsonl")]
     tokens = compute.verdict_input_tokens([r.verdict for r in judged])
