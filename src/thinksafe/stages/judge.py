@@ -20,7 +20,9 @@ def judge_records(guard, records: list[Record], out_path: Path | None, desc: str
                   show: bool = True, chunk: int | None = None) -> list[Record]:
     done = {d["id"]: Record.from_json(d) for d in read_jsonl(out_path, repair=True)} if out_path else {}
     todo = [r for r in records if r.id not in done]
-    chunk = chunk or max(4 * getattr(getattr(guard, "backend", None), "batch_size", 32), 1)
+    backend = getattr(guard, "backend", None)
+    # vLLM batches continuously inside a call: hand it a chunk sized by its scheduler
+    chunk = chunk or getattr(backend, "chunk_hint", None) or max(4 * getattr(backend, "batch_size", 32), 1)
     new: dict[str, Record] = {}
     with progress_bar(desc, len(records), show) as advance:
         advance(len(records) - len(todo))
@@ -51,6 +53,8 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)
     from thinksafe.compute import guard_input_tokens      # compute accounting (first verdict pass)
+    from thinksafe.runtime import release
+    release(guard)
     return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
             "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1),

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from thinksafe.runtime import model_backend
+from thinksafe.runtime import guard as make_guard
+from thinksafe.runtime import has_engine, model_backend, release
 from thinksafe.stages.generate import OUTPUT as GENERATED
 from thinksafe.stages.generate import generate_records
 from thinksafe.stages.judge import OUTPUT as JUDGED
@@ -38,14 +39,23 @@ def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True)
     rounds = [{"attempt": 0, "prompts": len({r.meta.get("prompt_id", r.id) for r in judged}),
                "accepted": acceptance(judged)}]
     backend = None
+    # vLLM engines take their memory up front: the guard's engine is freed before the model's
+    # loads, and the other way round, so generate-then-judge fits one GPU
+    swap = has_engine(guard)
     for attempt in range(1, cfg.generate.max_attempts):
         todo = rejected_prompts(judged)
         if not todo:
             break
         new = attempt_records(todo, attempt, cfg.generate.samples)
+        if swap:
+            release(guard)
         backend = backend or model_backend(cfg)
         gen = generate_records(backend, new, cfg, cfg.generate.steering, run_dir / GENERATED,
                                cfg.generate.max_new_tokens, f"resample {attempt}", show)
+        if swap or has_engine(backend):
+            release(backend)
+            backend = None
+            guard = make_guard(cfg) if swap else guard
         done = {r.id for r in judged}
         fresh = judge_records(guard, [r for r in gen if r.id not in done], run_dir / JUDGED,
                               f"judge resample {attempt}", show)
