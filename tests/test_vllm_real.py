@@ -3,7 +3,8 @@ evaluation, the guard in process and served, crash safety.
 
 ``make test`` runs this file in ``.venv-vllm`` with ``THINKSAFE_REQUIRE_VLLM=1``: there a missing
 vllm is an error, not a skip. Engines are module-scoped and run in this process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, eager mode) so that each starts in seconds.
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, eager mode) so that each starts in seconds; in-process
+engines cannot overlap, so each class holds one and frees it before the next starts.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def guard_path() -> str:
     return resolve_model_path("organism-guard")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def base_vllm(base_path):
     be = VLLMBackend(base_path, max_model_len=512, **ENGINE)
     yield be
@@ -86,46 +87,72 @@ def base_hf(base_path):
     return HFBackend(base_path, batch_size=16)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def guard_vllm(guard_path):
     be = VLLMBackend(guard_path, max_model_len=1024, **ENGINE)
     yield LlamaGuard(be, top_k=5, max_input_tokens=512)
     be.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def guard_verdicts(guard_vllm):
     return guard_vllm.judge(_pairs())
 
 
 # --------------------------------------------------------------------------- generation
-def test_greedy_equals_transformers(base_vllm, base_hf):
-    prompts = _prompts(base_hf.tokenizer)
-    got = base_vllm.generate(prompts, GREEDY)
-    want = base_hf.generate(prompts, GREEDY)
-    assert [c.text for c in got] == [c.text for c in want]
-    assert [(c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in got] == \
-        [(c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in want]
+class TestGeneration:
+    """One engine of the base for every generation test."""
+
+    def test_greedy_equals_transformers(self, base_vllm, base_hf):
+        prompts = _prompts(base_hf.tokenizer)
+        got = base_vllm.generate(prompts, GREEDY)
+        want = base_hf.generate(prompts, GREEDY)
+        assert [c.text for c in got] == [c.text for c in want]
+        assert [(c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in got] == \
+            [(c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in want]
 
 
-def test_seeded_sampling_is_reproducible(base_vllm, base_hf):
-    prompts = _prompts(base_hf.tokenizer)
-    a = [c.text for c in base_vllm.generate(prompts, SAMPLED)]
-    b = [c.text for c in base_vllm.generate(prompts, SAMPLED)]
-    c = [c.text for c in base_vllm.generate(prompts, replace(SAMPLED, seed=4))]
-    assert a == b
-    assert a != c
+    def test_seeded_sampling_is_reproducible(self, base_vllm, base_hf):
+        prompts = _prompts(base_hf.tokenizer)
+        a = [c.text for c in base_vllm.generate(prompts, SAMPLED)]
+        b = [c.text for c in base_vllm.generate(prompts, SAMPLED)]
+        c = [c.text for c in base_vllm.generate(prompts, replace(SAMPLED, seed=4))]
+        assert a == b
+        assert a != c
 
 
-def test_n_samples_are_one_request_each_equal_to_seed_plus_i(base_vllm, base_hf):
-    """SamplingParams(n=k): sample i of a request seeded S is the single request seeded S + i."""
-    prompts = _prompts(base_hf.tokenizer, 2)[:4]
-    got = dict(base_vllm.stream(prompts, [SAMPLED] * len(prompts), [3] * len(prompts)))
-    assert sorted(got) == list(range(len(prompts))) and all(len(v) == 3 for v in got.values())
-    for i in range(3):
-        single = base_vllm.generate(prompts, replace(SAMPLED, seed=SAMPLED.seed + i))
-        assert [got[k][i].text for k in range(len(prompts))] == [c.text for c in single]
-    assert any(len({c.text for c in v}) > 1 for v in got.values())     # samples differ
+    def test_n_samples_are_one_request_each_equal_to_seed_plus_i(self, base_vllm, base_hf):
+        """SamplingParams(n=k): sample i of a request seeded S is the single request seeded S + i."""
+        prompts = _prompts(base_hf.tokenizer, 2)
+        hot = replace(SAMPLED, temperature=2.0)       # the organism is confident: heat it up
+        got = dict(base_vllm.stream(prompts, [hot] * len(prompts), [3] * len(prompts)))
+        assert sorted(got) == list(range(len(prompts))) and all(len(v) == 3 for v in got.values())
+        for i in range(3):
+            single = base_vllm.generate(prompts, replace(hot, seed=hot.seed + i))
+            assert [got[k][i].text for k in range(len(prompts))] == [c.text for c in single]
+        assert any(len({c.text for c in v}) > 1 for v in got.values())     # samples differ
+
+
+    def test_samples_k_through_the_generate_stage(self, base_vllm, tmp_path):
+        from thinksafe.prompts import load_prompts
+        from thinksafe.stages.generate import expand, generate_records
+        cfg = _organism_cfg(tmp_path, "generate.samples=3")
+        records = expand(load_prompts(cfg), 3)
+        out = tmp_path / "generated.jsonl"
+        first = generate_records(base_vllm, records, cfg, "prefix", out, 64, "gen", show=False)
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [r["id"] for r in rows] != [] and sorted(r["id"] for r in rows) == sorted(r.id for r in records)
+        by_prompt: dict[str, set] = {}
+        for r in first:
+            by_prompt.setdefault(r.meta["prompt_id"], set()).add(r.completion.text)
+        assert len(by_prompt) == len(records) // 3 and any(len(v) > 1 for v in by_prompt.values())
+        # sample s is seeded cfg.seed + s whatever else is pending: a lost sample comes back the same
+        lost = rows[4]
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] != lost["id"]))
+        again = generate_records(base_vllm, records, cfg, "prefix", out, 64, "gen", show=False)
+        redone = next(r for r in again if r.id == lost["id"])
+        assert redone.completion.text == lost["completion"]["text"]
+        assert len(out.read_text().splitlines()) == len(records)
 
 
 def _organism_cfg(tmp_path: Path, *sets: str):
@@ -134,28 +161,6 @@ def _organism_cfg(tmp_path: Path, *sets: str):
             "prompts.n_harmful=6", "prompts.n_reasoning=6", "prompts.n_borderline=2",
             "generate.max_new_tokens=64", f"out={tmp_path}"]
     return load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", [*base, *sets])
-
-
-def test_samples_k_through_the_generate_stage(base_vllm, tmp_path):
-    from thinksafe.prompts import load_prompts
-    from thinksafe.stages.generate import expand, generate_records
-    cfg = _organism_cfg(tmp_path, "generate.samples=3")
-    records = expand(load_prompts(cfg), 3)
-    out = tmp_path / "generated.jsonl"
-    first = generate_records(base_vllm, records, cfg, "prefix", out, 64, "gen", show=False)
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] != [] and sorted(r["id"] for r in rows) == sorted(r.id for r in records)
-    by_prompt: dict[str, set] = {}
-    for r in first:
-        by_prompt.setdefault(r.meta["prompt_id"], set()).add(r.completion.text)
-    assert len(by_prompt) == len(records) // 3 and any(len(v) > 1 for v in by_prompt.values())
-    # sample s is seeded cfg.seed + s whatever else is pending: a lost sample comes back the same
-    lost = rows[4]
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] != lost["id"]))
-    again = generate_records(base_vllm, records, cfg, "prefix", out, 64, "gen", show=False)
-    redone = next(r for r in again if r.id == lost["id"])
-    assert redone.completion.text == lost["completion"]["text"]
-    assert len(out.read_text().splitlines()) == len(records)
 
 
 # --------------------------------------------------------------------------- LoRA in evaluation
@@ -174,19 +179,20 @@ def adapter(base_path, tmp_path_factory):
     return str(out)
 
 
-def test_lora_adapter_in_evaluation_equals_transformers_peft(base_path, guard_vllm, adapter, tmp_path):
+def test_lora_adapter_in_evaluation_equals_transformers_peft(base_path, guard_path, adapter, tmp_path):
     from thinksafe.stages.evaluate import evaluate_model
     cfg = _organism_cfg(tmp_path, "evaluate.n_harmful=6", "evaluate.n_reasoning=6",
                         "evaluate.n_borderline=2", "evaluate.temperature=0", "evaluate.max_new_tokens=64")
+    guard = LlamaGuard(HFBackend(guard_path, batch_size=16), top_k=5, max_input_tokens=512)
     lora = VLLMBackend(base_path, adapter=adapter, max_model_len=512, **ENGINE)
     try:
         m_vllm = evaluate_model(cfg, tmp_path / "v", "lora", adapter=adapter, show=False,
-                                steered_check=False, backend=lora, guard=guard_vllm)
+                                steered_check=False, backend=lora, guard=guard)
     finally:
         lora.close()
     hf = HFBackend(base_path, adapter=adapter, batch_size=16)
     m_hf = evaluate_model(cfg, tmp_path / "h", "lora", adapter=adapter, show=False, steered_check=False,
-                          backend=hf, guard=guard_vllm)
+                          backend=hf, guard=guard)
     texts = [[json.loads(x)["completion"]["text"] for x in (d / "eval/lora/generations.jsonl").read_text().splitlines()]
              for d in (tmp_path / "v", tmp_path / "h")]
     assert texts[0] == texts[1] and len(texts[0]) == 14
@@ -202,15 +208,6 @@ def _eval_records(cfg) -> list[Record]:
 
 
 # --------------------------------------------------------------------------- guard
-def test_guard_verdicts_equal_transformers(guard_path, guard_verdicts):
-    hf = LlamaGuard(HFBackend(guard_path, batch_size=16), top_k=5, max_input_tokens=512)
-    want = hf.judge(_pairs())
-    assert [v.label for v in guard_verdicts] == [v.label for v in want]
-    assert [v.category for v in guard_verdicts] == [v.category for v in want]
-    assert max(abs(a.score - b.score) for a, b in zip(guard_verdicts, want)) < 1e-4
-    assert {v.label for v in want} == {"safe", "unsafe"}               # both verdicts exercised
-
-
 # --------------------------------------------------------------------------- served guard
 def _free_port() -> int:
     with socket.socket() as s:
@@ -246,43 +243,55 @@ def guard_server(guard_path):
     proc.wait()
 
 
-def test_served_guard_equals_in_process_then_fails_closed_when_killed(guard_server, guard_path,
-                                                                    guard_verdicts, tmp_path):
-    from thinksafe.backends.server import ServerBackend
-    from thinksafe.errors import GuardServerError, ThinksafeError
-    from thinksafe.stages.judge import judge_records
-    proc, url = guard_server
-    backend = ServerBackend(url, guard_path, model_name=guard_path, timeout=30, retries=1, batch_size=8)
-    served = LlamaGuard(backend, top_k=5, max_input_tokens=512)
-    got = served.judge(_pairs())                                       # health-checked on creation
-    assert [v.label for v in got] == [v.label for v in guard_verdicts]
-    assert [v.category for v in got] == [v.category for v in guard_verdicts]
-    assert max(abs(a.score - b.score) for a, b in zip(got, guard_verdicts)) < 1e-4
+class TestGuard:
+    """One engine of the guard: verdicts against transformers and against the served guard."""
 
-    class KillAfterFirstChunk:                 # the server dies in the middle of the judge stage
-        backend = served.backend
+    def test_guard_verdicts_equal_transformers(self, guard_path, guard_verdicts):
+        hf = LlamaGuard(HFBackend(guard_path, batch_size=16), top_k=5, max_input_tokens=512)
+        want = hf.judge(_pairs())
+        assert [v.label for v in guard_verdicts] == [v.label for v in want]
+        assert [v.category for v in guard_verdicts] == [v.category for v in want]
+        assert max(abs(a.score - b.score) for a, b in zip(guard_verdicts, want)) < 1e-4
+        assert {v.label for v in want} == {"safe", "unsafe"}               # both verdicts exercised
 
-        def __init__(self):
-            self.calls = 0
 
-        def judge(self, pairs, progress=None):
-            self.calls += 1
-            if self.calls == 2:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            return served.judge(pairs, progress)
+    def test_served_guard_equals_in_process_then_fails_closed_when_killed(self, guard_server, guard_path,
+                                                                            guard_verdicts, tmp_path):
+        from thinksafe.backends.server import ServerBackend
+        from thinksafe.errors import GuardServerError, ThinksafeError
+        from thinksafe.stages.judge import judge_records
+        proc, url = guard_server
+        backend = ServerBackend(url, guard_path, model_name=guard_path, timeout=30, retries=1, batch_size=8)
+        served = LlamaGuard(backend, top_k=5, max_input_tokens=512)
+        got = served.judge(_pairs())                                       # health-checked on creation
+        assert [v.label for v in got] == [v.label for v in guard_verdicts]
+        assert [v.category for v in got] == [v.category for v in guard_verdicts]
+        assert max(abs(a.score - b.score) for a, b in zip(got, guard_verdicts)) < 1e-4
 
-    pairs = _pairs()
-    records = [Record(id=f"r{i}", prompt=p, label="harmful", source="t",
-                      completion=Completion(r, "stop"))
-               for i, (p, r) in enumerate(pairs)]
-    out = tmp_path / "judged.jsonl"
-    with pytest.raises(GuardServerError) as ei:
-        judge_records(KillAfterFirstChunk(), records, out, show=False, chunk=4)
-    assert isinstance(ei.value, ThinksafeError) and "guard server" in str(ei.value)
-    written = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [w["id"] for w in written] == ["r0", "r1", "r2", "r3"]     # only the chunk judged before
-    assert [w["verdict"]["label"] for w in written] == [v.label for v in guard_verdicts[:4]]
+        class KillAfterFirstChunk:                 # the server dies in the middle of the judge stage
+            backend = served.backend
+
+            def __init__(self):
+                self.calls = 0
+
+            def judge(self, pairs, progress=None):
+                self.calls += 1
+                if self.calls == 2:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                return served.judge(pairs, progress)
+
+        pairs = _pairs()
+        records = [Record(id=f"r{i}", prompt=p, label="harmful", source="t",
+                          completion=Completion(r, "stop"))
+                   for i, (p, r) in enumerate(pairs)]
+        out = tmp_path / "judged.jsonl"
+        with pytest.raises(GuardServerError) as ei:
+            judge_records(KillAfterFirstChunk(), records, out, show=False, chunk=4)
+        assert isinstance(ei.value, ThinksafeError) and "guard server" in str(ei.value)
+        written = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [w["id"] for w in written] == ["r0", "r1", "r2", "r3"]     # only the chunk judged before
+        assert [w["verdict"]["label"] for w in written] == [v.label for v in guard_verdicts[:4]]
 
 
 # --------------------------------------------------------------------------- crash safety

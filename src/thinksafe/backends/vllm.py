@@ -64,6 +64,14 @@ def lora_rank_for(adapter: str | Path, default: int = 64) -> int:
     return r   # larger than vLLM allows: let vLLM report it
 
 
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+        return bool(current_platform.is_cpu())
+    except Exception:      # noqa: BLE001 - a stub or an older layout: assume an accelerator
+        return False
+
+
 def finish_reason(reason: str | None) -> str:
     """vLLM's "stop" stays "stop"; "length", "abort" and None are not a clean finish -> "length"."""
     return "stop" if reason == "stop" else "length"
@@ -97,6 +105,11 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_for(adapter))
             self.lora_request = LoRARequest("adapter", 1, str(adapter))
+        if _on_cpu() and "enable_chunked_prefill" not in llm_kwargs:
+            # vLLM's CPU build fails on a seeded request whose prefill was split over steps
+            # ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync): keep
+            # every prompt's prefill whole
+            kwargs.update(enable_chunked_prefill=False)
         kwargs.update(llm_kwargs)
         # `device` is accepted for make_backend compatibility; vLLM picks its own device.
         self.llm = vllm.LLM(**kwargs)
@@ -242,6 +255,11 @@ class VLLMBackend:
         if callable(shutdown):
             shutdown()
         del llm
+        try:     # an engine run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) leaves its groups
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            cleanup_dist_env_and_memory()
+        except Exception:     # noqa: BLE001 - best effort, never masks the caller's work
+            pass
         import gc
         gc.collect()
         try:
