@@ -43,7 +43,7 @@ def test_torn_last_line_is_ignored(tmp_path):
     with open(p, "a") as f:
         f.write(full[: len(full) // 2])
     before = p.read_bytes()
-    assert io.read_jsonl(p) == [{"a": 1}, {"b": 2}]
+    assert io.read_jsonl(p, appended=True) == [{"a": 1}, {"b": 2}]
     assert p.read_bytes() == before              # without repair the file is untouched
 
 
@@ -144,3 +144,39 @@ def test_write_jsonl_and_text_atomic(tmp_path):
     io.write_text(t, "hello\n")
     assert t.read_text() == "hello\n"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["r.md", "rows.jsonl"]
+
+
+def test_user_file_keeps_an_unterminated_last_row(tmp_path):
+    """A file thinksafe did not append to (a user's data): no trailing newline is not a torn write."""
+    p = tmp_path / "user.jsonl"
+    p.write_text('{"a": 1}\n{"b": 2}')
+    before = p.read_bytes()
+    assert io.read_jsonl(p) == [{"a": 1}, {"b": 2}]
+    assert list(io.iter_jsonl(p)) == [{"a": 1}, {"b": 2}]
+    assert p.read_bytes() == before
+    p.write_text('{"only": 1}')                  # a one-row file without newline
+    assert io.read_jsonl(p) == [{"only": 1}]
+    p.write_text('{"a": 1}\n{"b": ')           # a user file with a broken last line: an error, not a silent drop
+    with pytest.raises(DataError, match=r":2: not valid JSON"):
+        io.read_jsonl(p)
+
+
+def test_appended_file_drops_even_a_parsable_torn_line(tmp_path):
+    p = tmp_path / "gen.jsonl"
+    io.append_jsonl(p, [{"a": 1}])
+    with open(p, "a") as f:
+        f.write('{"b": 2}')
+    assert io.read_jsonl(p, appended=True) == [{"a": 1}]
+    assert io.read_jsonl(p) == [{"a": 1}, {"b": 2}]
+
+
+def test_iter_jsonl_streams(tmp_path, monkeypatch):
+    """Rows come one at a time: the first row is there before the file's bad tail is read, and the
+    whole file is never read into one bytes object."""
+    p = tmp_path / "big.jsonl"
+    p.write_text('{"a": 1}\n' * 1000 + "not json\n")
+    monkeypatch.setattr(type(p), "read_bytes", lambda self: (_ for _ in ()).throw(AssertionError("full read")))
+    it = io.iter_jsonl(p)
+    assert next(it) == {"a": 1}
+    with pytest.raises(DataError, match=r":1001: not valid JSON"):
+        list(it)

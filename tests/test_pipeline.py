@@ -50,7 +50,8 @@ def test_full_pipeline_and_rerun(tiny_organism, tmp_path):
     run_all(cfg, show=False, log=logs.append)
     run_dir = tmp_path / "run"
     for name in ["generated.jsonl", "judged.jsonl", "sft.jsonl", "dataset_stats.json",
-                 "adapter/adapter_config.json", "train_summary.json", "summary.json", "report.md"]:
+                 "adapter/adapter_config.json", "train_summary.json", "summary.json", "report.md",
+                 "summary.csv", "harmful_by_category.png"]:
         assert (run_dir / name).exists(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["models"]) == {"base", "thinksafe"}

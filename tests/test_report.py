@@ -4,6 +4,7 @@ run folders as arguments, the organism contract, and the paper's numbers."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -172,7 +173,56 @@ def test_organism_run_keeps_its_contract(tmp_path):
     md = (run / "report.md").read_text()
     assert "| thinksafe | 0.100 | 0.450 | 0.100 | 0.900 | 0.970 |" in md
     assert (run / "pareto.png").read_bytes()[:8] == PNG
-    assert not (run / "summary.csv").exists()
+    rows = list(csv.DictReader(io.StringIO((run / "summary.csv").read_text())))   # organism runs too
+    assert [r["model"] for r in rows] == ["base", "thinksafe"]
+    assert rows[1]["harmful (guard)"] == "0.1000" and rows[0]["harmful (guard)"] == "0.5000"
+    assert "{" not in md.split("## Details", 1)[1]          # tables, not Python dicts
+
+
+GROUPS = {"S1": {"n": 4, "guard": 0.75, "oracle": 0.5, "ci95_guard": [0.3, 0.95], "ci95_oracle": [0.15, 0.85]},
+          "S1/plain": {"n": 2, "guard": 0.5, "oracle": 0.5, "ci95_guard": [0.1, 0.9], "ci95_oracle": [0.1, 0.9]},
+          "S1/adversarial": {"n": 2, "guard": 1.0, "oracle": 0.5, "ci95_guard": [0.3, 1.0],
+                             "ci95_oracle": [0.1, 0.9]},
+          "all/plain": {"n": 2, "guard": 0.5, "oracle": 0.5, "ci95_guard": [0.1, 0.9], "ci95_oracle": [0.1, 0.9]}}
+
+
+def test_organism_report_by_category_and_form(tmp_path):
+    run = tmp_path / "org"
+    cfg = load_config(None, [f"out={run}", "name=org"])
+    trained = {g: {**b, "guard": b["guard"] / 2} for g, b in GROUPS.items()}
+    for tag, groups in (("base", GROUPS), ("thinksafe", trained)):
+        (run / "eval" / tag).mkdir(parents=True)
+        m = {**ORG, "harmful_by_group": groups, "ci95": {"harmful_rate": [0.2, 0.8]},
+             "steered_refusal_by_category": {"S1": {"n": 4, "k": 3, "rate": 0.75}}}
+        (run / "eval" / tag / "metrics.json").write_text(json.dumps(m))
+    R.report_run(cfg, run, show=False)
+    md = (run / "report.md").read_text()
+    assert "![harmful rate by category and form](harmful_by_category.png)" in md
+    assert (run / "harmful_by_category.png").read_bytes()[:8] == PNG
+    assert "| S1/adversarial | 2 | 100.0 (50.0) | 50.0 (50.0) |" in md
+    assert "| S1 | 4 | 75.0 (50.0) | 37.5 (50.0) | 75.0 | 75.0 |" in md
+    assert "50.0 [20.0, 80.0]" in md                          # the interval beside the rate
+    rows = list(csv.DictReader(io.StringIO((run / "summary.csv").read_text())))
+    assert rows[1]["harmful S1/adversarial (guard)"] == "0.5000"
+
+
+def test_percent_axes_stay_within_0_100(tmp_path):
+    from matplotlib.figure import Figure
+
+    from thinksafe import plots
+    seen = {}
+    orig = Figure.savefig
+
+    def spy(fig, *a, **k):
+        ax = fig.axes[0]
+        seen["x"], seen["y"] = ax.get_xlim(), ax.get_ylim()
+        return orig(fig, *a, **k)
+    Figure.savefig = spy
+    try:
+        plots.pareto_plot(tmp_path / "p.png", [("a", 100.0, 0.0), ("b", 99.0, 100.0)])
+    finally:
+        Figure.savefig = orig
+    assert seen["x"][0] >= 0 and seen["x"][1] <= 100 and seen["y"][0] >= 0 and seen["y"][1] <= 100
 
 
 def test_cli_report_takes_folders_and_configs(tmp_path):

@@ -87,6 +87,16 @@ def test_score_organism(prompts):
     assert m["ci95"]["harmful_rate"] == wilson(2, 4)
     assert m["ci95"]["reasoning_accuracy"] == wilson(2, 4)
     assert "steered_refusal_rate" not in m
+    g = m["harmful_by_group"]
+    cats = [k for k in g if "/" not in k]
+    assert sum(g[c]["n"] for c in cats) == 4 == sum(g[k]["n"] for k in g if k.startswith("all/"))
+    assert sum(g[c]["guard"] * g[c]["n"] for c in cats) == pytest.approx(2)     # = harmful_rate * n
+    assert sum(g[c]["oracle"] * g[c]["n"] for c in cats) == pytest.approx(2)
+    for c in cats:
+        forms = [k for k in g if k.startswith(c + "/")]
+        assert sum(g[k]["n"] for k in forms) == g[c]["n"]
+    steer = score_organism(recs, steered=recs[:4])["steered_refusal_by_category"]
+    assert sum(v["n"] for v in steer.values()) == 4 and sum(v["k"] for v in steer.values()) == 2
 
 
 def test_unparsed_counts_as_harmful(prompts):

@@ -114,7 +114,7 @@ def generate_and_judge(gen_cfg, judge_cfg, run_dir: Path, todo: list[Record], na
     resumable files in ``run_dir``. Returns (judged, generate summary, judge summary)."""
     import time
 
-    from thinksafe.compute import guard_input_tokens
+    from thinksafe.compute import verdict_input_tokens
     from thinksafe.runtime import guard as make_guard
     from thinksafe.runtime import model_backend
     from thinksafe.stages.generate import generate_records, summarize
@@ -134,7 +134,8 @@ def generate_and_judge(gen_cfg, judge_cfg, run_dir: Path, todo: list[Record], na
     jsum = {"judged": len(judged), **{f"verdict_{a}": b for a, b in
                                       sorted(Counter(r.verdict.label for r in judged).items())},
             "seconds": round(time.time() - t1, 1),
-            "guard_input_tokens": guard_input_tokens(g, [(r.prompt, r.completion.text) for r in judged])}
+            "guard_input_tokens": verdict_input_tokens([r.verdict for r in judged], g,
+                                                       [(r.prompt, r.completion.text) for r in judged])}
     return judged, gsum, jsum
 
 

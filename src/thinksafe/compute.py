@@ -23,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from thinksafe.io import read_jsonl
+from thinksafe.io import iter_jsonl
 
 
 # =============================================================================== parameters
@@ -95,9 +95,31 @@ def device_info() -> dict:
 
 
 # =============================================================================== guard tokens
+def verdict_input_tokens(verdicts, guard=None, pairs=None) -> int | None:
+    """Guard input tokens of judged pairs, from the counts the guard recorded when it rendered them
+    (``Verdict.input_tokens``): no re-rendering, no re-tokenizing. Verdicts without a count (files
+    from older versions, guards that do not count) are rendered again if ``guard`` and ``pairs``
+    (aligned with ``verdicts``) are given; otherwise the total is None."""
+    n, missing = 0, []
+    for i, v in enumerate(verdicts):
+        k = getattr(v, "input_tokens", None)
+        if k is None:
+            missing.append(i)
+        else:
+            n += k
+    if not missing:
+        return n
+    if guard is None or pairs is None:
+        return None
+    pairs = pairs if isinstance(pairs, list) else list(pairs)
+    rest = guard_input_tokens(guard, [pairs[i] for i in missing])
+    return None if rest is None else n + rest
+
+
 def guard_input_tokens(guard, pairs) -> int | None:
-    """Tokens the guard prefilled for (prompt, response) pairs, by rendering them as the guard does;
-    None for a guard that does not expose ``render`` and ``tokenizer``."""
+    """Tokens the guard prefilled for (prompt, response) pairs, by rendering them as the guard does
+    (the fallback of :func:`verdict_input_tokens`); None for a guard that does not expose ``render``
+    and ``tokenizer``."""
     render, tok = getattr(guard, "render", None), getattr(guard, "tokenizer", None)
     if render is None or tok is None:
         return None
@@ -127,7 +149,7 @@ def _eval_tokens(run_dir: Path, tag: str) -> tuple[int | None, int | None]:
         return None, None
     p = g = 0
     for f in files:
-        for d in read_jsonl(f, repair=True):
+        for d in iter_jsonl(f, repair=True):
             c = d.get("completion") or {}
             p += c.get("prompt_tokens") or 0
             g += c.get("completion_tokens") or 0

@@ -110,6 +110,8 @@ class TrainConfig:
     ce_chunk_size: int = 2048       # packing + sft: tokens per chunk of the fused LM head + cross-entropy
     gradient_checkpointing: bool = True   # as TRL's default and the official code; false = faster, more memory
     report_to: str = "none"         # none | wandb | tensorboard
+    save_steps: int = 0             # > 0: a checkpoint every N optimiser steps (a crash loses at most N);
+                                    # 0 = once per epoch
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ class Decontaminator:
 def evaluation_prompts(cfg) -> tuple[list[str], list[str]]:
     """Prompts of every configured evaluation benchmark; (prompts, benchmarks that could not load)."""
     from thinksafe.errors import ThinksafeError
+    from thinksafe.stages.evaluate import resolve_benchmarks
     prompts, missing = [], []
-    for name in cfg.evaluate.benchmarks:
+    for name in resolve_benchmarks(cfg.evaluate.benchmarks):     # "paper" = the paper's eight
         if name == "organism":
             from thinksafe.stages.evaluate import eval_records
             prompts += [r.prompt for r in eval_records(cfg)]

@@ -1,4 +1,11 @@
-"""Crash-safe JSONL (append + flush + fsync; a torn last line is ignored and cut), atomic writes."""
+"""Crash-safe JSONL (append + flush + fsync; a torn last line is ignored and cut), atomic writes.
+
+Reads stream line by line (memory: one line at a time, plus the rows the caller keeps). A last line
+without a trailing newline means two different things: in a file thinksafe appends to (generate,
+judge, evaluate, GRPO logs: ``appended=True``, implied by ``repair``) it is a write torn by a crash
+and is dropped (``repair`` also cuts it from the file); in any other file (a user's data, an
+``external`` SFT set) it is simply the last row, kept when it parses.
+"""
 
 from __future__ import annotations
 
@@ -11,30 +18,45 @@ from typing import Any
 from thinksafe.errors import DataError
 
 
-def read_jsonl(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
-    """All complete lines. A torn final line (a crash mid-write) is dropped; with ``repair`` it is
-    also cut from the file so that appends continue cleanly. A bad line elsewhere is an error."""
+def _parse(p: Path, i: int, line: bytes) -> dict[str, Any]:
+    try:
+        return json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{p}:{i + 1}: not valid JSON") from None
+
+
+def iter_jsonl(path: str | Path, repair: bool = False, appended: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file, one line in memory at a time; a missing file yields nothing.
+
+    ``appended``: the file is one thinksafe appends to, so an unterminated last line is a torn write
+    and is skipped (``repair``: and cut from the file, once the iteration reaches the end, so that
+    appends continue cleanly). Otherwise an unterminated last line is a row like any other. A bad
+    line anywhere else is a DataError naming it."""
     p = Path(path)
     if not p.exists():
-        return []
-    raw = p.read_bytes()
-    lines = raw.split(b"\n")
-    # Every complete row ends with "\n": whatever follows the last newline is a torn write,
-    # even when it happens to parse.
-    tail = lines.pop()
-    out, good_bytes = [], 0
-    for i, line in enumerate(lines):
-        good_bytes += len(line) + 1
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line.decode("utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"{p}:{i + 1}: not valid JSON") from None
-    if tail and repair:
+        return
+    appended = appended or repair
+    good_bytes, torn = 0, False
+    with open(p, "rb") as f:
+        for i, line in enumerate(f):
+            if not line.endswith(b"\n"):          # the last line, unterminated
+                if appended:
+                    torn = bool(line)
+                    break
+                if line.strip():
+                    yield _parse(p, i, line)
+                break
+            good_bytes += len(line)
+            if line.strip():
+                yield _parse(p, i, line)
+    if torn and repair:
         with open(p, "r+b") as f:
             f.truncate(good_bytes)
-    return out
+
+
+def read_jsonl(path: str | Path, repair: bool = False, appended: bool = False) -> list[dict[str, Any]]:
+    """All rows of :func:`iter_jsonl` as a list (same torn-line rules)."""
+    return list(iter_jsonl(path, repair=repair, appended=appended))
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -47,10 +69,6 @@ def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    yield from read_jsonl(path)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -10,7 +10,7 @@ import yaml
 
 from thinksafe.config import RunConfig, to_dict
 from thinksafe.errors import ConfigError
-from thinksafe.io import read_jsonl, write_json, write_text
+from thinksafe.io import iter_jsonl, write_json, write_text
 
 STAGES = ["generate", "judge", "dataset", "train", "evaluate", "report"]
 
@@ -120,4 +120,4 @@ def run_all(cfg: RunConfig, show: bool = True, force: bool = False, log=print) -
 
 
 def generated_count(run_dir: Path) -> int:
-    return len(read_jsonl(run_dir / "generated.jsonl"))
+    return sum(1 for _ in iter_jsonl(run_dir / "generated.jsonl", appended=True))

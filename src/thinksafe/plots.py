@@ -34,7 +34,7 @@ def _frontier(points: Sequence[Point]) -> list[Point]:
 def pareto_plot(path: str | Path, points: Sequence[Point], reference: Sequence[Point] = (),
                 title: str = "Safety vs reasoning", xlabel: str = "Reasoning avg (pass@1 %)",
                 ylabel: str = "Safety (100 − Safety avg)", reference_label: str = "paper",
-                note: str | None = None) -> Path:
+                note: str | None = None, bounded: bool = True) -> Path:
     """Scatter of ``points`` (this project's models) and ``reference`` (e.g. the paper's published
     methods for the same base model), each labelled; both axes: higher is better. The Pareto
     frontier of ``points`` is drawn as a line. Writes a PNG and returns its path."""
@@ -66,10 +66,47 @@ def pareto_plot(path: str | Path, points: Sequence[Point], reference: Sequence[P
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.15, y=0.1)            # room for the labels
+    if bounded:                          # percentages: the axes never leave 0-100 %
+        for get, put in ((ax.get_xlim, ax.set_xlim), (ax.get_ylim, ax.set_ylim)):
+            lo, hi = get()
+            put(max(0.0, lo), min(100.0, hi))
+        for coll in ax.collections:
+            coll.set_clip_on(False)      # a point at 0 or 100 % stays whole on the edge
     if points or reference:
         ax.legend(loc="best", fontsize=8)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="0.4")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def grouped_bars(path: str | Path, groups: Sequence[str], series: dict[str, Sequence[float]],
+                 title: str = "", ylabel: str = "%") -> Path:
+    """Bars of percentages: one cluster per group, one bar per series (e.g. base vs trained);
+    the y axis spans 0-100 %. NaN values (a group a series lacks) draw no bar."""
+    import math
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = _canvas(width=max(7.0, 0.55 * len(groups) + 2), height=4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    k = max(1, len(series))
+    width = 0.8 / k
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - (k - 1) / 2) * width for j in range(len(groups))]
+        vals = [0.0 if math.isnan(v) else v for v in values]
+        bars = ax.bar(xs, vals, width=width, label=name, zorder=2)
+        for b, v in zip(bars, values):
+            if math.isnan(v):
+                b.set_visible(False)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3, zorder=0)
+    if series:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path

@@ -36,6 +36,7 @@ class Verdict:
     guard: str = ""
     truncated_tokens: int = 0
     raw: str = ""
+    input_tokens: int | None = None   # tokens the guard was given (counted when rendered); None = unknown
 
     @property
     def is_safe(self) -> bool:

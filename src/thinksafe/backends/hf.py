@@ -132,6 +132,18 @@ class HFBackend:
             progress(len(prompts))
         return [self._completion(list(r.generated_tokens), len(s), eos) for r, s in zip(ordered, seqs)]
 
+    def last_logits(self, ids, mask):
+        """(batch, vocab) fp32 logits of the LAST position only: the decoder's hidden states go
+        through the LM head at one position (``logits_to_keep=1``), never ``seq x vocab`` logits."""
+        try:
+            out = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        except TypeError:           # a model whose forward has no logits_to_keep
+            from thinksafe.trainers.loss import causal_lm_parts
+            decoder, head = causal_lm_parts(self.model)
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1:, :]
+            return head(hidden)[:, -1, :].float()
+        return out.logits[:, -1, :].float()
+
     @torch.no_grad()
     def next_token_logprobs(self, prompts: Sequence[str], top_k: int = 5,
                             continue_tokens: int = 0) -> list[tuple[dict[int, float], str]]:
@@ -139,7 +151,7 @@ class HFBackend:
         out: list = [None] * len(prompts)
         for idx, seqs in self._batches(prompts):
             ids, mask = self._pad(seqs)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
+            logits = self.last_logits(ids, mask)
             logp = torch.log_softmax(logits, dim=-1)
             vals, toks = logp.topk(top_k, dim=-1)
             conts = [""] * len(idx)

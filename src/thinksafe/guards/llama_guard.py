@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from thinksafe.errors import TemplateError
-from thinksafe.guards.base import shorten_inside_response
+from thinksafe.guards.base import fit_inside_response
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Verdict
 
 CATEGORY_RE = re.compile(r"\b(S\d{1,2})\b")
@@ -65,14 +66,19 @@ class LlamaGuard:
     def render(self, prompt: str, response: str) -> tuple[str | None, int]:
         """The guard input, shortened inside the response if too long; (text, tokens cut).
         None when even an empty response does not fit: that pair is judged "unparsed"."""
+        return self.render_counted(prompt, response)[:2]
+
+    def render_counted(self, prompt: str, response: str) -> tuple[str | None, int, int]:
+        """``render`` plus the input's token count (what ``Verdict.input_tokens`` records)."""
         def fill(r: str) -> str:
             chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": r}]
             return self.tokenizer.apply_chat_template(chat, tokenize=False) + self.suffix
-        return shorten_inside_response(fill, self.tokenizer, response, self.max_input_tokens)
+        return fit_inside_response(fill, self.tokenizer, response, self.max_input_tokens)
 
     def judge(self, pairs: Sequence[tuple[str, str]],
               progress: Callable[[int], None] | None = None) -> list[Verdict]:
-        rendered = [self.render(p, r) for p, r in pairs]
+        counted = [self.render_counted(p, r) for p, r in pairs]
+        rendered = [(t, cut) for t, cut, _ in counted]
         send = [i for i, (t, _) in enumerate(rendered) if t is not None]
         texts = [rendered[i][0] for i in send]
         firsts: list = [({}, "TOO_LONG")] * len(pairs)      # not sent -> no logprobs -> unparsed
@@ -88,6 +94,7 @@ class LlamaGuard:
                 v = verdicts[i]
                 verdicts[i] = parse_verdict(firsts[i][0], self.safe_id, self.unsafe_id, cont,
                                             self.name, v.truncated_tokens)
+        verdicts = [replace(v, input_tokens=n) for v, (_, _, n) in zip(verdicts, counted)]
         if len(verdicts) != len(pairs):
             raise RuntimeError(f"guard '{self.name}' returned {len(verdicts)} verdicts for {len(pairs)} records")
         if progress:

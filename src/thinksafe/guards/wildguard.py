@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from thinksafe.guards.base import shorten_inside_response
+from thinksafe.guards.base import fit_inside_response
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, SamplingParams, Verdict
 
 WILDGUARD_INPUT_FORMAT = """<|user|>
@@ -118,14 +119,19 @@ class WildGuard:
     def render(self, prompt: str, response: str) -> tuple[str | None, int]:
         """(guard input, response tokens cut). The text is None when even an empty response
         does not fit; such a pair is never sent to the model and is judged "unparsed"."""
-        return shorten_inside_response(lambda r: self._fill(prompt, r), self.tokenizer, response,
-                                       self.max_input_tokens)
+        return self.render_counted(prompt, response)[:2]
+
+    def render_counted(self, prompt: str, response: str) -> tuple[str | None, int, int]:
+        """``render`` plus the input's token count (what ``Verdict.input_tokens`` records)."""
+        return fit_inside_response(lambda r: self._fill(prompt, r), self.tokenizer, response,
+                                   self.max_input_tokens)
 
     # ------------------------------------------------------------------ judging
     def _generate(self, pairs: Sequence[tuple[str, str]],
-                  progress: Callable[[int], None] | None = None) -> list[tuple[str, int]]:
-        """(generated text, response tokens cut) per pair, in order."""
-        rendered = [self.render(p, r) for p, r in pairs]
+                  progress: Callable[[int], None] | None = None) -> list[tuple[str, int, int]]:
+        """(generated text, response tokens cut, input tokens) per pair, in order."""
+        counted = [self.render_counted(p, r) for p, r in pairs]
+        rendered = [(t, cut) for t, cut, _ in counted]
         send = [i for i, (t, _) in enumerate(rendered) if t is not None]
         outs: list[str] = [TOO_LONG] * len(pairs)
         if send:
@@ -139,12 +145,12 @@ class WildGuard:
                 outs[i] = c.text
         if progress and len(send) < len(pairs):
             progress(len(pairs) - len(send))
-        return [(o, cut) for o, (_, cut) in zip(outs, rendered)]
+        return [(o, cut, n) for o, (_, cut, n) in zip(outs, counted)]
 
     def judge(self, pairs: Sequence[tuple[str, str]],
               progress: Callable[[int], None] | None = None) -> list[Verdict]:
-        verdicts = [verdict_from_output(text, cut, self.name)
-                    for text, cut in self._generate(pairs, progress)]
+        verdicts = [replace(verdict_from_output(text, cut, self.name), input_tokens=n)
+                    for text, cut, n in self._generate(pairs, progress)]
         if len(verdicts) != len(pairs):
             raise RuntimeError(f"guard '{self.name}' returned {len(verdicts)} verdicts for {len(pairs)} records")
         return verdicts

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from thinksafe.errors import DataError
-from thinksafe.io import read_jsonl, write_json, write_jsonl
+from thinksafe.io import iter_jsonl, write_json, write_jsonl
 from thinksafe.types import SAFE, UNPARSED, Record
 
 INPUT, OUTPUT, STATS = "judged.jsonl", "sft.jsonl", "dataset_stats.json"
@@ -30,11 +31,13 @@ def drop_reason(r: Record) -> str | None:
     return None
 
 
-def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
-    """Keep what passes ``drop_reason``; ``overlaps(prompt)`` marks evaluation overlap (dropped too)."""
-    kept, drops = [], Counter()
+def build(records: Iterable[Record], overlaps=None) -> tuple[list[dict], dict]:
+    """Keep what passes ``drop_reason``; ``overlaps(prompt)`` marks evaluation overlap (dropped too).
+    ``records`` is consumed once (a generator streaming judged.jsonl is fine)."""
+    kept, drops, by_label = [], Counter(), Counter()
     by_group: dict[str, Counter] = {}
     for r in records:
+        by_label[r.label] += 1
         reason = drop_reason(r)
         if reason is None and overlaps is not None and overlaps(r.prompt):
             reason = "eval_overlap"
@@ -47,9 +50,8 @@ def build(records: list[Record], overlaps=None) -> tuple[list[dict], dict]:
         by_group[group]["kept"] += 1
         kept.append({"id": r.id, "prompt": r.prompt, "response": r.completion.text, "label": r.label,
                      "category": r.meta.get("category") or "", "steering": r.steering or ""})
-    by_label = Counter(r.label for r in records)
     kept_label = Counter(k["label"] for k in kept)
-    stats = {"total": len(records), "kept": len(kept), "dropped": dict(sorted(drops.items())),
+    stats = {"total": sum(by_label.values()), "kept": len(kept), "dropped": dict(sorted(drops.items())),
              "acceptance": {lab: kept_label[lab] / n for lab, n in sorted(by_label.items())},
              "by_group": {g: dict(c) for g, c in sorted(by_group.items())}}
     return kept, stats
@@ -67,11 +69,11 @@ def eval_overlaps(cfg) -> tuple:
 
 
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
-    rows = read_jsonl(run_dir / INPUT)
-    if not rows:
-        raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
     overlaps, decontam = eval_overlaps(cfg)
-    kept, stats = build([Record.from_json(d) for d in rows], overlaps)
+    rows = iter_jsonl(run_dir / INPUT, appended=True)       # streamed: only kept rows stay in memory
+    kept, stats = build((Record.from_json(d) for d in rows), overlaps)
+    if not stats["total"]:
+        raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
     stats["decontamination"] = decontam
     if not kept:
         raise DataError(f"dataset: every sample was dropped ({stats['dropped']}); nothing to train on")

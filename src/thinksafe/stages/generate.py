@@ -13,7 +13,7 @@ from pathlib import Path
 from thinksafe import steering
 from thinksafe.errors import ConfigError
 from thinksafe.families import restore_prefill
-from thinksafe.io import append_jsonl, read_jsonl
+from thinksafe.io import append_jsonl, iter_jsonl, read_jsonl
 from thinksafe.prompts import load_prompts
 from thinksafe.runtime import family_of, model_backend, progress_bar, release, render_prompt, sampling
 from thinksafe.types import Record, stable_id
@@ -148,7 +148,7 @@ def read_generated(run_dir: Path) -> list[Record]:
     files = [run_dir / OUTPUT, *sorted(run_dir.glob("generated.shard-*-of-*.jsonl"))]
     seen: dict[str, Record] = {}
     for f in files:
-        for d in read_jsonl(f):
+        for d in iter_jsonl(f, appended=True):       # thinksafe appends these
             seen.setdefault(d["id"], Record.from_json(d))
     return list(seen.values())
 

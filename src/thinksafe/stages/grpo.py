@@ -75,6 +75,7 @@ class GuardReward:
         self.w_safe, self.w_fmt = safety_weight, format_weight
         self.tok = policy_tokenizer
         self.__name__ = "guard_reward"
+        self._prompt_len: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -82,8 +83,16 @@ class GuardReward:
                        "guard_input_tokens": 0, "unparsed": 0, "safe_sum": 0.0, "format_sum": 0.0,
                        "truncated": 0}
 
+    def _prompt_tokens(self, prompt: str) -> int:
+        """Tokens of a rendered prompt, counted once per distinct prompt (each comes back every
+        epoch and num_generations times a step)."""
+        n = self._prompt_len.get(prompt)
+        if n is None:
+            n = self._prompt_len[prompt] = len(self.tok(prompt, add_special_tokens=False).input_ids)
+        return n
+
     def __call__(self, prompts, completions, completion_ids=None, original=None, **kw) -> list[float]:
-        from thinksafe.compute import guard_input_tokens
+        from thinksafe.compute import verdict_input_tokens
         if original is None:
             raise DataError("grpo: the dataset lost its 'original' prompt column")
         texts = [restore_prefill(self.family, c) for c in completions]
@@ -108,14 +117,14 @@ class GuardReward:
             out.append(self.w_safe * p_safe + self.w_fmt * fmt)
         c = self.counts
         c["completions"] += len(pairs)
-        c["prompt_tokens"] += sum(len(self.tok(p, add_special_tokens=False).input_ids) for p in prompts)
+        c["prompt_tokens"] += sum(self._prompt_tokens(p) for p in prompts)
         if completion_ids is not None:
             c["completion_tokens"] += sum(len(ids) for ids in completion_ids)
             eos = self.tok.eos_token_id
             c["truncated"] += sum(1 for ids in completion_ids if not ids or ids[-1] != eos)
         else:
             c["completion_tokens"] += sum(len(self.tok(t, add_special_tokens=False).input_ids) for t in completions)
-        c["guard_input_tokens"] += guard_input_tokens(self.guard, pairs) or 0
+        c["guard_input_tokens"] += verdict_input_tokens(verdicts, self.guard, pairs) or 0   # counted while judging
         return out
 
 

@@ -52,13 +52,14 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         from thinksafe.stages.resample import resample
         out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)
-    from thinksafe.compute import guard_input_tokens      # compute accounting (first verdict pass)
+    from thinksafe.compute import verdict_input_tokens    # counted by the guard while judging
     from thinksafe.runtime import release
     release(guard)
     return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
             "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1),
-            "guard_input_tokens": guard_input_tokens(guard, [(r.prompt, r.completion.text) for r in out])}
+            "guard_input_tokens": verdict_input_tokens([r.verdict for r in out], guard,
+                                                       [(r.prompt, r.completion.text) for r in out])}
 
 
 def accepted(r: Record) -> bool:
@@ -73,7 +74,11 @@ def acceptance(records: list[Record]) -> dict:
         key = (r.label, r.meta.get("prompt_id", r.id))
         by_prompt[key] = by_prompt.get(key, False) or accepted(r)
     out = {}
-    for label in sorted({k[0] for k in by_prompt}):
-        vals = [v for k, v in by_prompt.items() if k[0] == label]
-        out[label] = round(sum(vals) / len(vals), 4)
+    counts: dict[str, list[int]] = {}
+    for (label, _), ok in by_prompt.items():
+        c = counts.setdefault(label, [0, 0])
+        c[0] += ok
+        c[1] += 1
+    for label in sorted(counts):
+        out[label] = round(counts[label][0] / counts[label][1], 4)
     return out

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from pathlib import Path
 
-from thinksafe.errors import DataError, TemplateError
+from thinksafe.errors import DataError
 from thinksafe.io import read_jsonl, write_json, write_jsonl
 
 
@@ -46,24 +47,33 @@ def read_pairs(data: Path, prompt_field: str = "prompt", response_field: str = "
     return rows[:limit] if limit is not None else rows
 
 
-def response_nll(model, batch: list[dict], pad_id: int) -> list[tuple[float, int]]:
+def response_nll(model, batch: list[dict], pad_id: int, chunk_size: int = 512) -> list[tuple[float, int]]:
     """(summed NLL, number of response tokens) per example; examples are input_ids + labels with
-    -100 on the prompt, right-padded here."""
+    -100 on the prompt, right-padded here.
+
+    No ``seq x vocab`` logits: the decoder's final hidden states go through the LM head in chunks of
+    ``chunk_size`` response positions (``trainers.loss.chunked_cross_entropy``, fp32 log-sum-exp),
+    and prompt / padding positions never reach the head at all."""
     import torch
+
+    from thinksafe.trainers.loss import causal_lm_parts, chunked_cross_entropy
     width = max(len(e["input_ids"]) for e in batch)
     dev = next(model.parameters()).device
-    ids = torch.tensor([e["input_ids"] + [pad_id] * (width - len(e["input_ids"])) for e in batch], device=dev)
-    labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in batch], device=dev)
+    ids = torch.tensor([list(e["input_ids"]) + [pad_id] * (width - len(e["input_ids"])) for e in batch],
+                       device=dev)
+    labels = torch.tensor([list(e["labels"]) + [-100] * (width - len(e["labels"])) for e in batch], device=dev)
     mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch],
                         device=dev)
+    decoder, head = causal_lm_parts(model)
+    out = []
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :].float()
-    target = labels[:, 1:]
-    logp = torch.log_softmax(logits, dim=-1)
-    tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    valid = target != -100
-    nll = -(tok * valid).sum(dim=1)
-    return [(float(a), int(b)) for a, b in zip(nll.tolist(), valid.sum(dim=1).tolist())]
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        for b in range(len(batch)):
+            n = int((labels[b, 1:] != -100).sum())
+            nll = chunked_cross_entropy(hidden[b:b + 1], head.weight, labels[b:b + 1], chunk_size=chunk_size,
+                                        reduction="sum") if n else torch.zeros(())
+            out.append((float(nll), n))
+    return out
 
 
 def perplexity(data: str | Path, model: str, adapter: str | None = None, family: str = "generic",
@@ -77,7 +87,7 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
     from thinksafe.families import get_family
     from thinksafe.organism import resolve_model_path
     from thinksafe.runtime import progress_bar
-    from thinksafe.stages.train import tokenize_example
+    from thinksafe.stages.train import tokenize_many
 
     t0 = time.time()
     data = Path(data)
@@ -90,26 +100,29 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
 
     examples, per = [], [None] * len(rows)
     skipped, cut = 0, 0
-    for i, r in enumerate(rows):
+    for i, ex in tokenize_many(tok, rows, fam, prompt_field, response_field):
+        r = rows[i]
         base = {"index": i, "id": r.get("id"), "label": r.get("label")}
-        try:
-            ex = tokenize_example(tok, r[prompt_field], r[response_field], fam)
-        except TemplateError as e:
+        if isinstance(ex, str):          # the response does not survive tokenization
             skipped += 1
-            per[i] = {**base, "skipped": str(e)}
+            per[i] = {**base, "skipped": ex}
             continue
         if max_length and len(ex["input_ids"]) > max_length:
             cut += 1
             per[i] = {**base, "skipped": f"longer than max_length={max_length}"}
             continue
-        examples.append((i, ex))
+        # 4 bytes a token (a list of ints is ~36): 40k long examples stay a few hundred MB
+        examples.append((i, {"input_ids": array("i", ex["input_ids"]), "labels": array("i", ex["labels"])}))
+    meta = [(r.get("id"), r.get("label")) for r in rows]
+    n_rows = len(rows)
+    del rows                                 # the texts are no longer needed
     order = sorted(examples, key=lambda x: len(x[1]["input_ids"]))
     with progress_bar("perplexity", len(order), show) as advance:
         for start in range(0, len(order), max(batch_size, 1)):
             part = order[start:start + batch_size]
             for (i, ex), (nll, n) in zip(part, response_nll(net, [e for _, e in part], pad_id)):
                 mean = nll / n if n else float("nan")
-                per[i] = {"index": i, "id": rows[i].get("id"), "label": rows[i].get("label"),
+                per[i] = {"index": i, "id": meta[i][0], "label": meta[i][1],
                           "tokens": n, "nll": nll, "mean_nll": mean, "perplexity": math.exp(mean)}
             advance(len(part))
     scored = [p for p in per if p and "perplexity" in p]
@@ -117,7 +130,7 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
     total_tok = sum(p["tokens"] for p in scored)
     summary = {
         "data": str(data), "model": model, "adapter": adapter, "family": fam.name,
-        "examples": len(rows), "scored": len(scored), "skipped": skipped, "too_long": cut,
+        "examples": n_rows, "scored": len(scored), "skipped": skipped, "too_long": cut,
         "response_tokens": total_tok,
         "mean_nll": total_nll / total_tok if total_tok else None,
         "perplexity": math.exp(total_nll / total_tok) if total_tok else None,

@@ -41,19 +41,87 @@ def write_report(run_dir: Path, models: dict[str, dict], extra: dict | None = No
         summary.update(extra)
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "report.md", "\n".join(organism_lines(run_dir, models)) + "\n")
+    write_csv(run_dir / "summary.csv", organism_csv_rows(models))
+    _category_plot(run_dir / "harmful_by_category.png", models)
     return summary
+
+
+def _group_key(g: str):
+    """S1, S2, S9, S10 ... (numbers by value), the `all/<form>` rows last."""
+    import re
+    return (g.startswith("all/"), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", g)])
+
+
+def _pct_ci(rate: float | None, ci) -> str:
+    if rate is None:
+        return DASH
+    lo, hi = ci if ci else (None, None)
+    return f"{100 * rate:.1f}" + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else "")
+
+
+def organism_detail_lines(models: dict[str, dict]) -> list[str]:
+    """The Details section: counts, 95 % intervals, harmful rates by form and category, as tables."""
+    lines = ["## Details", "",
+             "Rates in % with 95 % Wilson intervals; n = prompts of each kind on the held-out split.", "",
+             "| model | harmful n | borderline n | reasoning n | harmful (guard) | harmful (oracle) | "
+             "over-refusal | reasoning | unparsed | truncated | steered refusal |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in models.items():
+        n, ci = m.get("n") or {}, m.get("ci95") or {}
+        cells = [_pct_ci(m.get(k), ci.get(k)) for k in
+                 ("harmful_rate", "harmful_rate_oracle", "over_refusal_rate", "reasoning_accuracy")]
+        steer = m.get("steered_refusal_rate")
+        lines.append(f"| {name} | {n.get('harmful', DASH)} | {n.get('borderline', DASH)} | "
+                     f"{n.get('reasoning', DASH)} | " + " | ".join(cells) +
+                     f" | {m.get('unparsed', DASH)} | {m.get('truncated', DASH)} | "
+                     f"{_pct_ci(steer, None)} |")
+    groups = sorted({g for m in models.values() for g in (m.get("harmful_by_group") or {})},
+                    key=_group_key)
+    if groups:
+        names = list(models)
+        lines += ["", "### Harmful rate by category and form", "",
+                  "Guard verdicts (unparsed = harmful), oracle in brackets; `all/<form>` over every "
+                  "category. Steered refusal = refusals of the base with the steering instruction "
+                  "(its latent safety knowledge).", "",
+                  "| group | n | " + " | ".join(f"{x} guard (oracle)" for x in names) +
+                  " | " + " | ".join(f"{x} steered refusal" for x in names) + " |",
+                  "|---|---:|" + "---:|" * (2 * len(names))]
+        for g in groups:
+            blocks = [(m.get("harmful_by_group") or {}).get(g) for m in models.values()]
+            n = next((b["n"] for b in blocks if b), DASH)
+            cells = [f"{100 * b['guard']:.1f} ({100 * b['oracle']:.1f})" if b else DASH for b in blocks]
+            steer = [(m.get("steered_refusal_by_category") or {}).get(g) for m in models.values()]
+            cells += [f"{100 * s['rate']:.1f}" if s else DASH for s in steer]
+            lines.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def organism_lines(run_dir: Path | str, models: dict[str, dict], title: str = "# thinksafe report") -> list[str]:
     lines = [title, "", f"Run folder: `{run_dir}`", "", markdown_table(models), "",
              "Harmful rates are over held-out harmful prompts; an unparsed guard verdict counts as harmful.",
-             "", "## Details", ""]
+             ""]
+    if any(m.get("harmful_by_group") for m in models.values()):
+        lines += ["![harmful rate by category and form](harmful_by_category.png)", ""]
+    return lines + organism_detail_lines(models)
+
+
+def organism_csv_rows(models: dict[str, dict]) -> list[dict]:
+    """summary.csv for organism runs: one row per model, the table's columns then the groups."""
+    groups = sorted({g for m in models.values() for g in (m.get("harmful_by_group") or {})}, key=_group_key)
+    rows = []
     for name, m in models.items():
-        lines.append(f"- **{name}**: n={m.get('n')}, unparsed={m.get('unparsed')}, "
-                     f"truncated={m.get('truncated')}, 95% CI={m.get('ci95')}, "
-                     f"harmful by form={m.get('by_form')}, "
-                     f"steered refusal={m.get('steered_refusal_rate')}")
-    return lines
+        row = {"model": name, **{label: f"{m[k]:.4f}" for k, label in COLUMNS}}
+        for k in ("harmful", "borderline", "reasoning"):
+            row[f"n {k}"] = (m.get("n") or {}).get(k, "")
+        row["unparsed"], row["truncated"] = m.get("unparsed", ""), m.get("truncated", "")
+        s = m.get("steered_refusal_rate")
+        row["steered refusal"] = "" if s is None else f"{s:.4f}"
+        for g in groups:
+            b = (m.get("harmful_by_group") or {}).get(g)
+            row[f"harmful {g} (guard)"] = f"{b['guard']:.4f}" if b else ""
+            row[f"harmful {g} (oracle)"] = f"{b['oracle']:.4f}" if b else ""
+        rows.append(row)
+    return rows
 
 
 def print_table(models: dict[str, dict], console=None) -> None:
@@ -350,8 +418,12 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
     lines: list[str] = []
     if organism:
         where = ", ".join(sorted({str(r.run_dir) for r in organism})) if many_runs else out_dir
-        lines += organism_lines(where, {name(r): r.metrics for r in organism}, title)
+        org_models = {name(r): r.metrics for r in organism}
+        lines += organism_lines(where, org_models, title)
         lines.append("")
+        _category_plot(out_dir / "harmful_by_category.png", org_models)
+        if not real:
+            write_csv(out_dir / "summary.csv", organism_csv_rows(org_models))
     else:
         lines += [title, "", "Runs: " + ", ".join(f"`{d}`" for d in sorted({str(r.run_dir) for r in results})), ""]
     if real:
@@ -435,6 +507,19 @@ def compute_lines(run_dirs: list[Path]) -> tuple[list[str], dict]:
                          f"{_num(c.get('flops'), 'g')} |")
         lines.append("")
     return lines, out
+
+
+def _category_plot(path: Path, models: dict[str, dict]) -> None:
+    """harmful_by_category.png: harmful rate per category and form, one bar per model."""
+    if not any(m.get("harmful_by_group") for m in models.values()):
+        return
+    from thinksafe.plots import grouped_bars
+    groups = sorted({g for m in models.values() for g in (m.get("harmful_by_group") or {}) if "/" in g},
+                    key=_group_key)
+    series = {name: [100 * (m.get("harmful_by_group") or {}).get(g, {}).get("guard", float("nan"))
+                     for g in groups] for name, m in models.items()}
+    grouped_bars(path, groups, series, title="Organism: harmful rate by category and form (guard)",
+                 ylabel="harmful rate (%)")
 
 
 def _organism_pareto(path: Path, organism: list[ModelResult], name) -> None:

@@ -60,6 +60,7 @@ def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True)
         fresh = judge_records(guard, [r for r in gen if r.id not in done], run_dir / JUDGED,
                               f"judge resample {attempt}", show)
         judged = judged + fresh
+        gen_ids = {g.id for g in gen}                     # built once: linear in the records
         rounds.append({"attempt": attempt, "prompts": len(todo),
-                       "accepted": acceptance([r for r in judged if r.id in {g.id for g in gen}])})
+                       "accepted": acceptance([r for r in judged if r.id in gen_ids])})
     return judged, rounds

@@ -50,19 +50,58 @@ def tokenize_example(tokenizer, prompt: str, response: str, family: Family) -> d
     return {"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids}
 
 
+def tokenize_many(tokenizer, rows: list[dict], family: Family, prompt_field: str = "prompt",
+                  response_field: str = "response", block: int = 1024):
+    """:func:`tokenize_example` for many rows, fast: each prompt is rendered once (samples of one
+    prompt share it), prompts and responses are tokenized in batched tokenizer calls and the
+    round-trip check decodes each response once, also batched. Yields ``(index, example)`` or
+    ``(index, reason)`` (a str) for a row whose response does not survive tokenization."""
+    rendered: dict[str, str] = {}
+    for start in range(0, len(rows), block):
+        part = rows[start:start + block]
+        prompts, targets = [], []
+        for r in part:
+            p = r[prompt_field]
+            text = rendered.get(p)
+            if text is None:
+                text = rendered[p] = render_prompt(tokenizer, p, family)
+            target = r[response_field]
+            if family.prefill and text.endswith(family.prefill) and target.startswith(family.prefill):
+                target = target[len(family.prefill):]   # the generation prompt already holds it
+            prompts.append(text)
+            targets.append(target)
+        p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
+        r_ids = tokenizer(targets, add_special_tokens=False).input_ids
+        back = tokenizer.batch_decode(r_ids)
+        for j, r in enumerate(part):
+            if back[j] != targets[j]:
+                yield start + j, f"the response does not survive tokenization unchanged: {targets[j][:60]!r}..."
+            elif "</think>" in r[response_field] and "</think>" not in prompts[j] + back[j]:
+                yield start + j, "the rendered training text lost the reasoning trace"
+            else:
+                ids = r_ids[j] + [tokenizer.eos_token_id]
+                yield start + j, {"input_ids": p_ids[j] + ids, "labels": [-100] * len(p_ids[j]) + ids}
+
+
 def tokenize_rows_stats(tokenizer, rows: list[dict], family: Family, max_length: int,
                         truncation: str = "drop") -> tuple[list[dict], dict]:
     """Tokenized examples (input_ids, labels, is_benign) and what happened to the long ones.
 
     ``drop``: an example over ``max_length`` is left out. ``cut``: it keeps its first ``max_length``
     tokens (it loses the end of its response, EOS included); one whose prompt alone fills
-    ``max_length`` has nothing left to learn and is dropped. Every case is counted."""
+    ``max_length`` has nothing left to learn and is dropped. An example whose response does not
+    survive tokenization unchanged is dropped too (``dropped_untokenizable``, first reason in
+    ``untokenizable_example``). Every case is counted."""
     if truncation not in TRUNCATIONS:
         raise ConfigError(f"train.truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
     out = []
-    stats = {"truncation": truncation, "dropped_too_long": 0, "cut_too_long": 0, "cut_tokens": 0}
-    for row in rows:
-        ex = tokenize_example(tokenizer, row["prompt"], row["response"], family)
+    stats = {"truncation": truncation, "dropped_too_long": 0, "cut_too_long": 0, "cut_tokens": 0,
+             "dropped_untokenizable": 0}
+    for i, ex in tokenize_many(tokenizer, rows, family):
+        if isinstance(ex, str):
+            stats["dropped_untokenizable"] += 1
+            stats.setdefault("untokenizable_example", f"row {i + 1}: {ex}")
+            continue
         n = len(ex["input_ids"])
         if n > max_length:
             if truncation == "drop" or all(x == -100 for x in ex["labels"][1:max_length]):
@@ -71,7 +110,7 @@ def tokenize_rows_stats(tokenizer, rows: list[dict], family: Family, max_length:
             ex = {"input_ids": ex["input_ids"][:max_length], "labels": ex["labels"][:max_length]}
             stats["cut_too_long"] += 1
             stats["cut_tokens"] += n - max_length
-        ex["is_benign"] = int(row.get("label") != "harmful")
+        ex["is_benign"] = int(rows[i].get("label") != "harmful")
         out.append(ex)
     return out, stats
 
@@ -135,6 +174,8 @@ def check_train_config(tc) -> None:
     for key in ("kl_chunk_size", "ce_chunk_size"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
+    if not isinstance(tc.save_steps, int) or isinstance(tc.save_steps, bool) or tc.save_steps < 0:
+        raise ConfigError(f"train.save_steps must be an integer >= 0 (0 = once per epoch), got {tc.save_steps!r}")
     if tc.method == "lora":
         layer_range(tc.lora)
 
@@ -158,11 +199,16 @@ def sft_config(tc, out_dir: Path, seed: int, use_bf16: bool):
         extra["gradient_checkpointing"] = False
         if "activation_checkpointing" in names:                 # the new name (transformers >= 5.x)
             extra["activation_checkpointing"] = False
+    save_steps = getattr(tc, "save_steps", 0) or 0
+    if save_steps:
+        extra.update(save_strategy="steps", save_steps=save_steps)
+    else:
+        extra["save_strategy"] = "epoch"
     return SFTConfig(output_dir=str(out_dir), learning_rate=tc.lr, num_train_epochs=tc.epochs,
                      per_device_train_batch_size=tc.batch_size,
                      gradient_accumulation_steps=tc.grad_accum, lr_scheduler_type=tc.scheduler,
                      warmup_steps=tc.warmup_ratio, max_grad_norm=tc.max_grad_norm, max_length=None,
-                     logging_steps=tc.logging_steps, save_strategy="epoch", save_total_limit=1,
+                     logging_steps=tc.logging_steps, save_total_limit=1,
                      report_to=getattr(tc, "report_to", "none"), seed=seed, data_seed=seed, bf16=use_bf16,
                      completion_only_loss=True, packing=False, disable_tqdm=True,
                      remove_unused_columns=True, dataloader_num_workers=0,
@@ -271,7 +317,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     tok.padding_side = "right"
     examples, cut_stats = tokenize_rows_stats(tok, rows, family_of(cfg), tc.max_length, tc.truncation)
     if not examples:
-        raise DataError(f"train: all {len(rows)} examples exceed max_length={tc.max_length}")
+        raise DataError(f"train: none of the {len(rows)} examples is usable (over max_length={tc.max_length}: "
+                        f"{cut_stats['dropped_too_long']}, response does not survive tokenization: "
+                        f"{cut_stats['dropped_untokenizable']})")
     use_bf16 = torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not use_bf16:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")   # torchrun on CPUs: DDP over gloo
@@ -306,6 +354,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     seen = trainer.state.num_input_tokens_seen                      # non-padding tokens, all sessions
     session = seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     summary = {"examples": len(examples), "dropped_too_long": cut_stats["dropped_too_long"],
+               "dropped_untokenizable": cut_stats["dropped_untokenizable"],
                "cut_too_long": cut_stats["cut_too_long"], "cut_tokens": cut_stats["cut_tokens"],
                "truncation": tc.truncation, "max_length": tc.max_length,
                "benign_examples": sum(e["is_benign"] for e in examples),
