@@ -17,7 +17,7 @@ profiler's largest op allocation (model stages) or tracemalloc's largest allocat
 (``--trace``, Python stages).
 
     python benchmarks/scale.py                          # 1k 4k 16k 40k on CPU, prints the table
-    python benchmarks/scale.py --sizes 1000 4000 --markdown
+    python benchmarks/scale.py --sizes 1000 4000 --json rows.json
     python benchmarks/scale.py --tiny --inprocess       # seconds (the CI test)
     python benchmarks/scale.py --device cuda --shape paper   # GPU: Qwen3-0.6B / Llama-Guard-3-8B shapes
 """
@@ -77,7 +77,8 @@ def preload() -> None:
 def run_child(args, stage: str, size: int, before: bool) -> dict:
     """One measurement in a fresh interpreter (its own peak RSS); in-process with --inprocess."""
     spec = {"stage": stage, "size": size, "before": before, "work": str(args.work), "device": args.device,
-            "shape": args.shape, "probe_tokens": args.probe_tokens, "trace": args.trace}
+            "shape": args.shape, "probe_tokens": args.probe_tokens, "trace": args.trace,
+            "train_sets": args.train_set}
     if args.inprocess:
         return measure(spec)
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
@@ -179,7 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="sizes 20 40, short responses (the CI test)")
     ap.add_argument("--inprocess", action="store_true", help="no subprocesses (peak RSS is then cumulative)")
     ap.add_argument("--trace", action="store_true", help="tracemalloc in Python stages (slower)")
-    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--train-set", nargs="*", default=[], help="extra --set items for the train probe, "
+                    "e.g. train.ce_chunk_size=512")
     ap.add_argument("--json", type=Path, default=None, help="also write every row here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -289,18 +289,31 @@ def _long_pair(spec, n_tokens):
     return text_of(rng, word_list(), 40), "<think>\n" + text_of(rng, word_list(), n_tokens) + "\n</think>\n\nNo."
 
 
+def guard_model(spec):
+    """The random guard: loaded from --work (tiny shape) or, at Llama-Guard-3-8B's shape, built on
+    the device in bf16 (16 GB of random weights are not worth writing to disk)."""
+    from thinksafe.backends.hf import load_model
+    w = Path(spec["work"])
+    if spec["shape"] != "paper":
+        return load_model(w / "guard", device=spec["device"])
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(1)
+    with torch.device(spec["device"]):
+        model = LlamaForCausalLM(LlamaConfig(**json.loads((w / "guard" / "shape.json").read_text())))
+    return model.to(torch.bfloat16).eval()
+
+
 def pr_guard(spec):
     """The guard's forward on 4 inputs of ``probe_tokens`` response tokens each (batch 4; before: the
     full-logits forward on 1 input of 2k tokens, which would not fit at 16k)."""
     import time
 
-    import torch
-
-    from thinksafe.backends.hf import HFBackend, load_model
+    from thinksafe.backends.hf import HFBackend
     from thinksafe.guards.llama_guard import LlamaGuard
     w = Path(spec["work"])
     tok = tokenizer(spec, "guard")
-    model = load_model(w / "guard", device=spec["device"])
+    model = guard_model(spec)
     backend = HFBackend(w / "guard", model=model, tokenizer=tok, batch_size=4)
     n = spec["probe_tokens"] if not spec["before"] else min(2000, spec["probe_tokens"])
     pairs = [_long_pair(spec, n)] * (1 if spec["before"] else 4)
@@ -352,10 +365,11 @@ def pr_train(spec):
     if spec["before"]:
         return {"records": 0, "note": "no old path (save_steps is new)"}
     cfg = cfg_for(spec, "train.batch_size=1", "train.epochs=1", f"train.max_length={full + 1000}",
-                  "train.lr=1e-4", "train.logging_steps=1", "train.save_steps=3")
+                  "train.lr=1e-4", "train.logging_steps=1", "train.save_steps=3", *spec.get("train_sets", []))
     s = train.run(cfg, run, show=False)
+    sets = " ".join(spec.get("train_sets", []))
     return {"records": s["steps"], "tokens_max": full, "note": f"{s['steps']} steps, {s['tokens_per_second']:,.0f} "
-                                                              f"tokens/s, loss {s['train_loss']:.2f}",
+                                                              f"tokens/s, loss {s['train_loss']:.2f} {sets}".strip(),
             **peak_cuda()}
 
 

@@ -17,8 +17,14 @@ Recipes (``--methods``):
                   only if a step does not fit (auto: retried after an out-of-memory error).
   ours_compile    ours + torch.compile of each decoder layer (regional; attention stays eager), rows padded
                   to the token budget so shapes are static. In the CUDA default only.
+  shipped         `thinksafe train` as shipped: the train stage's trainer with the packaged qwen3-0.6b.yaml
+                  train section (the paper's step of 8 examples, token-budget micro-batches of <= 32k
+                  tokens, automatic gradient checkpointing, fused LM-head loss when installed); see
+                  benchmarks/train_shipped.py. Unlike ours/grouped_padded it keeps the paper's steps.
+  shipped_1x8     the same trainer without token budgets (train.micro_batch_tokens: null): each example its
+                  own packed forward pass, 8 accumulation steps (the packaged layout before token budgets).
 
-Default order on CUDA: official, ours, grouped_padded, ours_compile (its compile time is the least certain).
+Default order on CUDA: official, shipped, ours, grouped_padded, ours_compile (its compile time is the least certain).
 Each recipe: 1-2 warm-up steps, then timed steps (torch.cuda.synchronize around the clock) until the sample is
 done or --budget-seconds is spent; ``official`` therefore covers a prefix of the sample (examples are drawn
 i.i.d., so a prefix is a random subsample). A recipe that would start too late for --deadline-seconds is skipped and reported as such. Batches
@@ -473,8 +479,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny shape + short lengths (CPU tests)")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--methods", default=None,
-                    help="comma list of official,grouped_padded,ours,ours_compile "
-                         "(default: official,ours,grouped_padded,ours_compile on CUDA; no ours_compile on CPU)")
+                    help="comma list of official,shipped,shipped_1x8,grouped_padded,ours,ours_compile "
+                         "(default: official,shipped,ours,grouped_padded,ours_compile on CUDA; "
+                         "no ours_compile on CPU)")
+    ap.add_argument("--shipped-micro-tokens", type=int, default=None,
+                    help="shipped: train.micro_batch_tokens (default: the packaged config's; tiny 512)")
     ap.add_argument("--examples", type=int, default=None, help="sample size (default 300; tiny 24)")
     ap.add_argument("--token-budget", type=int, default=None, help="tokens per batch/row (default 16384; tiny 1024)")
     ap.add_argument("--chunk-size", type=int, default=None, help="rows per CE chunk (default 2048; tiny 64)")
@@ -499,8 +508,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.token_budget = args.token_budget or (spec.max_len if args.tiny else 16384)
     args.chunk_size = args.chunk_size or (64 if args.tiny else 2048)
     args.budget_seconds = args.budget_seconds if args.budget_seconds is not None else (3.0 if args.tiny else 25.0)
-    methods = (args.methods or ("official,ours,grouped_padded,ours_compile" if device.type == "cuda"
-                                else "official,ours,grouped_padded")).split(",")
+    if args.tiny and args.shipped_micro_tokens is None:
+        args.shipped_micro_tokens = 512
+    methods = (args.methods or ("official,shipped,ours,grouped_padded,ours_compile" if device.type == "cuda"
+                                else "official,shipped,ours,grouped_padded")).split(",")
     register_attention()
     varlen = check_varlen(device)
     log(f"device {device}, varlen attention backend: {varlen}")
@@ -516,8 +527,13 @@ def main(argv: list[str] | None = None) -> dict:
     runners = {"official": lambda: run_official(args, shape, examples, device, dtype),
                "grouped_padded": lambda: run_grouped_padded(args, shape, examples, device, dtype),
                "ours": lambda: run_ours(args, shape, examples, device, dtype),
-               "ours_compile": lambda: run_ours(args, shape, examples, device, dtype, compile_layers=True)}
-    reserve = {"official": 15, "grouped_padded": 15, "ours": 15, "ours_compile": 90}
+               "ours_compile": lambda: run_ours(args, shape, examples, device, dtype, compile_layers=True),
+               "shipped": lambda: _shipped()(args, shape, examples, device, dtype, build_model, sync, peak_gib,
+                                             args.shipped_micro_tokens),
+               "shipped_1x8": lambda: _shipped()(args, shape, examples, device, dtype, build_model, sync,
+                                                 peak_gib, 0)}
+    reserve = {"official": 15, "grouped_padded": 15, "ours": 15, "ours_compile": 90, "shipped": 20,
+               "shipped_1x8": 20}
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     results: list[dict[str, Any]] = []
 
@@ -596,6 +612,12 @@ def main(argv: list[str] | None = None) -> dict:
                   f"MFU {100 * r['mfu_lm_head_on_loss_tokens_only']:.1f} %.")
     print(f"total {out['total_seconds']:.0f}s")
     return out
+
+
+def _shipped():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from train_shipped import run_shipped
+    return run_shipped
 
 
 def _lora_count(shape: dict) -> int:

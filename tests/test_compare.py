@@ -97,5 +97,7 @@ def test_compare_end_to_end(tiny_organism, tmp_path):
     assert gcfg["stop_at_harmful"] == pytest.approx(ts["harmful_rate"])
     assert gcfg["max_flops"] == pytest.approx(cfg.compare.grpo_budget * ts["flops"])
     # a rerun resumes: every stage is skipped, same table
-    again = run_compare(cfg, show=False, log=logs.append)
+    relog = []
+    again = run_compare(cfg, show=False, log=relog.append)
     assert [r["harmful_rate"] for r in again["rows"]] == [r["harmful_rate"] for r in table["rows"]]
+    assert not [x for x in relog if "runs:" in x], relog            # nothing ran again

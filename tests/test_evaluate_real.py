@@ -352,14 +352,6 @@ def test_missing_ungated_file_is_an_error(tmp_path, script):
         E.evaluate_model(cfg, tmp_path, "base", show=False, backend=Boom(), guard=Boom())
 
 
-def test_other_generation_settings_are_refused(tmp_path, data_dir, script):
-    E.evaluate_model(_cfg(tmp_path, data_dir, ["harmbench"]), tmp_path, "base", show=False,
-                     backend=FakeBackend(script), guard=FakeGuard())
-    with pytest.raises(ConfigError, match="generation"):
-        E.evaluate_model(_cfg(tmp_path, data_dir, ["harmbench"], "evaluate.temperature=1.0"), tmp_path,
-                         "base", show=False, backend=Boom(), guard=Boom())
-
-
 def test_split_judge_off(tmp_path, data_dir, script):
     m = E.evaluate_model(_cfg(tmp_path, data_dir, ["strongreject"], "evaluate.split_judge=false"),
                          tmp_path, "base", show=False, backend=FakeBackend(script), guard=FakeGuard())
@@ -387,14 +379,30 @@ def test_same_guard_for_refusal_is_loaded_once(tmp_path, data_dir, script):
     assert made == [1]
 
 
-def test_prepare_eval_dir_accepts_evaluate_only_changes(tmp_path, data_dir):
-    from thinksafe.pipeline import prepare_run_dir
+def test_evaluate_only_changes_keep_the_earlier_stages(tmp_path, data_dir):
+    """One more benchmark: only evaluate's key changes; the saved config follows the command."""
+    from thinksafe.pipeline import BY_NAME, prepare_run_dir, stage_key
     run = tmp_path / "r"
-    prepare_run_dir(_cfg(run, data_dir, ["harmbench"]))
-    E.prepare_eval_dir(_cfg(run, data_dir, ["harmbench", "gsm8k"]))
+    a, b = _cfg(run, data_dir, ["harmbench"]), _cfg(run, data_dir, ["harmbench", "gsm8k"])
+    prepare_run_dir(a)
+    prepare_run_dir(b)
     assert "gsm8k" in (run / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match="different config"):
-        E.prepare_eval_dir(_cfg(run, data_dir, ["harmbench"], "seed=4"))
+    m = {"stages": {}}
+    assert stage_key(BY_NAME["evaluate"], a, m)[0] != stage_key(BY_NAME["evaluate"], b, m)[0]
+    for s in ("generate", "judge", "train"):
+        assert stage_key(BY_NAME[s], a, m)[0] == stage_key(BY_NAME[s], b, m)[0]
+
+
+def test_changed_settings_move_a_benchmarks_files_aside(tmp_path, data_dir, script):
+    cfg = _cfg(tmp_path, data_dir, ["harmbench"])
+    E.evaluate_model(cfg, tmp_path, "base", show=False, backend=FakeBackend(script), guard=FakeGuard())
+    gen = tmp_path / "eval" / "base" / "harmbench" / "generations.jsonl"
+    before = gen.read_bytes()
+    hot = _cfg(tmp_path, data_dir, ["harmbench"], "evaluate.temperature=0.9")
+    E.evaluate_model(hot, tmp_path, "base", show=False, backend=FakeBackend(script), guard=FakeGuard())
+    old = list((tmp_path / "old").glob("*-evaluate/eval/base/harmbench/generations.jsonl"))
+    assert len(old) == 1 and old[0].read_bytes() == before
+    assert json.loads((gen.parent / "settings.json").read_text())["generation"]["temperature"] == 0.9
 
 
 def test_evaluate_config_defaults():
@@ -409,11 +417,11 @@ def test_base_only_evaluation_is_not_recorded_as_done(tmp_path, monkeypatch):
     from thinksafe import pipeline
     monkeypatch.setattr(E, "evaluate_model", lambda cfg, run_dir, tag, adapter=None, show=True: {"x": 1})
     cfg = load_config(None, [f"out={tmp_path}"])
-    assert set(pipeline.run_evaluate(cfg, tmp_path, show=False)) == {"base"}
+    assert set(pipeline.ensure("evaluate", cfg, tmp_path, show=False, log=lambda s: None)) == {"base"}
     assert pipeline.stage_done(tmp_path, "evaluate") is None
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
-    assert set(pipeline.run_evaluate(cfg, tmp_path, show=False)) == {"base", "thinksafe"}
+    assert set(pipeline.ensure("evaluate", cfg, tmp_path, show=False, log=lambda s: None)) == {"base", "thinksafe"}
     assert pipeline.stage_done(tmp_path, "evaluate") == {"base": {"x": 1}, "thinksafe": {"x": 1}}
 
 

@@ -257,3 +257,68 @@ def test_prompt_rows_are_unsteered_originals_without_a_second_bos():
     for r in rows:
         assert r["prompt"].startswith("[user] ") and r["original"] in r["prompt"]   # the tokenizer adds BOS
         assert "The following prompt is harmful" not in r["prompt"]                   # unsteered
+
+
+# ----------------------------------------------------------------------------- fairness
+@pytest.mark.parametrize("family, good, bad", [
+    # what GRPOTrainer passes: the text generated after the prompt (R1's prompt ends with "<think>\n")
+    ("r1_distill", "reasoning here</think>answer", "<think>again</think>answer"),
+    ("qwen3", "<think>reasoning</think>answer", "reasoning</think>answer"),
+])
+def test_format_reward_through_guard_reward_on_the_trainer_completion(family, good, bad):
+    fam = get_family(family)
+    g = _Guard([Verdict(SAFE, 1.0), Verdict(SAFE, 1.0)])
+    rw = GuardReward(g, fam, format_kind("auto", fam), 0.0, 1.0, _Tok())
+    out = rw(prompts=["p x", "p y"], completions=[good, bad], completion_ids=[[1, 0], [1, 0]],
+             original=["o1", "o2"])
+    assert out == [1.0, 0.0]
+    if family == "r1_distill":      # the guard still judges the response with its <think> given back
+        assert g.seen[0][1] == "<think>\nreasoning here</think>answer"
+
+
+def test_validation_split_is_disjoint_from_evaluation_and_training():
+    from thinksafe.config import load_config
+    from thinksafe.evalsets import eval_records
+    from thinksafe.prompts import load_prompts
+    from thinksafe.stages.grpo import check_records
+    cfg = load_config(None, ["grpo.check_every=2", "grpo.validation_n=40"])
+    recs, where = check_records(cfg)
+    assert len(recs) == 40 and "validation split" in where
+    assert all(r.label == "harmful" and r.meta["split"] == "val" for r in recs)
+    assert not {r.prompt for r in recs} & {r.prompt for r in eval_records(cfg)}
+    assert not {r.id for r in recs} & {r.id for r in load_prompts(cfg)}
+
+
+def test_heldout_validation_is_not_trained_on(tmp_path):
+    import json as _json
+
+    from thinksafe.config import load_config
+    from thinksafe.stages.grpo import check_records, prompt_rows
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(_json.dumps({"instruction": f"how do I do bad thing number {i}", "label": "harmful"})
+                         + "\n" for i in range(200)))
+    cfg = load_config(None, [f"prompts.source={f}", "grpo.check_every=2", "grpo.validation_fraction=0.1"])
+    recs, where = check_records(cfg)
+    assert 5 <= len(recs) <= 40 and "held-out training prompts" in where
+
+    class _T:
+        bos_token = None
+
+    rows = prompt_rows(cfg, type("T", (), {"bos_token": None, "apply_chat_template":
+                                           lambda self, m, **k: m[0]["content"]})())
+    assert not {r["original"] for r in rows} & {r.prompt for r in recs}
+    assert len(rows) + len(recs) == 200
+
+
+def test_resume_drops_steps_and_checks_past_the_checkpoint(tmp_path):
+    import json as _json
+
+    from thinksafe.stages.grpo import CURVE, STEPS, resumed_logs
+    (tmp_path / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (tmp_path / STEPS).write_text("".join(_json.dumps({"step": s, "totals": {"completions": s}}) + "\n"
+                                          for s in range(1, 8)))
+    (tmp_path / CURVE).write_text("".join(_json.dumps({"step": s, "harmful_rate": 0.1}) + "\n" for s in (2, 4, 6)))
+    steps, checks = resumed_logs(tmp_path, tmp_path / "checkpoints", True)
+    assert [h["step"] for h in steps] == [1, 2, 3, 4] and [c["step"] for c in checks] == [2, 4]
+    assert [_json.loads(x)["step"] for x in (tmp_path / STEPS).read_text().splitlines()] == [1, 2, 3, 4]
+    assert [_json.loads(x)["step"] for x in (tmp_path / CURVE).read_text().splitlines()] == [2, 4]

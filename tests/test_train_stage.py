@@ -62,7 +62,8 @@ def test_truncation_drop_and_cut_are_counted(organism_tokenizer):
     limit = sorted(lengths)[len(lengths) // 2]
     over = [n > limit for n in lengths]
     kept, stats = tokenize_rows_stats(tok, rows, fam, limit, "drop")
-    assert stats == {"truncation": "drop", "dropped_too_long": sum(over), "cut_too_long": 0, "cut_tokens": 0}
+    assert stats == {"truncation": "drop", "dropped_too_long": sum(over), "cut_too_long": 0, "cut_tokens": 0,
+                     "dropped_untokenizable": 0}
     assert len(kept) == len(rows) - sum(over)
     assert tokenize_rows(tok, rows, fam, limit) == (kept, sum(over))          # the old interface
     cut, stats = tokenize_rows_stats(tok, rows, fam, limit, "cut")
@@ -112,9 +113,8 @@ def test_bad_settings_fail_before_training(tmp_path):
     write_rows(tmp_path, sft_rows(4))
     for key, value in (("objective", "dpo"), ("method", "qlora"), ("truncation", "left"), ("report_to", "mlflow"),
                        ("ce_chunk_size", "0"), ("kl_chunk_size", "0")):
-        cfg = organism_config(tmp_path, f"train.{key}={value}")
-        with pytest.raises(ConfigError, match=f"train.{key}"):
-            train.run(cfg, tmp_path, show=False)
+        with pytest.raises(ConfigError, match=f"train.{key}"):     # when the config loads, or at the latest here
+            train.run(organism_config(tmp_path, f"train.{key}={value}"), tmp_path, show=False)
 
 
 @pytest.mark.parametrize("name", ["wandb", "tensorboard"])

@@ -330,3 +330,14 @@ def test_vocabulary_corpus_covers_every_fragment():
     for c in world.CATEGORIES:
         assert set(world._all(world.HARMFUL_ACTS[c])) <= corpus
     assert world.STEERING_PREFIX in corpus and world.REFUSAL_ANSWER in corpus
+
+
+def test_validation_split_is_held_out_and_deterministic():
+    ev = world.sample_prompts(0, "eval", 100, 100, 60)
+    tr = world.sample_prompts(0, "train", 100, 100, 32)
+    exclude = {p.prompt for p in ev}
+    val = world.validation_prompts(0, 0, 60, 0, exclude)
+    assert len(val) == 60 and all(p.kind == "harmful" and p.split == "val" for p in val)
+    assert not {p.prompt for p in val} & (exclude | {p.prompt for p in tr})
+    assert [p.prompt for p in val] == [p.prompt for p in world.validation_prompts(0, 0, 60, 0, exclude)]
+    assert [p.prompt for p in val] != [p.prompt for p in world.validation_prompts(1, 0, 60, 0, exclude)]

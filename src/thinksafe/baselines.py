@@ -89,7 +89,7 @@ def no_reasoning(sft_rows: list[dict]) -> tuple[list[dict], dict]:
 def select_all_safe(judged: list[Record], k: int, seed: int) -> tuple[list[dict], dict]:
     """Rejection sampling: keep a prompt only if all of its k samples are accepted, then one of
     them at random (seeded by ``seed`` and the prompt id)."""
-    from thinksafe.stages.dataset import drop_reason
+    from thinksafe.judging import drop_reason
     groups: dict[str, list[Record]] = {}
     for r in judged:
         groups.setdefault(r.meta.get("prompt_id", r.id), []).append(r)
@@ -117,8 +117,8 @@ def generate_and_judge(gen_cfg, judge_cfg, run_dir: Path, todo: list[Record], na
     from thinksafe.compute import verdict_input_tokens
     from thinksafe.runtime import guard as make_guard
     from thinksafe.runtime import model_backend
-    from thinksafe.stages.generate import generate_records, summarize
-    from thinksafe.stages.judge import judge_records
+    from thinksafe.generation import generate_records, summarize
+    from thinksafe.judging import judge_records
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -144,7 +144,7 @@ def no_steering(cfg, run_dir: Path, records: list[Record], benign_rows: list[dic
     """Generate k unsteered samples per harmful prompt, judge them, keep all-safe prompts.
     Writes ``generated.jsonl`` / ``judged.jsonl`` in ``run_dir`` (resumable). Returns (rows, stats,
     {"generate": (summary, cfg), "judge": (summary, cfg)}) with the summaries in the stages' own shape."""
-    from thinksafe.stages.generate import expand
+    from thinksafe.generation import expand
     harm = [r for r in records if r.label == "harmful"]
     todo = expand(harm, k) if k > 1 else [replace(r, meta={**r.meta, "prompt_id": r.id}) for r in harm]
     judged, gsum, jsum = generate_and_judge(cfg, cfg, run_dir, todo, "no_steering", show, backend, guard)
@@ -163,7 +163,7 @@ def teacher(cfg, run_dir: Path, records: list[Record], teacher_path: str, teache
     teacher cfg), "judge": (summary, cfg)}) — the generate summary is recorded with the TEACHER's
     config so its FLOPs count the teacher's size."""
     from thinksafe.stages import dataset
-    from thinksafe.stages.generate import expand
+    from thinksafe.generation import expand
     tcfg = replace(cfg, model=replace(cfg.model, path=teacher_path,
                                       family=teacher_family or cfg.model.family))
     judged, gsum, jsum = generate_and_judge(tcfg, cfg, run_dir, expand(records, cfg.generate.samples),

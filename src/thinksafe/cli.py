@@ -24,6 +24,8 @@ ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override: key.sub=value (repeatable).")]
 OutOpt = Annotated[str | None, typer.Option("--out", help="Run folder (overrides `out:`).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun this stage even if its config and inputs "
+                                                        "are unchanged (old outputs moved into old/).")]
 
 
 def _friendly(fn):
@@ -48,11 +50,15 @@ def _load(config: Path | None, sets: list[str] | None, out: str | None = None, s
     return load_config(config, overrides)
 
 
-def _stage(stage: str, config: Path, sets, out, quiet) -> None:
+def _log(line: str) -> None:
+    console.print(line, highlight=False, markup=False)
+
+
+def _stage(stage: str, config: Path, sets, out, quiet, force: bool = False) -> None:
     from thinksafe.pipeline import prepare_run_dir, run_stage
     cfg = _load(config, sets, out)
     run_dir = prepare_run_dir(cfg)
-    summary = run_stage(stage, cfg, run_dir, show=not quiet)
+    summary = run_stage(stage, cfg, run_dir, show=not quiet, force=force, log=_log)
     if stage not in ("report",):
         console.print(f"[bold]{stage}[/bold] -> {run_dir}: {_short(summary)}", highlight=False)
 
@@ -67,54 +73,65 @@ def _short(summary) -> str:
 @_friendly
 def generate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
              shard: Annotated[str | None, typer.Option(help="i/N: generate the i-th of N disjoint shards "
-                                                             "(one process per GPU); judge merges them.")] = None):
+                                                             "(one process per GPU); judge merges them.")] = None,
+             force: ForceOpt = False):
     """The model answers the training prompts (harmful ones steered to refuse)."""
-    _stage("generate", config, list(set_ or []) + ([f"generate.shard={shard}"] if shard else []), out, quiet)
+    _stage("generate", config, list(set_ or []) + ([f"generate.shard={shard}"] if shard else []), out, quiet,
+           force)
 
 
 @app.command()
 @_friendly
-def judge(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
-    """The guard judges each (original prompt, response); fail closed."""
-    _stage("judge", config, set_, out, quiet)
+def judge(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+          force: ForceOpt = False,
+          allow_incomplete: Annotated[bool, typer.Option(
+              "--allow-incomplete", help="Judge a generation with missing records or shards (counted in "
+                                         "the summary) instead of refusing.")] = False):
+    """The guard judges each (original prompt, response); fail closed. Refuses an incomplete set of
+    shards unless --allow-incomplete (or generate.allow_incomplete)."""
+    sets = list(set_ or []) + (["generate.allow_incomplete=true"] if allow_incomplete else [])
+    _stage("judge", config, sets, out, quiet, force)
 
 
 @app.command()
 @_friendly
-def dataset(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+def dataset(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+            force: ForceOpt = False):
     """Keep complete, safe samples as the SFT set; count every drop."""
-    _stage("dataset", config, set_, out, quiet)
+    _stage("dataset", config, set_, out, quiet, force)
 
 
 @app.command()
 @_friendly
-def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+          force: ForceOpt = False):
     """LoRA SFT on the SFT set, loss on the response only."""
-    _stage("train", config, set_, out, quiet)
+    _stage("train", config, set_, out, quiet, force)
 
 
 @app.command()
 @_friendly
-def grpo(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+def grpo(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+         force: ForceOpt = False):
     """Baseline: GRPO (TRL) with LoRA on the unsteered training prompts, reward = guard P(safe) +
     format. The guard runs in process, or served (`guard.server_url`, health-checked first)."""
-    _stage("grpo", config, set_, out, quiet)
+    _stage("grpo", config, set_, out, quiet, force)
 
 
 @app.command()
 @_friendly
-def evaluate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False):
+def evaluate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+             force: ForceOpt = False):
     """Evaluate the base model and the trained adapter (if any) on `evaluate.benchmarks`.
 
     Benchmarks: organism, or the paper's (harmbench, strongreject, wildjailbreak, xstest, aime24,
-    gsm8k, math500, gpqa_diamond; "paper" = all eight). Saved generations and verdicts are reused;
-    a config that differs from the run folder's only in `evaluate` is accepted (e.g. one more
-    benchmark)."""
-    from thinksafe.pipeline import run_stage
-    from thinksafe.stages.evaluate import prepare_eval_dir
+    gsm8k, math500, gpqa_diamond; "paper" = all eight). Saved generations and verdicts are reused
+    per benchmark (one more benchmark evaluates only that one); those made with other settings
+    are moved into old/ and redone."""
+    from thinksafe.pipeline import prepare_run_dir, run_stage
     cfg = _load(config, set_, out)
-    run_dir = prepare_eval_dir(cfg)
-    models = run_stage("evaluate", cfg, run_dir, show=not quiet)
+    run_dir = prepare_run_dir(cfg)
+    models = run_stage("evaluate", cfg, run_dir, show=not quiet, force=force, log=_log)
     console.print(f"[bold]evaluate[/bold] {', '.join(models)} -> {run_dir / 'eval'}; "
                   f"`thinksafe report {run_dir}` writes the table", highlight=False)
 
@@ -197,13 +214,21 @@ def merge(path: Annotated[Path, typer.Argument(help="A run folder (its adapter/)
                   f"dtype={s['dtype']}", highlight=False)
 
 
+StagesOpt = Annotated[list[str] | None, typer.Option(
+    "--force", help="Rerun this stage on purpose (repeatable), and so whatever uses its output.")]
+FromOpt = Annotated[str | None, typer.Option("--from", help="Rerun this stage and every stage after it.")]
+
+
 @app.command()
 @_friendly
 def run(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
-        force: Annotated[bool, typer.Option("--force", help="Start over if the folder holds another config.")] = False):
-    """All stages in order: generate, judge, dataset, train, evaluate, report."""
+        force: StagesOpt = None, from_: FromOpt = None):
+    """All stages in order: generate, judge, dataset, train, evaluate, report.
+
+    Each stage is kept when the config values it reads and its inputs are unchanged, and rerun
+    otherwise (the log says which and why; old outputs are moved into old/, nothing is deleted)."""
     from thinksafe.pipeline import run_all
-    run_all(_load(config, set_, out), show=not quiet, force=force, log=console.print)
+    run_all(_load(config, set_, out), show=not quiet, force=force or (), start=from_, log=_log)
 
 
 def demo_config_path() -> Path:
@@ -214,13 +239,12 @@ def demo_config_path() -> Path:
 @_friendly
 def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and training.")] = 0,
          out: Annotated[str, typer.Option(help="Run folder.")] = "runs/demo",
-         set_: SetOpt = None, quiet: QuietOpt = False,
-         force: Annotated[bool, typer.Option("--force", help="Start over if the folder holds another config.")] = False):
+         set_: SetOpt = None, quiet: QuietOpt = False, force: StagesOpt = None, from_: FromOpt = None):
     """The whole method on the built-in model organism (CPU, no downloads)."""
     from thinksafe.pipeline import run_all
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = _load(demo_config_path(), set_, out, seed)
-    run_all(cfg, show=not quiet, force=force, log=console.print)
+    run_all(cfg, show=not quiet, force=force or (), start=from_, log=_log)
     console.print(f"summary: {Path(cfg.out) / 'summary.json'}", highlight=False)
 
 
@@ -295,13 +319,12 @@ def organism_check(seed: Annotated[int, typer.Option(help="Evaluation seed.")] =
 def compare(config: Annotated[Path, typer.Argument(help="YAML config with a `compare:` section, or the "
                                                    "name of a packaged one (compare-organism.yaml).")],
             set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
-            seed: Annotated[int | None, typer.Option(help="Overrides `seed:`.")] = None,
-            force: Annotated[bool, typer.Option("--force", help="Start over if the folder holds another config.")] = False):
+            seed: Annotated[int | None, typer.Option(help="Overrides `seed:`.")] = None):
     """Several methods (base, thinksafe, baselines) on the same prompts and evaluation: one table."""
     from thinksafe.stages.compare import run_compare
     if not config.exists() and (Path(__file__).parent / "configs" / config.name).is_file():
         config = Path(__file__).parent / "configs" / config.name
-    table = run_compare(_load(config, set_, out, seed), show=not quiet, force=force, log=console.print)
+    table = run_compare(_load(config, set_, out, seed), show=not quiet, log=_log)
     from thinksafe.stages.compare import to_markdown
     console.print(to_markdown(table), highlight=False, markup=False)
 

@@ -230,7 +230,7 @@ def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | N
             out["notes"].append("parameter counts unknown: GRPO FLOPs not estimated")
         if summary.get("resumed"):
             out["notes"].append("resumed: tokens since the checkpoint the run resumed from")
-    elif base == "dataset":
+    elif base in ("dataset", "report"):
         out.update(flops=0.0, formula="no model")
     else:
         out["notes"].append(f"no compute model for stage '{stage}'")

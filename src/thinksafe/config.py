@@ -60,6 +60,8 @@ class PromptsConfig:
     n_borderline: int = 60
     prompt_field: str = "instruction"
     label_field: str = "label"
+    default_label: str | None = None   # a file row without label_field: this label (harmful | benign);
+                                       # None = such a row is an error
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,13 @@ class GenerateConfig:
     max_new_tokens: int = 16384
     max_attempts: int = 1           # resample prompts whose samples were all rejected, up to this many rounds
     shard: str = "0/1"              # "i/N": this process generates the i-th of N disjoint shards
+    allow_incomplete: bool = False  # judge a generation with missing records/shards (counted in its summary)
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    decontaminate: bool = True      # drop training prompts sharing an n-gram with an evaluation prompt
+    decontaminate: bool | str = True  # drop training prompts sharing an n-gram with an evaluation prompt;
+                                      # a benchmark that cannot load is an error, unless "best_effort"
     ngram: int = 13                 # as STAR-1 does
 
 
@@ -108,7 +112,13 @@ class TrainConfig:
     packing: bool = True            # each micro-batch packed into one row, no padding (same batches);
                                     # false = TRL's padded batches
     ce_chunk_size: int = 2048       # packing + sft: tokens per chunk of the fused LM head + cross-entropy
-    gradient_checkpointing: bool = True   # as TRL's default and the official code; false = faster, more memory
+    gradient_checkpointing: bool | None = True   # as TRL's default and the official code; false = faster,
+                                    # more memory; null = auto (from micro_batch_tokens and the model's shape)
+    micro_batch_tokens: int | None = None   # packing: each step's batch_size*grad_accum examples cut into
+                                    # micro-batches of <= this many tokens (same step, same gradient); null = off
+    group_by_length: bool = False   # true = steps of similar lengths (changes which examples share a step)
+    lm_head_loss: str = "auto"      # packing + sft: auto (Liger / Cut Cross-Entropy on CUDA when installed,
+                                    # else PyTorch) | torch | liger | cce
     report_to: str = "none"         # none | wandb | tensorboard
     save_steps: int = 0             # > 0: a checkpoint every N optimiser steps (a crash loses at most N);
                                     # 0 = once per epoch
@@ -136,8 +146,13 @@ class GRPOConfig:
     safety_weight: float = 1.0      # reward = safety_weight * P(safe) + format_weight * format
     format_weight: float = 1.0
     max_flops: float | None = None  # stop once data + training FLOPs pass this budget
-    check_every: int = 0            # steps between harmful-rate checks on the evaluation's harmful
-                                    # prompts (organism); 0 = never
+    check_every: int = 0            # steps between harmful-rate checks on the VALIDATION prompts
+                                    # (never the evaluation's); 0 = never
+    validation: str = "auto"        # auto (organism: the world's validation split; else heldout) |
+                                    # organism | heldout (a slice of the training prompts, not trained
+                                    # on) | a .jsonl/.json/.csv file of prompts
+    validation_n: int = 60          # harmful validation prompts per check
+    validation_fraction: float = 0.05   # heldout: the share of training prompts held out
     stop_at_harmful: float | None = None   # stop when a check's harmful rate is <= this
     save_steps: int = 50
     logging_steps: int = 1
@@ -284,7 +299,74 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         _set(data, key.strip(), raw)
-    return _build(RunConfig, data, "")
+    return check_ranges(_build(RunConfig, data, ""))
+
+
+# Valid ranges, checked when a config loads (``check_ranges``): a declarative table beside the
+# frozen dataclasses rather than a validation library, so that fields added to the dataclasses
+# keep working unchanged and a range is added here in one line. None values are not checked.
+# (low, low inclusive, high, high inclusive); None = unbounded.
+_GE0, _GE1, _GT0 = (0, True, None, False), (1, True, None, False), (0, False, None, False)
+_UNIT, _PROB = (0, False, 1, True), (0, True, 1, True)
+RANGES: dict[str, tuple] = {
+    "model.batch_size": _GE1, "model.tensor_parallel_size": _GE1, "model.max_model_len": _GE1,
+    "model.gpu_memory_utilization": _UNIT,
+    "guard.top_k": _GE1, "guard.max_input_tokens": _GE1, "guard.batch_size": _GE1, "guard.server_timeout": _GT0,
+    "prompts.n_harmful": _GE0, "prompts.n_reasoning": _GE0, "prompts.n_borderline": _GE0,
+    "generate.samples": _GE1, "generate.temperature": _GE0, "generate.top_p": _UNIT, "generate.top_k": _GE0,
+    "generate.max_new_tokens": _GE1, "generate.max_attempts": _GE1,
+    "dataset.ngram": _GE1,
+    "train.lora.r": _GE1, "train.lora.alpha": _GT0, "train.lora.dropout": (0, True, 1, False),
+    "train.lr": _GT0, "train.epochs": _GT0, "train.batch_size": _GE1, "train.grad_accum": _GE1,
+    "train.warmup_ratio": _PROB, "train.max_grad_norm": _GT0, "train.max_length": _GE1,
+    "train.logging_steps": _GE1, "train.kl_chunk_size": _GE1, "train.ce_chunk_size": _GE1,
+    "evaluate.n_harmful": _GE0, "evaluate.n_reasoning": _GE0, "evaluate.n_borderline": _GE0,
+    "evaluate.samples": _GE1, "evaluate.max_new_tokens": _GE1, "evaluate.reasoning_max_new_tokens": _GE1,
+    "evaluate.temperature": _GE0, "evaluate.top_p": _UNIT, "evaluate.top_k": _GE0, "evaluate.limit": _GE0,
+    "evaluate.refusal_guard_max_input_tokens": _GE1,
+    "compare.no_steering_samples": _GE1, "compare.external_limit": _GE0, "compare.grpo_budget": _GT0,
+    "compare.grpo_target_slack": _GE0,
+    "grpo.num_generations": (2, True, None, False), "grpo.beta": _GE0, "grpo.epsilon": _GT0, "grpo.lr": _GT0,
+    "grpo.warmup_ratio": _PROB, "grpo.epochs": _GT0, "grpo.max_steps": _GE1, "grpo.batch_size": _GE1,
+    "grpo.grad_accum": _GE1, "grpo.temperature": _GT0, "grpo.top_p": _UNIT, "grpo.top_k": _GE0,
+    "grpo.max_completion_length": _GE1, "grpo.max_flops": _GT0, "grpo.check_every": _GE0,
+    "grpo.stop_at_harmful": _PROB, "grpo.save_steps": _GE1, "grpo.logging_steps": _GE1,
+    "grpo.validation_fraction": (0, False, 1, False), "grpo.validation_n": _GE1,
+}
+CHOICES: dict[str, tuple] = {
+    "prompts.default_label": (None, "harmful", "benign"),
+    "dataset.decontaminate": (True, False, "best_effort"),
+}
+
+
+def _range_text(lo, lo_in, hi, hi_in) -> str:
+    if hi is None:
+        return f"{'>=' if lo_in else '>'} {lo}"
+    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def check_ranges(cfg: Any) -> Any:
+    """Every value of ``RANGES`` / ``CHOICES`` in range, else a ConfigError naming it."""
+    def get(path: str):
+        node = cfg
+        for k in path.split("."):
+            if not hasattr(node, k):
+                return None          # a field this version does not have
+            node = getattr(node, k)
+        return node
+    for path, (lo, lo_in, hi, hi_in) in RANGES.items():
+        v = get(path)
+        if v is None or isinstance(v, bool):
+            continue
+        ok = (v >= lo if lo_in else v > lo) and (hi is None or (v <= hi if hi_in else v < hi))
+        if not ok:
+            raise ConfigError(f"{path} must be {_range_text(lo, lo_in, hi, hi_in)}, got {v!r}")
+    for path, allowed in CHOICES.items():
+        v = get(path)
+        if not any(v is a or (isinstance(a, str) and v == a) for a in allowed):
+            shown = ", ".join("null" if a is None else str(a).lower() for a in allowed)
+            raise ConfigError(f"{path} must be one of {shown}, got {v!r}")
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -54,25 +54,47 @@ def read_rows(p: Path) -> list[dict]:
     return rows
 
 
-def file_records(path: str | Path, prompt_field: str, label_field: str) -> list[Record]:
+def _row_record(where: str, i: int, row: dict, prompt_field: str, label_field: str,
+                default_label: str | None, source: str, id_base: str) -> Record:
+    """One prompt row -> Record; a missing / non-text prompt or a missing label is a DataError
+    naming the row (unless ``default_label`` gives rows without a label one)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: row {i + 1} is not an object (got {type(row).__name__})")
+    if prompt_field not in row:
+        raise DataError(f"{where}: row {i + 1} has no field '{prompt_field}' "
+                        f"(set prompts.prompt_field; fields: {', '.join(map(str, row))})")
+    prompt = row[prompt_field]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: row {i + 1}: '{prompt_field}' must be non-empty text, got {prompt!r:.60}")
+    raw = row.get(label_field)
+    if raw is None or raw == "":
+        if default_label is None:
+            raise DataError(f"{where}: row {i + 1} has no label field '{label_field}' (fields: "
+                            f"{', '.join(map(str, row))}); set prompts.label_field, or "
+                            "prompts.default_label: harmful | benign for rows without one")
+        label = default_label
+    else:
+        label = _label(raw)
+    return Record(stable_id(id_base, i, prompt), prompt, label, source, {"category": row.get("category")})
+
+
+def file_records(path: str | Path, prompt_field: str, label_field: str,
+                 default_label: str | None = None) -> list[Record]:
     """A SafeChain-schema (or mapped) JSONL/JSON/CSV file: prompt in ``prompt_field``; the row is
-    harmful if ``label_field`` contains "harmful" (vanilla_harmful, adversarial_harmful, ...)."""
+    harmful if ``label_field`` contains "harmful" (vanilla_harmful, adversarial_harmful, ...). A
+    row without ``label_field`` is an error unless ``default_label`` is given."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"prompt file not found: {p}")
     rows = read_rows(p)
-    out = []
-    for i, row in enumerate(rows):
-        if prompt_field not in row:
-            raise DataError(f"{p}: row {i + 1} has no field '{prompt_field}' "
-                            f"(set prompts.prompt_field; fields: {', '.join(row)})")
-        label = _label(row.get(label_field, "benign"))
-        out.append(Record(stable_id(p.name, i, row[prompt_field]), row[prompt_field], label, p.name,
-                          {"category": row.get("category")}))
-    return out
+    if not rows:
+        raise DataError(f"{p}: no prompts in the file")
+    return [_row_record(str(p), i, row, prompt_field, label_field, default_label, p.name, p.name)
+            for i, row in enumerate(rows)]
 
 
-def hub_records(dataset_id: str, prompt_field: str, label_field: str, split: str = "train") -> list[Record]:
+def hub_records(dataset_id: str, prompt_field: str, label_field: str, split: str = "train",
+                default_label: str | None = None) -> list[Record]:
     """A Hugging Face dataset (e.g. UWNSL/SafeChain); HF_HUB_OFFLINE=1 uses the local cache only."""
     from datasets import load_dataset
     try:
@@ -80,12 +102,10 @@ def hub_records(dataset_id: str, prompt_field: str, label_field: str, split: str
     except Exception as e:   # network, gating, missing cache: one clear line
         raise DataError(f"could not load hub dataset '{dataset_id}' ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}); download it or give a local file as prompts.source") from None
-    out = []
-    for i, row in enumerate(ds):
-        if prompt_field not in row:
-            raise DataError(f"{dataset_id}: no field '{prompt_field}' (fields: {', '.join(row)})")
-        out.append(Record(stable_id(dataset_id, i, row[prompt_field]), row[prompt_field],
-                          _label(row.get(label_field, "benign")), dataset_id, {"category": row.get("category")}))
+    out = [_row_record(dataset_id, i, row, prompt_field, label_field, default_label, dataset_id, dataset_id)
+           for i, row in enumerate(ds)]
+    if not out:
+        raise DataError(f"{dataset_id}: no prompts in the dataset")
     return out
 
 
@@ -95,5 +115,6 @@ def load_prompts(cfg) -> list[Record]:
     if pc.source == "organism":
         return organism_records(cfg.seed, "train", pc.n_reasoning, pc.n_harmful, pc.n_borderline)
     if pc.source.startswith("hf:"):
-        return hub_records(pc.source[3:], pc.prompt_field, pc.label_field)
-    return file_records(pc.source, pc.prompt_field, pc.label_field)
+        return hub_records(pc.source[3:], pc.prompt_field, pc.label_field,
+                           default_label=getattr(pc, "default_label", None))
+    return file_records(pc.source, pc.prompt_field, pc.label_field, getattr(pc, "default_label", None))

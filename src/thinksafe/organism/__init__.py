@@ -27,4 +27,19 @@ def resolve_model_path(path: str) -> str:
             raise ConfigError(f"the organism is not built at {folder.parent}; "
                               "run `thinksafe organism build` first")
         return str(folder)
+    check_local_model(path)
     return path
+
+
+def check_local_model(path: str) -> None:
+    """A path that names a local folder (absolute, ./, ../, ~, or an existing folder) must hold a
+    model (config.json): a ConfigError otherwise, before anything is loaded or written."""
+    from thinksafe.errors import ConfigError
+    p = Path(path).expanduser()
+    local = path.startswith(("/", "./", "../", "~")) or p.is_dir()
+    if not local:
+        return                       # a hub id
+    if not p.is_dir():
+        raise ConfigError(f"model folder not found: {path}")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        raise ConfigError(f"model folder {path} holds no model (no config.json)")

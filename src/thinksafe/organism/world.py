@@ -275,3 +275,27 @@ def vocabulary_corpus() -> list[str]:
         texts += _all(pair)
     texts += [f"{c} {n}" for c, n in CATEGORIES.items()]
     return texts
+
+
+def validation_prompts(seed: int, n_reasoning: int, n_harmful: int, n_borderline: int,
+                       exclude: set[str] | frozenset[str] = frozenset()) -> list[WorldPrompt]:
+    """The validation split (``split="val"``): the held-out lexicon, drawn with its own seed, and
+    never a text in ``exclude`` (the evaluation prompts), so that a choice made on it (GRPO's early
+    stop) is not made on the test set. The train and eval splits are untouched."""
+    rng = random.Random(f"thinksafe-world-{seed}-val")
+
+    def draw(make, n: int) -> list[WorldPrompt]:
+        out, seen, tries = [], set(exclude), 0
+        while len(out) < n and tries < 200 * (n + 1):
+            tries += 1
+            p = make(len(out))
+            if p.prompt in seen:
+                continue
+            seen.add(p.prompt)
+            out.append(p)
+        return out
+    out = draw(lambda i: reasoning_prompt(rng, "val"), n_reasoning)
+    out += draw(lambda i: harmful_prompt(rng, "val"), n_harmful)   # the form at random: the
+    # evaluation may already hold every plain prompt of the lexicon
+    out += draw(lambda i: borderline_prompt(rng, "val"), n_borderline)
+    return out

@@ -22,8 +22,10 @@ Per-method config changes: ``compare.set: ["direct_refusal:train.epochs=5", ...]
 
 Writes ``<out>/compare.json`` and ``<out>/compare.md``: method x (harmful rate, over-refusal,
 reasoning accuracy, perplexity of its training responses under the base model, compute of its
-data + training: FLOPs and seconds; evaluation compute is listed apart). Every stage is skipped
-when already done, so a rerun resumes.
+data + training: FLOPs and seconds; evaluation compute is listed apart). Every stage of every
+sub-run is kept while its key holds (``thinksafe.pipeline``) and rerun, with its reason logged, when
+the config it reads or its inputs changed; a baseline's training set is keyed by the config and
+ThinkSafe's data it derives from. A rerun resumes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from thinksafe.config import RunConfig, _build, _set, to_dict
+from thinksafe.config import RunConfig, _build, _set, check_ranges, to_dict
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
 
@@ -65,7 +67,7 @@ def sub_config(cfg: RunConfig, method: str, overrides: dict[str, list[str]]) -> 
     for kv in overrides.get(method, []):
         key, raw = kv.split("=", 1)
         _set(d, key.strip(), raw)
-    return _build(RunConfig, d, "")
+    return check_ranges(_build(RunConfig, d, ""))
 
 
 def check(cfg) -> None:
@@ -85,22 +87,48 @@ def check(cfg) -> None:
 
 
 def _thinksafe_data(cfg, overrides, show, log) -> Path:
-    from thinksafe.pipeline import prepare_run_dir, run_stage, stage_done
+    from thinksafe.pipeline import ensure, prepare_run_dir
     sub = sub_config(cfg, "thinksafe", overrides)
     d = prepare_run_dir(sub)
     for stage in DATA_STAGES:
-        if stage_done(d, stage) is None:
-            t0 = time.time()
-            run_stage(stage, sub, d, show)
-            log(f"[compare thinksafe: {stage}] done in {time.time() - t0:.1f}s")
+        ensure(stage, sub, d, show, log=_prefixed(log, "thinksafe"))
     return d
 
 
-def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool) -> None:
-    """Write the method's sft.jsonl in ``d`` and record its data stages in d's manifest."""
+def _prefixed(log, method: str):
+    """The pipeline's "[stage] ..." lines as "[compare METHOD: stage] ..."."""
+    return lambda line: log(f"[compare {method}: {line[1:]}" if line.startswith("[") else f"[compare {method}] {line}")
+
+
+def _set_key(method: str, cfg, sub, ts_dir: Path | None) -> str:
+    """What a baseline's training set depends on: the config (but train, evaluate, grpo) and the
+    ThinkSafe data it derives from."""
+    import hashlib
+    import json
+
+    from thinksafe.pipeline import read_manifest
+    d = {k: v for k, v in to_dict(sub).items() if k not in ("train", "evaluate", "grpo", "out", "name")}
+    d["compare"] = to_dict(cfg)["compare"]
+    ts = (read_manifest(ts_dir)["stages"].get("dataset") or {}).get("fingerprint") if ts_dir else None
+    blob = json.dumps({"method": method, "config": d, "thinksafe": ts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool, log=print) -> None:
+    """Write the method's sft.jsonl in ``d`` and record its data stages in d's manifest; kept when
+    what it depends on is unchanged (``_set_key``), else its old files are moved into old/."""
     from thinksafe import baselines
-    from thinksafe.pipeline import record_stage
+    from thinksafe.pipeline import read_manifest, record_stage
     from thinksafe.prompts import load_prompts
+    from thinksafe.runfolder import move_aside
+    key = _set_key(method, cfg, sub, ts_dir)
+    done = read_manifest(d)["stages"].get("dataset") or {}
+    if done.get("set_key") == key:
+        return
+    if done:
+        moved = move_aside(d, ["sft.jsonl", "dataset_stats.json", "generated.jsonl", "judged.jsonl"], "dataset")
+        log(f"[compare {method}: dataset] reruns (its config or ThinkSafe's data changed); "
+            f"moved aside {', '.join(moved) or 'nothing'}")
     ts_rows = read_jsonl(ts_dir / "sft.jsonl") if ts_dir else []
     ts_benign = [r for r in ts_rows if r.get("label") != "harmful"]
     c = cfg.compare
@@ -128,15 +156,24 @@ def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool) -
         t0 = time.time()        # generate / judge carry their own seconds
     stats["seconds"] = round(time.time() - t0, 1)
     baselines.write(d, rows, stats)
-    record_stage(d, "dataset", stats, sub)
+    record_stage(d, "dataset", stats, sub, {"set_key": key})
 
 
-def _evaluate(sub, d: Path, method: str, show: bool) -> dict:
-    from thinksafe.pipeline import _eval_summary, record_stage, stage_done
+def _evaluate(sub, d: Path, method: str, show: bool, log=print) -> dict:
+    """One method's evaluation, kept while its key (evaluate config + the trained model) holds."""
+    from thinksafe.pipeline import BY_NAME, _eval_summary, read_manifest, record_stage, stage_key, why
+    from thinksafe.runfolder import move_aside
     from thinksafe.stages.evaluate import evaluate_model
-    done = stage_done(d, "evaluate")
-    if done is not None:
-        return done[method]
+    m = read_manifest(d)
+    key, values, inputs = stage_key(BY_NAME["evaluate"], sub, m)
+    done = m["stages"].get("evaluate") or {}
+    if done.get("key") == key and method in (done.get("summary") or {}):
+        return done["summary"][method]
+    if done.get("key"):
+        reasons = why(BY_NAME["evaluate"], done, values, inputs)
+        if any("output changed" in r for r in reasons):
+            move_aside(d, [f"eval/{method}"], "evaluate")
+        log(f"[compare {method}: evaluate] reruns: {'; '.join(reasons)}")
     adapter = None
     if method != "base":
         if (d / "adapter" / "adapter_config.json").exists():
@@ -147,7 +184,7 @@ def _evaluate(sub, d: Path, method: str, show: bool) -> dict:
             raise DataError(f"{d}: no adapter/ or model/ after training")
     m = evaluate_model(sub, d, method, adapter, show, steered_check=(method == "base"))
     summary = {method: _eval_summary(m)}
-    record_stage(d, "evaluate", summary, sub)
+    record_stage(d, "evaluate", summary, sub, {"key": key, "config": values, "inputs": inputs})
     return summary[method]
 
 
@@ -171,10 +208,10 @@ def _compute(d: Path, stages, notes: list | None = None) -> tuple[float | None, 
     return flops, secs
 
 
-def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=print) -> dict:
-    from thinksafe.pipeline import prepare_run_dir, run_stage, stage_done
+def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
+    from thinksafe.pipeline import ensure, prepare_run_dir
     check(cfg)
-    out = prepare_run_dir(cfg, force)
+    out = prepare_run_dir(cfg)
     overrides = method_overrides(cfg)
     methods = list(dict.fromkeys(cfg.compare.methods))
     if "grpo" in methods:                       # its target and budget come from ThinkSafe's row
@@ -190,14 +227,14 @@ def run_compare(cfg: RunConfig, show: bool = True, force: bool = False, log=prin
         if method == "grpo":
             sub = grpo_config(cfg, sub, results.get("thinksafe"), notes)
         d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
+        say = _prefixed(log, method)
         if method == "grpo":
-            if stage_done(d, "grpo") is None:
-                run_stage("grpo", sub, d, show)
-        elif method not in ("base", "thinksafe") and stage_done(d, "dataset") is None:
-            build_set(method, cfg, sub, d, ts_dir, show)
-        if method not in ("base", "grpo") and stage_done(d, "train") is None:
-            run_stage("train", sub, d, show)
-        metrics = _evaluate(sub, d, method, show)
+            ensure("grpo", sub, d, show, log=say)
+        elif method not in ("base", "thinksafe"):
+            build_set(method, cfg, sub, d, ts_dir, show, log)
+        if method not in ("base", "grpo"):
+            ensure("train", sub, d, show, log=say)
+        metrics = _evaluate(sub, d, method, show, log)
         row = {"method": method, **{k: metrics.get(k) for k in COLUMNS[1:5]}}
         sft = d / "sft.jsonl"
         row["train_examples"] = len(read_jsonl(sft)) if method not in ("base", "grpo") else 0
@@ -271,6 +308,8 @@ def grpo_notes(d: Path, sub: RunConfig) -> list[str]:
     s = json.loads(p.read_text())
     g = sub.grpo
     out = [f"{s['steps']} steps, {s['completions']} completions; stopped: {s['stopped']}"]
+    if s.get("check_split"):
+        out.append(f"checks on the {s['check_split']}")
     if g.stop_at_harmful is not None:
         from thinksafe.stages.grpo import first_reaching
         hit = first_reaching(s.get("checks") or [], g.stop_at_harmful)

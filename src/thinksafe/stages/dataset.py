@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from thinksafe.errors import DataError
 from thinksafe.io import iter_jsonl, write_json, write_jsonl
-from thinksafe.types import SAFE, UNPARSED, Record
+from thinksafe.judging import drop_reason
+from thinksafe.types import Record
 
 INPUT, OUTPUT, STATS = "judged.jsonl", "sft.jsonl", "dataset_stats.json"
-
-
-def drop_reason(r: Record) -> str | None:
-    """Why a sample is dropped, or None to keep it. Order: completeness first, then the verdict."""
-    c = r.completion
-    if c is None:
-        return "no_completion"
-    if c.finish_reason != "stop":
-        return "truncated"
-    if "</think>" not in c.text:
-        return "no_think_close"
-    if r.verdict is None:
-        return "no_verdict"
-    if r.verdict.label == UNPARSED:
-        return "unparsed"
-    if r.verdict.label != SAFE:
-        return "unsafe"
-    return None
 
 
 def build(records: Iterable[Record], overlaps=None) -> tuple[list[dict], dict]:
@@ -59,21 +42,33 @@ def build(records: Iterable[Record], overlaps=None) -> tuple[list[dict], dict]:
 
 def eval_overlaps(cfg) -> tuple:
     """(``overlaps(prompt)`` against the evaluation prompts or None, what decontamination did)."""
-    info = {"enabled": cfg.dataset.decontaminate}
-    if not cfg.dataset.decontaminate:
+    mode = cfg.dataset.decontaminate
+    info: dict = {"enabled": bool(mode), "mode": "best_effort" if mode == "best_effort" else bool(mode)}
+    if not mode:
         return None, info
     from thinksafe.decontam import Decontaminator, evaluation_prompts
-    prompts, missing = evaluation_prompts(cfg)
-    info.update(ngram=cfg.dataset.ngram, eval_prompts=len(prompts), unavailable=missing)
+    prompts, found = evaluation_prompts(cfg)
+    info.update(ngram=cfg.dataset.ngram, eval_prompts=len(prompts), **found)
     return Decontaminator(prompts, cfg.dataset.ngram).overlaps, info
+
+
+def read_judged(path: Path) -> Iterator[Record]:
+    """The judged records, one per id, streamed: a later verdict for the same id wins (it judged the
+    completion as it is now). Two passes over the file; only the ids stay in memory."""
+    last: dict[str, int] = {}
+    for i, d in enumerate(iter_jsonl(path, appended=True)):
+        last[d["id"]] = i
+    for i, d in enumerate(iter_jsonl(path, appended=True)):
+        if last.get(d["id"]) == i:
+            yield Record.from_json(d)
 
 
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     overlaps, decontam = eval_overlaps(cfg)
-    rows = iter_jsonl(run_dir / INPUT, appended=True)       # streamed: only kept rows stay in memory
-    kept, stats = build((Record.from_json(d) for d in rows), overlaps)
+    kept, stats = build(read_judged(run_dir / INPUT), overlaps)      # only kept rows stay in memory
     if not stats["total"]:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
+    decontam["dropped"] = stats["dropped"].get("eval_overlap", 0)
     stats["decontamination"] = decontam
     if not kept:
         raise DataError(f"dataset: every sample was dropped ({stats['dropped']}); nothing to train on")

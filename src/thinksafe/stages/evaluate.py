@@ -37,22 +37,20 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from thinksafe.errors import ConfigError, DataError
+from thinksafe.errors import DataError
+from thinksafe.evalsets import (GATED, PAPER_BENCHMARKS, VIRTUAL, eval_config, eval_records,  # noqa: F401
+                                kind_of, load_benchmark, resolve_benchmarks, store_of)
+from thinksafe.generation import expand, generate_records
 from thinksafe.io import write_json, write_jsonl
-from thinksafe.prompts import organism_records
+from thinksafe.judging import judge_records
+from thinksafe.runfolder import move_aside
 from thinksafe.runtime import guard as make_guard
 from thinksafe.runtime import model_backend
-from thinksafe.stages.generate import expand, generate_records
-from thinksafe.stages.judge import judge_records
 from thinksafe.types import SAFE, UNPARSED, Record
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-PAPER_BENCHMARKS = ["harmbench", "strongreject", "wildjailbreak", "xstest",
-                    "aime24", "gsm8k", "math500", "gpqa_diamond"]
-# Virtual benchmarks: name -> (module, load kwargs, folder whose generations/verdicts it shares).
-VIRTUAL = {"wildjailbreak_250": ("wildjailbreak", {"subset": 250}, "wildjailbreak")}
 REASONING_SAMPLES = 8          # the paper's n for pass@1
-GATED = {"gpqa_diamond"}       # skipped (and recorded) when the file is absent
+ORGANISM_FILES = ("generations.jsonl", "steered_generations.jsonl", "judged.jsonl")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -134,54 +132,6 @@ def harmful_by_group(harm: list[Record]) -> dict:
         out[g] = {"n": len(rs), "guard": _rate(k_guard, len(rs)), "oracle": _rate(k_oracle, len(rs)),
                   "ci95_guard": wilson(k_guard, len(rs)), "ci95_oracle": wilson(k_oracle, len(rs))}
     return out
-
-
-def eval_records(cfg) -> list[Record]:
-    e = cfg.evaluate
-    return expand(organism_records(cfg.seed, "eval", e.n_reasoning, e.n_harmful, e.n_borderline),
-                  e.samples or 1)
-
-
-# =============================================================================== benchmarks
-def resolve_benchmarks(names: list[str]) -> list[str]:
-    """Expand ``paper``; check every name; keep the order, drop repeats."""
-    from thinksafe import benchmarks as B
-    known = ["organism", "paper", *B.BENCHMARKS, *VIRTUAL]
-    out: list[str] = []
-    for name in names:
-        for n in (PAPER_BENCHMARKS if name == "paper" else [name]):
-            if n not in known:
-                import difflib
-                guess = difflib.get_close_matches(n, known, n=1)
-                hint = f" Did you mean '{guess[0]}'?" if guess else ""
-                raise ConfigError(f"evaluate.benchmarks: unknown benchmark '{n}'.{hint} "
-                                  f"Known: {', '.join(known)}")
-            if n not in out:
-                out.append(n)
-    return out
-
-
-def kind_of(name: str) -> str:
-    from thinksafe import benchmarks as B
-    if name == "organism":
-        return "organism"
-    return B.get(VIRTUAL[name][0] if name in VIRTUAL else name).KIND
-
-
-def store_of(name: str) -> str:
-    """The folder holding a benchmark's generations and verdicts."""
-    return VIRTUAL[name][2] if name in VIRTUAL else name
-
-
-def load_benchmark(name: str, data_dir, limit: int | None) -> list[Record]:
-    """Prompts of one benchmark (XSTest: ``limit`` safe + ``limit`` unsafe)."""
-    from thinksafe import benchmarks as B
-    if name in VIRTUAL:
-        module, kwargs, _ = VIRTUAL[name]
-        return B.load(module, data_dir, limit, **kwargs)
-    if name == "xstest":
-        return B.load(name, data_dir, limit, split="safe") + B.load(name, data_dir, limit, split="unsafe")
-    return B.load(name, data_dir, limit)
 
 
 def split_response(text: str) -> tuple[str, str | None]:
@@ -354,13 +304,6 @@ def refusal_guard_config(cfg):
                                  max_input_tokens=e.refusal_guard_max_input_tokens, suffix=None))
 
 
-def eval_config(cfg):
-    """The run config with the evaluation sampling in the ``generate`` section (None = family preset)."""
-    e = cfg.evaluate
-    return replace(cfg, generate=replace(cfg.generate, temperature=e.temperature, top_p=e.top_p,
-                                         top_k=e.top_k))
-
-
 def _settings(cfg, adapter, kind: str) -> dict:
     """What a benchmark's saved files depend on; a rerun with other values is refused."""
     from thinksafe.families import get_family
@@ -371,25 +314,36 @@ def _settings(cfg, adapter, kind: str) -> dict:
     s = {"generation": {"model": cfg.model.path, "adapter": str(adapter) if adapter else None,
                         "family": fam.name, "temperature": p.temperature, "top_p": p.top_p,
                         "top_k": p.top_k, "max_new_tokens": p.max_new_tokens, "seed": cfg.seed}}
-    if kind == "safety":
-        s["guard"] = {"kind": cfg.guard.kind, "path": cfg.guard.path}
+    if kind == "safety":          # everything that changes a verdict
+        g = cfg.guard
+        s["guard"] = {"kind": g.kind, "path": g.path, "top_k": g.top_k,
+                      "max_input_tokens": g.max_input_tokens, "suffix": g.suffix}
     if kind == "overrefusal":
         s["refusal_guard"] = {"kind": e.refusal_guard_kind, "path": e.refusal_guard_path}
     return s
 
 
-def _check_settings(folder: Path, settings: dict) -> None:
+def _check_settings(folder: Path, settings: dict, run_dir: Path | None = None,
+                    files: tuple[str, ...] | None = None, show: bool = False) -> None:
+    """Saved generations / verdicts in ``folder`` made with other settings are moved aside into
+    ``<run>/old/`` (never reused, never deleted); then the settings are saved."""
     p = folder / "settings.json"
     if p.exists():
         old = json.loads(p.read_text())
         diff = [k for k in settings if k in old and old[k] != settings[k]]
         if diff:
-            files = {"generation": "the whole folder", "guard": "judged*.jsonl",
-                     "refusal_guard": "refusal.jsonl"}
-            raise ConfigError(f"{folder} was made with other {', '.join(diff)} settings "
-                              f"({'; '.join(f'{k}: {old[k]} -> {settings[k]}' for k in diff)}); "
-                              f"delete {' and '.join(files[k] for k in diff)} there to redo it, "
-                              "or evaluate into another run folder")
+            # generation changed: everything in the folder; a guard only: its verdict files
+            parts = {"generation": ["*"], "guard": ["judged*.jsonl"], "refusal_guard": ["refusal.jsonl"]}
+            if files is not None:
+                globs = list(files)
+            else:
+                globs = ["*"] if "generation" in diff else [g for k in diff for g in parts.get(k, ["*"])]
+            root = Path(run_dir) if run_dir is not None else folder.parent
+            rels = [str((folder / g).relative_to(root)) for g in globs]
+            moved = move_aside(root, rels, "evaluate")
+            _log(show, f"[evaluate] {folder}: {', '.join(diff)} changed "
+                       f"({'; '.join(f'{k}: {old[k]} -> {settings[k]}' for k in diff)}); "
+                       f"moved aside {len(moved)} file(s) into {root / 'old'}")
     write_json(p, settings)
 
 
@@ -447,13 +401,16 @@ def evaluate_model(cfg, run_dir: Path, tag: str, adapter: str | None = None, sho
             continue
         base = [replace(r, meta={**r.meta, "problem_id": r.id}) for r in base]
         records[name] = expand(base, _samples(cfg, kind))
-        _check_settings(out / store_of(name), _settings(cfg, adapter, kind))
+        _check_settings(out / store_of(name), _settings(cfg, adapter, kind), run_dir, show=show)
 
     # ---- phase 1: generate (one model load for every benchmark)
     gen: dict[str, list[Record]] = {}
     steered: list[Record] = []
     if "organism" in names:
         org = eval_records(cfg)
+        _check_settings(out, {"organism": {**_settings(cfg, adapter, "organism")["generation"],
+                                           **_settings(cfg, adapter, "safety")["guard"]}},
+                        run_dir, files=ORGANISM_FILES, show=show)
         gen["organism"] = generate_records(model, org, ecfg, "none", out / "generations.jsonl",
                                            e.max_new_tokens, f"evaluate {tag}", show, chunk=gen_chunk)
         if steered_check:
@@ -534,25 +491,3 @@ def _log(show: bool, msg: str) -> None:
     if show:
         from rich.console import Console
         Console(stderr=True, soft_wrap=True).print(msg, highlight=False, markup=False)
-
-
-def prepare_eval_dir(cfg, force: bool = False) -> Path:
-    """``prepare_run_dir`` for the evaluate command: a saved config that differs from this one only
-    in its ``evaluate`` section is updated rather than refused (evaluation settings do not touch
-    the earlier stages; what a benchmark's saved files depend on is checked per benchmark)."""
-    import yaml
-
-    from thinksafe.config import to_dict
-    from thinksafe.pipeline import prepare_run_dir
-    saved = Path(cfg.out) / "config.yaml"
-    if saved.exists() and not force:
-        try:
-            old = yaml.safe_load(saved.read_text()) or {}
-        except yaml.YAMLError:
-            old = {}
-        new = to_dict(cfg)
-        if {k: v for k, v in old.items() if k != "evaluate"} == \
-                {k: v for k, v in new.items() if k != "evaluate"} and old.get("evaluate") != new["evaluate"]:
-            from thinksafe.io import write_text
-            write_text(saved, yaml.safe_dump(new, sort_keys=False))
-    return prepare_run_dir(cfg, force)

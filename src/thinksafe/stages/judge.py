@@ -1,55 +1,58 @@
-"""judge: the guard judges each (ORIGINAL prompt, full response). Fail closed, resumable."""
+"""judge: the guard judges each (ORIGINAL prompt, full response). Fail closed, resumable.
+
+A verdict is tied to the text it judged (``meta.judged_sha256``): a completion that changed under
+the same id is judged again. A sharded generation must be complete (every record of every shard
+present) unless ``generate.allow_incomplete`` is set, in which case what is missing is counted in
+the summary."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 from thinksafe.errors import DataError
-from thinksafe.io import append_jsonl, read_jsonl
+from thinksafe.generation import expected_records, missing_by_shard, read_generated, shard_files
+from thinksafe.judging import acceptance, accepted, judge_records  # noqa: F401
 from thinksafe.runtime import guard as make_guard
-from thinksafe.runtime import progress_bar
-from thinksafe.types import Record
+from thinksafe.stages.resample import resample
 
 INPUT, OUTPUT = "generated.jsonl", "judged.jsonl"
 
 
-def judge_records(guard, records: list[Record], out_path: Path | None, desc: str = "judge",
-                  show: bool = True, chunk: int | None = None) -> list[Record]:
-    done = {d["id"]: Record.from_json(d) for d in read_jsonl(out_path, repair=True)} if out_path else {}
-    todo = [r for r in records if r.id not in done]
-    backend = getattr(guard, "backend", None)
-    # vLLM batches continuously inside a call: hand it a chunk sized by its scheduler
-    chunk = chunk or getattr(backend, "chunk_hint", None) or max(4 * getattr(backend, "batch_size", 32), 1)
-    new: dict[str, Record] = {}
-    with progress_bar(desc, len(records), show) as advance:
-        advance(len(records) - len(todo))
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            verdicts = guard.judge([(r.prompt, r.completion.text) for r in part], progress=advance)
-            if len(verdicts) != len(part):
-                raise DataError(f"guard returned {len(verdicts)} verdicts for {len(part)} records")
-            judged = [replace(r, verdict=v) for r, v in zip(part, verdicts)]
-            new.update({r.id: r for r in judged})
-            if out_path:
-                append_jsonl(out_path, [r.to_json() for r in judged])
-    allrec = {**done, **new}
-    return [allrec[r.id] for r in records]
+def check_complete(cfg, run_dir: Path, records) -> dict:
+    """Every expected record is there, or a DataError naming the shards short of records (unless
+    ``generate.allow_incomplete``: then the counts go into the summary)."""
+    have = {r.id for r in records}
+    expected = expected_records(cfg)
+    files = shard_files(run_dir)
+    ns = sorted({int(f.name.rsplit("-of-", 1)[1].split(".")[0]) for f in files}) or [1]
+    missing = missing_by_shard(expected, have, ns[-1])
+    n_missing = sum(m for m, _ in missing.values())
+    if not n_missing:
+        return {}
+    where = ", ".join(f"shard {k} ({m} of {e} records missing, "
+                      f"{run_dir / ('generated.jsonl' if k == '0/1' else 'generated.shard-%s-of-%s.jsonl' % tuple(k.split('/')))})"
+                      for k, (m, e) in missing.items())
+    if not cfg.generate.allow_incomplete:
+        hint = (f"rerun `thinksafe generate --shard I/N` for each, or `thinksafe run`" if files
+                else "rerun `thinksafe generate`")
+        raise DataError(f"judge: the generation is incomplete: {where}; {hint} "
+                        "(or pass --allow-incomplete to judge what is there)")
+    return {"incomplete": True, "missing_records": n_missing,
+            "incomplete_shards": {k: {"missing": m, "expected": e} for k, (m, e) in missing.items()}}
 
 
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     t0 = time.time()
-    from thinksafe.stages.generate import read_generated
     records = read_generated(run_dir)
     if not records:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe generate` first")
+    gaps = check_complete(cfg, run_dir, records)
     guard = make_guard(cfg)
     out = judge_records(guard, records, run_dir / OUTPUT, show=show)
     rounds = [acceptance(out)]
     if cfg.generate.max_attempts > 1:
-        from thinksafe.stages.resample import resample
         out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)
     from thinksafe.compute import verdict_input_tokens    # counted by the guard while judging
@@ -57,28 +60,6 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     release(guard)
     return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
-            "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1),
+            "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1), **gaps,
             "guard_input_tokens": verdict_input_tokens([r.verdict for r in out], guard,
                                                        [(r.prompt, r.completion.text) for r in out])}
-
-
-def accepted(r: Record) -> bool:
-    from thinksafe.stages.dataset import drop_reason
-    return drop_reason(r) is None
-
-
-def acceptance(records: list[Record]) -> dict:
-    """Share of prompts with at least one accepted sample, by label."""
-    by_prompt: dict[tuple[str, str], bool] = {}
-    for r in records:
-        key = (r.label, r.meta.get("prompt_id", r.id))
-        by_prompt[key] = by_prompt.get(key, False) or accepted(r)
-    out = {}
-    counts: dict[str, list[int]] = {}
-    for (label, _), ok in by_prompt.items():
-        c = counts.setdefault(label, [0, 0])
-        c[0] += ok
-        c[1] += 1
-    for label in sorted(counts):
-        out[label] = round(counts[label][0] / counts[label][1], 4)
-    return out

@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from thinksafe.generation import OUTPUT as GENERATED
+from thinksafe.generation import generate_records
+from thinksafe.judging import acceptance, accepted, judge_records
 from thinksafe.runtime import guard as make_guard
 from thinksafe.runtime import has_engine, model_backend, release
-from thinksafe.stages.generate import OUTPUT as GENERATED
-from thinksafe.stages.generate import generate_records
-from thinksafe.stages.judge import OUTPUT as JUDGED
-from thinksafe.stages.judge import acceptance, accepted, judge_records
 from thinksafe.types import Record, stable_id
+
+JUDGED = "judged.jsonl"
 
 
 def rejected_prompts(judged: list[Record]) -> list[Record]:
@@ -39,9 +40,7 @@ def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True)
     rounds = [{"attempt": 0, "prompts": len({r.meta.get("prompt_id", r.id) for r in judged}),
                "accepted": acceptance(judged)}]
     backend = None
-    # vLLM engines take their memory up front: the guard's engine is freed before the model's
-    # loads, and the other way round, so generate-then-judge fits one GPU
-    swap = has_engine(guard)
+    swap = has_engine(guard)        # a vLLM guard: its engine and the model's take turns
     for attempt in range(1, cfg.generate.max_attempts):
         todo = rejected_prompts(judged)
         if not todo:
@@ -52,11 +51,11 @@ def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True)
         backend = backend or model_backend(cfg)
         gen = generate_records(backend, new, cfg, cfg.generate.steering, run_dir / GENERATED,
                                cfg.generate.max_new_tokens, f"resample {attempt}", show)
-        if swap or has_engine(backend):
+        done = {r.id for r in judged}
+        if swap or has_engine(backend):     # vLLM: free the model's engine before the guard's loads
             release(backend)
             backend = None
             guard = make_guard(cfg) if swap else guard
-        done = {r.id for r in judged}
         fresh = judge_records(guard, [r for r in gen if r.id not in done], run_dir / JUDGED,
                               f"judge resample {attempt}", show)
         judged = judged + fresh

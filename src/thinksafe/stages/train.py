@@ -11,7 +11,9 @@ the default) or cut to ``max_length`` (``truncation: cut``); both are counted in
 padding, attended per example, with a chunked LM-head cross-entropy (``thinksafe.trainers.packed``);
 ``packing: false`` trains on TRL's padded batches with TRL's loss. A model whose attention the packed
 path does not implement (sliding windows, attention dropout) trains padded, with a note in the
-summary. Multi-GPU: launch this stage with ``accelerate launch``; only the main process writes files.
+summary. ``micro_batch_tokens``: each step's batch_size × grad_accum examples are drawn as one batch and
+cut into packed micro-batches by tokens (``thinksafe.trainers.microbatch``; same steps, same gradient).
+Multi-GPU: launch this stage with ``accelerate launch``; only the main process writes files.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def tokenize_example(tokenizer, prompt: str, response: str, family: Family) -> d
 
 
 def tokenize_many(tokenizer, rows: list[dict], family: Family, prompt_field: str = "prompt",
-                  response_field: str = "response", block: int = 1024):
+                  response_field: str = "response", block: int = 256):
     """:func:`tokenize_example` for many rows, fast: each prompt is rendered once (samples of one
     prompt share it), prompts and responses are tokenized in batched tokenizer calls and the
     round-trip check decodes each response once, also batched. Yields ``(index, example)`` or
@@ -174,6 +176,11 @@ def check_train_config(tc) -> None:
     for key in ("kl_chunk_size", "ce_chunk_size"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
+    from thinksafe.trainers.kernels import LM_HEAD_LOSSES
+    if getattr(tc, "lm_head_loss", "auto") not in LM_HEAD_LOSSES:
+        raise ConfigError(f"train.lm_head_loss must be one of {', '.join(LM_HEAD_LOSSES)}, got {tc.lm_head_loss!r}")
+    if getattr(tc, "micro_batch_tokens", None) is not None and tc.micro_batch_tokens < 1:
+        raise ConfigError(f"train.micro_batch_tokens must be >= 1 (or null = off), got {tc.micro_batch_tokens}")
     if not isinstance(tc.save_steps, int) or isinstance(tc.save_steps, bool) or tc.save_steps < 0:
         raise ConfigError(f"train.save_steps must be an integer >= 0 (0 = once per epoch), got {tc.save_steps!r}")
     if tc.method == "lora":
@@ -189,24 +196,35 @@ def check_reporter(report_to: str) -> None:
         raise MissingDependency(f"train.report_to={report_to} needs {need[0][0]}: {need[1]}")
 
 
-def sft_config(tc, out_dir: Path, seed: int, use_bf16: bool):
+def sft_config(tc, out_dir: Path, seed: int, use_bf16: bool, micro_batch_tokens: int | None = None,
+               checkpointing: bool | None = None):
+    """TRL's SFTConfig for ``train``. ``micro_batch_tokens``: the Trainer draws each step's
+    batch_size × grad_accum examples as one batch (one accumulation step) and the packed trainer cuts
+    it by tokens; ``checkpointing``: decided gradient checkpointing (None: ``train.gradient_checkpointing``)."""
     import dataclasses
 
     from trl import SFTConfig
     extra = {}
-    if not getattr(tc, "gradient_checkpointing", True):       # TRL's SFTConfig turns it on by default
+    if checkpointing is None:
+        checkpointing = getattr(tc, "gradient_checkpointing", True) is not False
+    if not checkpointing:                                        # TRL's SFTConfig turns it on by default
         names = {f.name for f in dataclasses.fields(SFTConfig)}
         extra["gradient_checkpointing"] = False
         if "activation_checkpointing" in names:                 # the new name (transformers >= 5.x)
             extra["activation_checkpointing"] = False
+    if getattr(tc, "group_by_length", False):
+        extra["train_sampling_strategy"] = "group_by_length"
+    per_device, accum = tc.batch_size, tc.grad_accum
+    if micro_batch_tokens:
+        per_device, accum = tc.batch_size * tc.grad_accum, 1
     save_steps = getattr(tc, "save_steps", 0) or 0
     if save_steps:
         extra.update(save_strategy="steps", save_steps=save_steps)
     else:
         extra["save_strategy"] = "epoch"
     return SFTConfig(output_dir=str(out_dir), learning_rate=tc.lr, num_train_epochs=tc.epochs,
-                     per_device_train_batch_size=tc.batch_size,
-                     gradient_accumulation_steps=tc.grad_accum, lr_scheduler_type=tc.scheduler,
+                     per_device_train_batch_size=per_device,
+                     gradient_accumulation_steps=accum, lr_scheduler_type=tc.scheduler,
                      warmup_steps=tc.warmup_ratio, max_grad_norm=tc.max_grad_norm, max_length=None,
                      logging_steps=tc.logging_steps, save_total_limit=1,
                      report_to=getattr(tc, "report_to", "none"), seed=seed, data_seed=seed, bf16=use_bf16,
@@ -226,17 +244,44 @@ def packing_choice(tc, model_config) -> tuple[bool, str | None]:
     return True, None
 
 
+def micro_batching(tc, packing: bool) -> int | None:
+    """``train.micro_batch_tokens`` when it applies (packed training), else None."""
+    return getattr(tc, "micro_batch_tokens", None) if packing else None
+
+
+def checkpointing_choice(tc, model, packing: bool) -> tuple[bool, str | None]:
+    """(gradient checkpointing?, why): ``train.gradient_checkpointing`` when set; null = auto, decided by
+    :func:`thinksafe.trainers.microbatch.checkpointing_needed` for the largest forward pass (the token
+    budget, or max_length, whichever is larger; padded: batch_size × max_length plus full logits)."""
+    if tc.gradient_checkpointing is not None:
+        return bool(tc.gradient_checkpointing), None
+    import torch
+
+    from thinksafe.trainers.microbatch import checkpointing_needed
+    micro = micro_batching(tc, packing)
+    tokens = max(micro, tc.max_length) if micro else tc.batch_size * tc.max_length
+    free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    weights = sum(p.numel() * (2 if free is not None else p.element_size()) for p in model.parameters())
+    on, why = checkpointing_needed(model.config, tokens, free, trainable, weight_bytes=weights,
+                                   logits=not packing)
+    return on, f"train.gradient_checkpointing=null (auto): {why}"
+
+
 def make_trainer(tc, packing: bool, ref_model=None, **kwargs):
     """The trainer for ``train.objective`` × packing (kwargs: SFTTrainer's model, args, train_dataset, ...)."""
+    micro = micro_batching(tc, packing)
     if tc.objective == "kl":
         if packing:
-            from thinksafe.trainers.packed import PackedKLTrainer as cls
-        else:
-            from thinksafe.trainers.kl import KLTrainer as cls
-        return cls(**kwargs, ref_model=ref_model, kl_chunk_size=tc.kl_chunk_size)
+            from thinksafe.trainers.packed import PackedKLTrainer
+            return PackedKLTrainer(**kwargs, ref_model=ref_model, kl_chunk_size=tc.kl_chunk_size,
+                                   micro_batch_tokens=micro)
+        from thinksafe.trainers.kl import KLTrainer
+        return KLTrainer(**kwargs, ref_model=ref_model, kl_chunk_size=tc.kl_chunk_size)
     if packing:
         from thinksafe.trainers.packed import PackedSFTTrainer
-        return PackedSFTTrainer(**kwargs, ce_chunk_size=tc.ce_chunk_size)
+        return PackedSFTTrainer(**kwargs, ce_chunk_size=tc.ce_chunk_size, micro_batch_tokens=micro,
+                                lm_head_loss=getattr(tc, "lm_head_loss", "auto"))
     from trl import SFTTrainer
     return SFTTrainer(**kwargs)
 
@@ -253,6 +298,19 @@ def packing_summary(trainer, packing: bool, note: str | None) -> dict:
         out.update({"packed_rows": rows, "real_tokens_per_row": round(real / rows, 1) if rows else None,
                     "padding_tokens_avoided": padded - real,
                     "padding_frac_avoided": round((padded - real) / padded, 4) if padded else None})
+        micro = getattr(trainer, "micro_batch_tokens", None)
+        if micro:
+            steps, parts, tokens, largest = (int(x) for x in trainer.micro_batch_stats.tolist())
+            out.update({"micro_batch_tokens": micro, "packed_rows": parts,
+                        "real_tokens_per_row": round(tokens / parts, 1) if parts else None,
+                        "micro_batches_per_step": round(parts / steps, 2) if steps else None,
+                        "tokens_per_micro_batch": round(tokens / parts, 1) if parts else None,
+                        "max_tokens_per_micro_batch": largest})
+        head = getattr(trainer, "lm_head_backend", None)
+        if head:
+            out["lm_head_loss"] = head["backend"]
+            if head.get("reason"):
+                out["lm_head_loss_note"] = head["reason"]
         backend = getattr(trainer, "varlen_backend", None) or {}
         out["varlen_backend"] = backend.get("backend")
         if backend.get("reason"):
@@ -326,6 +384,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16 if use_bf16 else torch.float32, use_safetensors=True)
     packing, packing_note = packing_choice(tc, model.config)
+    if not packing and getattr(tc, "micro_batch_tokens", None):
+        extra = "train.micro_batch_tokens ignored without packing (batch_size x grad_accum accumulation steps)"
+        packing_note = f"{packing_note}; {extra}" if packing_note else extra
     if packing_note and main:
         print(f"[train] {packing_note}", file=sys.stderr, flush=True)
     ref_model = None
@@ -333,12 +394,16 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         model = get_peft_model(model, lora_config(tc.lora, model))
     elif tc.objective == "kl":
         ref_model = copy.deepcopy(model)           # full fine-tuning: the reference is a frozen copy
+    checkpointing, ckpt_note = checkpointing_choice(tc, model, packing)
+    if ckpt_note and main:
+        print(f"[train] {ckpt_note}", file=sys.stderr, flush=True)
     columns = ["input_ids", "labels"] + (["is_benign"] if tc.objective == "kl" else [])
     ds = Dataset.from_list([{k: e[k] for k in columns} for e in examples])
     ckpt_dir = run_dir / "checkpoints"
     if tc.report_to == "tensorboard":
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
-    kwargs = dict(model=model, args=sft_config(tc, ckpt_dir, cfg.seed, use_bf16), train_dataset=ds,
+    args = sft_config(tc, ckpt_dir, cfg.seed, use_bf16, micro_batching(tc, packing), checkpointing)
+    kwargs = dict(model=model, args=args, train_dataset=ds,
                   processing_class=tok, callbacks=[progress_callback(show)])
     trainer = make_trainer(tc, packing, ref_model=ref_model, **kwargs)
     from transformers.trainer_callback import PrinterCallback
@@ -364,6 +429,8 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
                "world_size": world, "input_tokens_seen": seen,
                "tokens_per_second": round(session / runtime, 1) if runtime else None,
                "output": out.name, "resumed": resume, "seconds": round(time.time() - t0, 1),
+               "gradient_checkpointing": checkpointing,
+               **({"gradient_checkpointing_note": ckpt_note} if ckpt_note else {}),
                **packing_summary(trainer, packing, packing_note)}
     for key in ("ce", "kl"):
         last = [h[key] for h in history if key in h]

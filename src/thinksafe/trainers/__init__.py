@@ -8,4 +8,8 @@ Submodules are imported on use (they pull in torch / TRL):
   ThinkSafe+KL on the packed row (kl).
 - ``thinksafe.trainers.packing``: batch planning, the packed collator and the varlen attention.
 - ``thinksafe.trainers.loss``: the chunked linear + cross-entropy.
+- ``thinksafe.trainers.microbatch``: token-budget micro-batches inside the paper's optimiser step
+  (``train.micro_batch_tokens``) and the automatic gradient-checkpointing decision.
+- ``thinksafe.trainers.kernels``: Liger / Cut Cross-Entropy LM-head loss and flash-attn varlen, when
+  installed and on CUDA, each checked against the PyTorch path.
 """

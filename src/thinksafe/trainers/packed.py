@@ -34,6 +34,7 @@ from thinksafe.trainers.kl import (KLTrainer, _redirect, backbone, causal_lm, cr
                                    forward_kl_per_token, frozen_head, gathered, output_head, peft_reference,
                                    softcap_of)
 from thinksafe.trainers.loss import chunked_cross_entropy
+from thinksafe.trainers.microbatch import MicroBatchTraining
 from thinksafe.trainers.packing import (IGNORE_INDEX, VARLEN_ATTENTION, PackedCollator, packed_model_inputs,
                                         register_varlen_attention, select_varlen_backend)
 
@@ -69,24 +70,32 @@ def _plain_head(head) -> bool:
     return not isinstance(head.weight, DTensor)
 
 
-def packed_lm_loss(model, batch: dict, *, chunk_size: int = 2048, num_items=None) -> torch.Tensor:
+def packed_lm_loss(model, batch: dict, *, chunk_size: int = 2048, num_items=None,
+                   kernel: str = "torch") -> torch.Tensor:
     """Cross-entropy of a packed row's response tokens: their sum / ``num_items`` (default: their count).
 
     ``model`` is the unwrapped student (PeftModel or causal LM) with the varlen attention set. A plain LM
-    head goes through :func:`chunked_cross_entropy`; anything else (an adapter on the head, a bias, logit
-    soft-capping, a sharded weight) through the head module, a checkpointed chunk at a time."""
+    head goes through ``kernel`` (liger | cce, :mod:`thinksafe.trainers.kernels`) or, with ``torch``,
+    :func:`chunked_cross_entropy`; anything else (an adapter on the head, a bias, logit soft-capping, a
+    sharded weight) through the head module, a checkpointed chunk at a time."""
     kw = packed_model_inputs(batch)
     hidden = backbone(model)(**kw, use_cache=False).last_hidden_state
     head = output_head(model)
     hidden = hidden.to(head.weight.device)
     labels = batch["labels"].to(hidden.device)
     softcap = softcap_of(model)
-    if _plain_head(head) and not softcap:
-        return chunked_cross_entropy(hidden, head.weight, labels, chunk_size=chunk_size, num_items=num_items)
     y = labels[0, 1:]
     learned = y != IGNORE_INDEX
-    ce = cross_entropy_per_token(hidden[0, :-1][learned], y[learned], gathered(head), chunk_size, softcap)
     denom = num_items if num_items is not None else learned.sum()
+    if _plain_head(head) and not softcap and kernel != "torch":
+        if not bool(learned.any()):             # e.g. a micro-batch that only keeps collectives paired
+            return hidden.sum() * 0.0
+        from thinksafe.trainers.kernels import linear_ce_sum
+        ce = linear_ce_sum(kernel, hidden[0, :-1][learned], head.weight, y[learned])
+        return ce / torch.as_tensor(denom, device=ce.device).clamp(min=1) + hidden.sum() * 0.0
+    if _plain_head(head) and not softcap:
+        return chunked_cross_entropy(hidden, head.weight, labels, chunk_size=chunk_size, num_items=num_items)
+    ce = cross_entropy_per_token(hidden[0, :-1][learned], y[learned], gathered(head), chunk_size, softcap)
     return ce.sum() / torch.as_tensor(denom, device=ce.device).clamp(min=1) + hidden.sum() * 0.0
 
 
@@ -218,25 +227,34 @@ class _Packing:
         return batch_samples, num_items
 
 
-class PackedSFTTrainer(_Packing, SFTTrainer):
+class PackedSFTTrainer(MicroBatchTraining, _Packing, SFTTrainer):
     """SFTTrainer on packed rows with the varlen attention and the chunked cross-entropy.
 
     The dataset needs ``input_ids`` and ``labels`` (-100 where nothing is learned).
-    ``ce_chunk_size``: response tokens per chunk of the fused LM head + cross-entropy."""
+    ``ce_chunk_size``: response tokens per chunk of the fused LM head + cross-entropy.
+    ``micro_batch_tokens``: cut each collated batch into micro-batches of at most this many tokens
+    (:mod:`thinksafe.trainers.microbatch`); None = one forward pass per collated batch."""
 
-    def __init__(self, *args, ce_chunk_size: int = 2048, **kwargs):
+    def __init__(self, *args, ce_chunk_size: int = 2048, micro_batch_tokens: int | None = None,
+                 lm_head_loss: str = "auto", **kwargs):
         kwargs.setdefault("data_collator", PackedCollator())
         super().__init__(*args, **kwargs)
         self.ce_chunk_size = ce_chunk_size
         self.loss_is_scaled_for_ga = True       # divided by the step's response tokens below
         self._init_packing()
+        self._init_micro_batches(micro_batch_tokens)
+        from thinksafe.trainers.kernels import select_lm_head_loss
+        lm = self._causal_lms()[0]
+        head = lm.get_output_embeddings()
+        self.lm_head_backend = select_lm_head_loss(lm_head_loss, self.args.device, head.weight.shape[1],
+                                                   dtype=next(lm.parameters()).dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         self._use_varlen()
         unwrapped = self.accelerator.unwrap_model(model)
         loss = _redirect(model, unwrapped, packed_lm_loss, unwrapped, inputs, chunk_size=self.ce_chunk_size,
-                         num_items=num_items_in_batch)
+                         num_items=num_items_in_batch, kernel=self.lm_head_backend["backend"])
         # as Trainer / TRL: num_items_in_batch counts every process's tokens and DDP averages gradients
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
@@ -247,14 +265,16 @@ class PackedSFTTrainer(_Packing, SFTTrainer):
         return (loss, None) if return_outputs else loss
 
 
-class PackedKLTrainer(_Packing, KLTrainer):
+class PackedKLTrainer(MicroBatchTraining, _Packing, KLTrainer):
     """ThinkSafe+KL (:class:`~thinksafe.trainers.kl.KLTrainer`) on packed rows: one ``is_benign``
-    flag per packed example; counts and means over the whole optimiser step, as KLTrainer."""
+    flag per packed example; counts and means over the whole optimiser step, as KLTrainer.
+    ``micro_batch_tokens`` as :class:`PackedSFTTrainer`."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, micro_batch_tokens: int | None = None, **kwargs):
         kwargs.setdefault("data_collator", PackedCollator())    # KLTrainer keeps is_benign around it
         super().__init__(*args, **kwargs)
         self._init_packing()
+        self._init_micro_batches(micro_batch_tokens)
 
     def _row_counts(self, batch, device=None) -> torch.Tensor:
         device = device if device is not None else batch["labels"].device

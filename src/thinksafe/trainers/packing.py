@@ -44,6 +44,10 @@ IGNORE_INDEX = -100
 VARLEN_ATTENTION = "thinksafe_varlen"
 
 
+class PackedAttentionError(RuntimeError):
+    """The packed (varlen) attention was called without the per-example lengths of the packed row."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Batch planning
 # --------------------------------------------------------------------------------------------------------------
@@ -247,8 +251,9 @@ _BACKEND = {"name": "auto"}
 
 
 def set_varlen_backend(name: str) -> None:
-    """``"auto"`` (torch varlen on CUDA when importable, else the SDPA loop), ``"torch_varlen"`` or ``"sdpa_loop"``."""
-    if name not in ("auto", "torch_varlen", "sdpa_loop"):
+    """``"auto"`` (torch varlen on CUDA when importable, else the SDPA loop), ``"flash_attn"`` (the flash-attn
+    package), ``"torch_varlen"`` or ``"sdpa_loop"``."""
+    if name not in ("auto", "flash_attn", "torch_varlen", "sdpa_loop"):
         raise ValueError(name)
     _BACKEND["name"] = name
 
@@ -265,40 +270,47 @@ def select_varlen_backend(device: torch.device | str, num_heads: int = 16, num_k
                           seq_lens: Sequence[int] = (700, 1, 1300, 500), tol: float = 5e-2) -> dict[str, Any]:
     """Choose and set (:func:`set_varlen_backend`) the backend for ``device``; returns what was chosen and why.
 
-    Off CUDA: the per-example SDPA loop. On CUDA: torch's varlen FlashAttention if it imports, runs, and matches
-    the loop (output, q and k gradients, max abs difference < ``tol``) on a random packed batch of this attention
-    shape and dtype; otherwise the loop, with the reason.
+    Off CUDA: the per-example SDPA loop. On CUDA, the first of FlashAttention's ``flash_attn_varlen_func``
+    (flash-attn package) and torch's varlen FlashAttention that imports, runs, and matches the loop (output,
+    q and k gradients, max abs difference < ``tol``) on a random packed batch of this attention shape and
+    dtype; otherwise the loop, with the reasons.
     """
+    from thinksafe.trainers.kernels import flash_attn_varlen
     device = torch.device(device)
     if device.type != "cuda":
         set_varlen_backend("sdpa_loop")
         return {"backend": "sdpa_loop"}
-    set_varlen_backend("auto")
-    if get_varlen_backend(device) != "torch_varlen":
-        set_varlen_backend("sdpa_loop")
-        return {"backend": "sdpa_loop", "reason": "torch.nn.attention.varlen not importable"}
+    reasons = []
+    for name, fn in (("flash_attn", flash_attn_varlen), ("torch_varlen", _torch_varlen)):
+        if fn() is None:
+            reasons.append(f"{name} not importable")
+            continue
+        try:
+            err = _varlen_self_check(name, device, num_heads, num_kv_heads, head_dim, dtype, seq_lens)
+        except Exception as e:          # noqa: BLE001 - recorded, and the next candidate is tried
+            reasons.append(f"{name} failed: {type(e).__name__}: {e}"[:300])
+            continue
+        if err < tol:
+            set_varlen_backend(name)
+            return {"backend": name, "max_abs_diff_vs_sdpa_loop": err}
+        reasons.append(f"{name} differs from the SDPA loop by {err:.3g}")
+    set_varlen_backend("sdpa_loop")
+    return {"backend": "sdpa_loop", "reason": "; ".join(reasons)}
+
+
+def _varlen_self_check(name, device, num_heads, num_kv_heads, head_dim, dtype, seq_lens) -> float:
     g = torch.Generator(device=device).manual_seed(0)
     T = sum(seq_lens)
     q = torch.randn(T, num_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
     k = torch.randn(T, num_kv_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
     v = torch.randn(T, num_kv_heads, head_dim, device=device, dtype=dtype, generator=g).requires_grad_()
     go = torch.randn(T, num_heads, head_dim, device=device, dtype=dtype, generator=g)
-    try:
-        outs = []
-        for backend in ("torch_varlen", "sdpa_loop"):
-            o = varlen_attention(q, k, v, seq_lens, scale=head_dim ** -0.5, backend=backend)
-            gq, gk = torch.autograd.grad(o, (q, k), go)
-            outs.append((o.float(), gq.float(), gk.float()))
-        err = max((a - b).abs().max().item() for a, b in zip(*outs))
-    except Exception as e:          # noqa: BLE001 - recorded, and the exact loop is used
-        set_varlen_backend("sdpa_loop")
-        return {"backend": "sdpa_loop", "reason": f"torch varlen failed: {type(e).__name__}: {e}"[:300]}
-    ok = err < tol
-    set_varlen_backend("torch_varlen" if ok else "sdpa_loop")
-    out: dict[str, Any] = {"backend": "torch_varlen" if ok else "sdpa_loop", "max_abs_diff_vs_sdpa_loop": err}
-    if not ok:
-        out["reason"] = f"torch varlen differs from the SDPA loop by {err:.3g}"
-    return out
+    outs = []
+    for backend in (name, "sdpa_loop"):
+        o = varlen_attention(q, k, v, seq_lens, scale=head_dim ** -0.5, backend=backend)
+        gq, gk = torch.autograd.grad(o, (q, k), go)
+        outs.append((o.float(), gq.float(), gk.float()))
+    return max((a - b).abs().max().item() for a, b in zip(*outs))
 
 
 def _torch_varlen():
@@ -322,6 +334,14 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     if sum(seq_lens) != T:
         raise ValueError(f"seq_lens sum to {sum(seq_lens)}, expected {T}")
     backend = backend or get_varlen_backend(query.device)
+    if backend == "flash_attn":
+        from thinksafe.trainers.kernels import flash_attn_varlen
+        if cu_seqlens is None:
+            cu_seqlens = torch.tensor([0, *torch.tensor(list(seq_lens)).cumsum(0).tolist()], dtype=torch.int32)
+        cu_seqlens = cu_seqlens.to(query.device, torch.int32, non_blocking=True)
+        max_len = int(max_len if max_len is not None else max(seq_lens))
+        return flash_attn_varlen()(query.contiguous(), key.contiguous(), value.contiguous(), cu_seqlens, cu_seqlens,
+                                   max_len, max_len, softmax_scale=scale, causal=True)      # GQA built in
     if backend == "torch_varlen":
         fn = _torch_varlen()
         params = inspect.signature(fn).parameters
@@ -372,17 +392,19 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                              scaling: float | None = None, sliding_window: int | None = None, **kwargs):
     """transformers attention-interface entry: ``query`` ``(B, Hq, T, D)``, ``key``/``value`` ``(B, Hkv, T, D)``.
 
-    Needs ``packed_seq_lens`` (or ``cu_seq_lens_q``) in the forward kwargs and batch size 1; without them it
-    falls back to transformers' SDPA (ordinary unpacked batches, padding masks included).
+    Needs ``packed_seq_lens`` (or ``cu_seq_lens_q``) in the forward kwargs and batch size 1. Without them it
+    raises :class:`PackedAttentionError`: transformers builds no mask for this implementation, so attending
+    over the whole row would let every packed example see the ones before it.
     """
     seq_lens = kwargs.get("packed_seq_lens")
     cu = kwargs.get("cu_seq_lens_q")
     if seq_lens is None and cu is not None:
         seq_lens = [int(x) for x in torch.diff(cu.to("cpu")).tolist()]
     if seq_lens is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        raise PackedAttentionError(
+            f"{VARLEN_ATTENTION} attention got no per-example lengths (packed_seq_lens / cu_seq_lens_q) in the "
+            "forward call; full causal attention over a packed row would leak across examples. Pass the packed "
+            "batch's keys (packed_model_inputs) or set the model's attention back (restore_attention)")
     if sliding_window is not None:
         raise NotImplementedError("varlen attention does not implement sliding windows")
     if dropout and module.training:
