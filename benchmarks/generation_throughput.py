@@ -6,6 +6,12 @@ top_p 0.95, top_k 20. Prints tokens/s per method and the ratio to the plain call
 
     python benchmarks/generation_throughput.py                 # GPU: the issue's setting
     python benchmarks/generation_throughput.py --tiny          # CPU: a tiny shape (exercised by tests)
+    python benchmarks/generation_throughput.py --vllm          # vLLM vs the transformers backend
+
+``--vllm`` runs thinksafe's vLLM backend and its transformers backend on the same prompts, for the
+organism base and for a random Qwen3 of a larger shape vLLM supports (``--vllm-shape``), and prints
+the tokens/s of each and their ratio, measured in one run (vLLM's CPU build on CPU). Needs vllm
+(``make setup-vllm``, then ``.venv-vllm/bin/python``); ``--json`` writes the rows.
 """
 
 from __future__ import annotations
@@ -58,6 +64,73 @@ def measure(fn, new_tokens: int, repeats: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+SHAPES = {   # random Qwen3s vLLM runs (head_dim among vLLM's sizes)
+    "small": dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=64),
+    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+}
+
+
+def random_qwen3_dir(shape: str, out) -> str:
+    cfg = Qwen3Config(**SHAPES[shape], tie_word_embeddings=True, max_position_embeddings=4096,
+                      eos_token_id=0, pad_token_id=1, bos_token_id=None)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    return str(out)
+
+
+def vllm_rows(args) -> list[dict]:
+    """The vLLM backend vs the transformers backend on the same prompts, per model."""
+    import tempfile
+
+    from thinksafe.backends.vllm import VLLMBackend
+    from thinksafe.organism import resolve_model_path
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    params = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, max_new_tokens=args.new_tokens, seed=0)
+    tmp = tempfile.mkdtemp(prefix="genbench-")
+    models = [("organism base", resolve_model_path("organism"))]
+    models.append((f"random Qwen3 ({args.vllm_shape})", random_qwen3_dir(args.vllm_shape, f"{tmp}/m")))
+    rows = []
+    for name, path in models:
+        vocab = json.load(open(f"{path}/config.json"))["vocab_size"]
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(2, min(vocab, 1000), (args.batch, args.prompt_len), generator=g)
+        prompts = [" ".join(map(str, row.tolist())) for row in ids]
+        row = {"model": name, "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+        hf = HFBackend(path, tokenizer=_Tok(), batch_size=args.batch, dtype=dtype, device=device)
+        row["transformers"] = measure(
+            lambda: sum(c.completion_tokens for c in hf.generate(prompts, params, ignore_eos=True)),
+            args.new_tokens, args.repeats)
+        del hf
+        t0 = time.perf_counter()
+        be = VLLMBackend(path, tokenizer=_Tok(), dtype=dtype, max_model_len=args.prompt_len + args.new_tokens + 8,
+                         skip_tokenizer_init=True, gpu_memory_utilization=0.5)
+        row["vllm_startup_s"] = round(time.perf_counter() - t0, 1)
+        row["vllm"] = measure(
+            lambda: sum(c.completion_tokens for c in be.generate(prompts, params, ignore_eos=True)),
+            args.new_tokens, args.repeats)
+        be.close()
+        row["ratio"] = row["vllm"] / row["transformers"]
+        rows.append(row)
+    return rows
+
+
+def print_vllm(rows: list[dict], args) -> None:
+    import transformers
+    import vllm
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"device: {card}; torch {torch.__version__}; transformers {transformers.__version__}; "
+          f"vllm {vllm.__version__}")
+    print(f"batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens} (EOS ignored), "
+          "T 0.6 / top_p 0.95 / top_k 20")
+    print("| model | transformers tok/s | vLLM tok/s | vLLM / transformers | vLLM start-up |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['transformers']:,.0f} | {r['vllm']:,.0f} | **{r['ratio']:.2f}×** | "
+              f"{r['vllm_startup_s']} s |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
@@ -67,7 +140,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--methods", default="naive,static,continuous")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--vllm", action="store_true", help="vLLM vs the transformers backend (needs vllm)")
+    ap.add_argument("--vllm-shape", default="small", choices=sorted(SHAPES))
     args = ap.parse_args()
+    if args.vllm:
+        rows = vllm_rows(args)
+        print_vllm(rows, args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows}, f, indent=2)
+        return
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     model = model_for(args.tiny, device)
     g = torch.Generator().manual_seed(1)

@@ -52,36 +52,70 @@ def _reason(text: str):
     return "stop"
 
 
+class FakeEngine:
+    """The engine loop LLM.generate runs: requests finish in ``step()`` (all in one step here,
+    in reverse order when FakeLLM.reverse)."""
+
+    def __init__(self):
+        self.queue: list = []
+        self.aborted: list[str] = []
+        self.steps = 0
+
+    def has_unfinished_requests(self):
+        return bool(self.queue)
+
+    def step(self):
+        self.steps += 1
+        done, self.queue = self.queue, []
+        return done[::-1] if FakeLLM.reverse else done
+
+    def abort_request(self, ids):
+        self.aborted += list(ids)
+        self.queue = [o for o in self.queue if o.request_id not in ids]
+
+
 class FakeLLM:
     instances: list = []
-    reverse = False            # return outputs in the wrong order
+    reverse = False            # requests finish in the reverse order
     no_logprobs = False
+    wrong_ids = False          # outputs carry another prompt's token ids
 
     def __init__(self, **kw):
         self.kw = kw
         self.calls: list[dict] = []
+        self.llm_engine = FakeEngine()
+        self._next = 0
         FakeLLM.instances.append(self)
 
     def get_tokenizer(self):
         return CharTokenizer()
 
-    def generate(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None):
+    def _output(self, rid: str, ids: list[int], n: int):
+        text = "".join(chr(i) for i in ids)
+        first = None if FakeLLM.no_logprobs else {
+            ids[-1]: FakeLogprob(-0.1), 7: FakeLogprob(-2.5), 9: FakeLogprob(-4.0),
+            11: FakeLogprob(-9.0)}   # vLLM may add the sampled token beyond top-k
+        comps = []
+        for i in range(n):
+            gen = f"<{text}>" if n == 1 else f"<{text}#{i}>"
+            comps.append(SimpleNamespace(index=i, text=gen, token_ids=tuple(range(len(gen))),
+                                         cumulative_logprob=None, finish_reason=_reason(text),
+                                         logprobs=None if first is None else [first, {1: FakeLogprob(0.0)}]))
+        sent = list(ids[::-1]) if FakeLLM.wrong_ids else list(ids)
+        return SimpleNamespace(request_id=rid, prompt=None, prompt_token_ids=sent,
+                               outputs=comps[::-1], finished=True)
+
+    def enqueue(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None):
         self.calls.append(dict(prompts=prompts, sampling_params=sampling_params, use_tqdm=use_tqdm,
                                lora_request=lora_request))
-        outs = []
-        for p in prompts:
-            ids = p["prompt_token_ids"]
-            text = "".join(chr(i) for i in ids)
-            gen = f"<{text}>"
-            first = None if FakeLLM.no_logprobs else {
-                ids[-1]: FakeLogprob(-0.1), 7: FakeLogprob(-2.5), 9: FakeLogprob(-4.0),
-                11: FakeLogprob(-9.0)}   # vLLM may add the sampled token beyond top-k
-            comp = SimpleNamespace(index=0, text=gen, token_ids=tuple(range(len(gen))),
-                                   cumulative_logprob=None, finish_reason=_reason(text),
-                                   logprobs=None if first is None else [first, {1: FakeLogprob(0.0)}])
-            outs.append(SimpleNamespace(request_id=str(len(outs)), prompt=None, prompt_token_ids=list(ids),
-                                        outputs=[comp], finished=True))
-        return outs[::-1] if FakeLLM.reverse else outs
+        sps = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        rids = []
+        for p, sp in zip(prompts, sps):
+            rid = str(self._next)
+            self._next += 1
+            rids.append(rid)
+            self.llm_engine.queue.append(self._output(rid, p["prompt_token_ids"], getattr(sp, "n", 1)))
+        return rids
 
 
 @pytest.fixture
@@ -89,6 +123,7 @@ def fake_vllm(monkeypatch):
     FakeLLM.instances = []
     monkeypatch.setattr(FakeLLM, "reverse", False)
     monkeypatch.setattr(FakeLLM, "no_logprobs", False)
+    monkeypatch.setattr(FakeLLM, "wrong_ids", False)
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = FakeLLM, FakeSamplingParams
     lora = types.ModuleType("vllm.lora")
@@ -124,11 +159,18 @@ def test_prompts_go_as_token_ids_without_special_tokens(fake_vllm):
     assert be.llm.calls[0]["use_tqdm"] is False
 
 
-def test_outputs_in_the_wrong_order_are_an_error(fake_vllm):
+def test_outputs_finishing_out_of_order_come_back_in_input_order(fake_vllm):
     FakeLLM.reverse = True
     be = VLLMBackend("m")
-    with pytest.raises(RuntimeError, match="order"):
-        be.generate(["a", "b"], PARAMS)
+    assert [c.text for c in be.generate(["a", "b", "c"], PARAMS)] == ["<a>", "<b>", "<c>"]
+
+
+def test_an_output_of_another_prompt_is_an_error(fake_vllm):
+    FakeLLM.wrong_ids = True
+    be = VLLMBackend("m")
+    with pytest.raises(RuntimeError, match="another prompt"):
+        be.generate(["ab", "cd"], PARAMS)
+    assert sorted(be.llm.llm_engine.aborted) == ["0", "1"]             # nothing is left running
 
 
 def test_finish_reasons_mapped(fake_vllm):
@@ -145,7 +187,7 @@ def test_sampling_params_translated(fake_vllm, top_k, expected):
                                            max_new_tokens=77, seed=3))
     sp = be.llm.calls[0]["sampling_params"]
     assert isinstance(sp, FakeSamplingParams)                        # one object for distinct prompts
-    assert sp.kw == dict(temperature=0.6, top_p=0.95, top_k=expected, max_tokens=77, seed=3)
+    assert sp.kw == dict(n=1, temperature=0.6, top_p=0.95, top_k=expected, max_tokens=77, seed=3)
 
 
 def test_empty_prompt_list_makes_no_call(fake_vllm):
@@ -160,6 +202,35 @@ def test_progress_reports_every_prompt(fake_vllm):
     seen = []
     be.generate(["a", "b", "c"], PARAMS, progress=seen.append)
     assert sum(seen) == 3
+
+
+def test_stream_sends_everything_at_once_and_yields_k_samples_in_order(fake_vllm):
+    FakeLLM.reverse = True
+    be = VLLMBackend("m", shard_index=2)
+    ps = [SamplingParams(seed=10), SamplingParams(seed=20)]
+    got = dict(be.stream(["ab", "c"], ps, [3, 1]))
+    assert len(be.llm.calls) == 1 and be.llm.llm_engine.steps == 1   # one submission, one engine loop
+    assert [c.text for c in got[0]] == ["<ab#0>", "<ab#1>", "<ab#2>"]  # sample order, not arrival
+    assert [c.text for c in got[1]] == ["<c>"]
+    sps = be.llm.calls[0]["sampling_params"]
+    assert [(sp.n, sp.seed) for sp in sps] == [(3, 12), (1, 22)]      # seed + shard; vLLM adds i per sample
+
+
+def test_stream_aborts_what_is_left_when_the_consumer_stops(fake_vllm):
+    be = VLLMBackend("m")
+    it = be.stream(["a", "b", "c"], [PARAMS] * 3, [1, 1, 1])
+    next(it)
+    it.close()                                                        # e.g. the writer failed
+    assert sorted(be.llm.llm_engine.aborted) == ["1", "2"]
+
+
+def test_close_shuts_the_engine_down(fake_vllm):
+    be = VLLMBackend("m")
+    down = []
+    be.llm.llm_engine.engine_core = SimpleNamespace(shutdown=lambda: down.append(1))
+    be.close()
+    be.close()
+    assert down == [1] and not hasattr(be, "llm")
 
 
 # --------------------------------------------------------------------------- seeds

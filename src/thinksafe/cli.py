@@ -257,31 +257,37 @@ def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write
                    verify: Annotated[bool, typer.Option(help="Build into a temporary folder and check that it "
                                                               "is byte-identical to the bundled organism.")] = False,
                    teacher_only: Annotated[bool, typer.Option(help="Only (re)build teacher/, with the tokenizer "
-                                                                    "of the base already in the folder.")] = False):
+                                                                    "of the base already in the folder.")] = False,
+                   guard_only: Annotated[bool, typer.Option(help="Only (re)build guard/, from the base already "
+                                                                  "in the folder (the guard a full build makes).")] = False):
     """Rebuild the organism (world, tokenizer, base, guard, teacher) from scratch, deterministically."""
     import json
     import tempfile
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from thinksafe.organism import organism_dir
-    from thinksafe.organism.build import TINY, BuildSpec, build, build_teacher_into, compare_builds
+    from thinksafe.organism.build import (TINY, BuildSpec, build, build_guard_into, build_teacher_into,
+                                          compare_builds)
     from thinksafe.organism.teacher import TINY_TEACHER, TeacherSpec
     spec = replace(TINY if tiny else BuildSpec(), seed=seed)
     tspec = replace(TINY_TEACHER if tiny else TeacherSpec(), seed=seed)
     log = lambda s: console.print(s, highlight=False)  # noqa: E731
-    if teacher_only:
-        if verify:
-            raise typer.BadParameter("--teacher-only and --verify do not go together")
+    if teacher_only or guard_only:
+        if verify or (teacher_only and guard_only):
+            raise typer.BadParameter("--teacher-only, --guard-only and --verify do not go together")
         target = out or organism_dir()
         if not (Path(target) / "base" / "config.json").is_file():
             raise typer.BadParameter(f"no base organism in {target} to take the tokenizer from")
-        info = build_teacher_into(target, tspec, log)
+        which = "teacher" if teacher_only else "guard"
+        info = build_teacher_into(target, tspec, log) if teacher_only else build_guard_into(target, spec, log)
         man = Path(target) / "organism.json"
         if man.exists():
             data = json.loads(man.read_text())
             data.update(info)
+            if guard_only:
+                data["spec"] = asdict(spec)
             man.write_text(json.dumps(data, indent=2) + "\n")
-        console.print(f"teacher built in {info['teacher_seconds']}s -> {Path(target) / 'teacher'}", highlight=False)
+        console.print(f"{which} built in {info[which + '_seconds']}s -> {Path(target) / which}", highlight=False)
         return
     target = Path(tempfile.mkdtemp(prefix="organism-")) if verify else (out or organism_dir())
     m = build(target, spec, log=log, teacher_spec=tspec)

@@ -30,6 +30,7 @@ class ModelConfig:
     tensor_parallel_size: int = 1   # vLLM only
     max_model_len: int | None = None  # vLLM only
     gpu_memory_utilization: float = 0.9  # vLLM only
+    enforce_eager: bool = False     # vLLM only: no torch.compile / CUDA graphs (starts faster, runs slower)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class GuardConfig:
                                     # health-checked first; a failed call is an error, never a verdict
     server_model: str | None = None  # the name the server serves the guard under (None = guard.path)
     server_timeout: float = 120.0   # seconds per request
+    backend: str | None = None      # transformers | vllm | auto; None = model.backend
+    tensor_parallel_size: int = 1   # vLLM only: the guard's own engine settings, not the model's
+    max_model_len: int | None = None  # vLLM only; None = max_input_tokens + 64
+    gpu_memory_utilization: float = 0.9  # vLLM only (the model's engine is freed before the guard loads)
+    enforce_eager: bool = False     # vLLM only, as model.enforce_eager
 
 
 @dataclass(frozen=True)

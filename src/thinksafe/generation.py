@@ -39,6 +39,11 @@ def generate_records(backend, records: list[Record], cfg, steer: str, out_path: 
     if out_path:
         done.update({d["id"]: Record.from_json(d) for d in read_jsonl(out_path, repair=True)})
     todo = [r for r in records if r.id not in done]
+    if todo and callable(getattr(backend, "stream", None)):
+        new_stream = _generate_streaming(backend, todo, cfg, steer, out_path, max_new_tokens, desc,
+                                         show, len(records) - len(todo), len(records))
+        allrec = {**done, **new_stream}
+        return [allrec[r.id] for r in records]
     chunk = chunk or max(backend.batch_size * 2, 1)
     new: dict[str, Record] = {}
     with progress_bar(desc, len(records), show) as advance:
@@ -66,6 +71,62 @@ def generate_records(backend, records: list[Record], cfg, steer: str, out_path: 
 
 
 # ----------------------------------------------------------------------------- shards
+def sample_runs(todo: list[Record]) -> list[list[Record]]:
+    """The pending records as engine requests: the samples of one prompt (same id family, same
+    attempt) with consecutive sample indices form one request of n samples."""
+    groups: dict[tuple, list[Record]] = {}
+    for r in todo:
+        groups.setdefault((r.meta.get("prompt_id", r.id), r.meta.get("attempt", 0), r.prompt, r.label),
+                          []).append(r)
+    runs = []
+    for group in groups.values():
+        group.sort(key=lambda r: r.sample)
+        run = [group[0]]
+        for r in group[1:]:
+            if r.sample == run[-1].sample + 1:
+                run.append(r)
+            else:
+                runs.append(run)
+                run = [r]
+        runs.append(run)
+    return runs
+
+
+def _generate_streaming(backend, todo: list[Record], cfg, steer: str, out_path: Path | None,
+                        max_new_tokens: int, desc: str, show: bool, already: int, total: int,
+                        flush_seconds: float = 1.0, flush_rows: int = 256) -> dict[str, Record]:
+    """Every pending prompt to the backend at once (``backend.stream``: continuous batching), one
+    request of n samples per prompt; completions are appended as they finish (at most
+    ``flush_seconds`` / ``flush_rows`` of them unwritten), so a crash loses only those and a rerun
+    generates just what is missing. Sample s of a prompt has seed ``cfg.seed + s`` (vLLM gives
+    sample i of a request seeded S the seed S + i), whatever was already done."""
+    family = family_of(cfg)
+    runs = sample_runs(todo)
+    sent = [steering.apply(steer, run[0].prompt, run[0].label) for run in runs]
+    texts = [render_prompt(backend.tokenizer, t, family) for t, _ in sent]
+    params = [sampling(cfg.generate, family, cfg.seed + run[0].sample, max_new_tokens) for run in runs]
+    new: dict[str, Record] = {}
+    rows: list[dict] = []
+    last = time.time()
+    with progress_bar(desc, total, show) as advance:
+        advance(already)
+        try:
+            for k, comps in backend.stream(texts, params, [len(run) for run in runs]):
+                for r, c in zip(runs[k], comps):
+                    rec = replace(r, steering=sent[k][1],
+                                  completion=replace(c, text=restore_prefill(family, c.text)))
+                    new[rec.id] = rec
+                    rows.append(rec.to_json())
+                advance(len(comps))
+                if out_path and rows and (len(rows) >= flush_rows or time.time() - last >= flush_seconds):
+                    append_jsonl(out_path, rows)
+                    rows, last = [], time.time()
+        finally:            # an error (or Ctrl-C) keeps what has finished
+            if out_path:
+                append_jsonl(out_path, rows)
+    return new
+
+
 def parse_shard(spec: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in spec.split("/"))

@@ -38,7 +38,9 @@ def judge_records(guard, records: list[Record], out_path: Path | None, desc: str
         return old is not None and old.verdict is not None and \
             old.meta.get(JUDGED_SHA, judged_hash(old)) == want[rid]
     todo = [r for r in records if not fresh(r.id)]
-    chunk = chunk or max(4 * getattr(getattr(guard, "backend", None), "batch_size", 32), 1)
+    backend = getattr(guard, "backend", None)
+    # vLLM batches continuously inside a call: hand it a chunk sized by its scheduler
+    chunk = chunk or getattr(backend, "chunk_hint", None) or max(4 * getattr(backend, "batch_size", 32), 1)
     new: dict[str, Record] = {}
     with progress_bar(desc, len(records), show) as advance:
         advance(len(records) - len(todo))

@@ -36,7 +36,8 @@ def model_backend(cfg, adapter: str | None = None):
 
 def _vllm_kwargs(m, seed: int) -> dict:
     return {"tensor_parallel_size": m.tensor_parallel_size, "max_model_len": m.max_model_len,
-            "gpu_memory_utilization": m.gpu_memory_utilization, "seed": seed}
+            "gpu_memory_utilization": m.gpu_memory_utilization, "seed": seed,
+            **({"enforce_eager": True} if m.enforce_eager else {})}
 
 
 def guard(cfg):
@@ -48,10 +49,33 @@ def guard(cfg):
         backend = ServerBackend(g.server_url, resolve_model_path(g.path), model_name=g.server_model or g.path,
                                 timeout=g.server_timeout, batch_size=g.batch_size)
         return make_guard(g, backend)
-    backend = make_backend(cfg.model.backend, resolve_model_path(g.path), batch_size=g.batch_size,
-                           dtype=cfg.model.dtype, device=cfg.model.device,
-                           vllm_kwargs=_vllm_kwargs(cfg.model, cfg.seed))
+    backend = make_backend(g.backend or cfg.model.backend, resolve_model_path(g.path),
+                           batch_size=g.batch_size, dtype=cfg.model.dtype, device=cfg.model.device,
+                           vllm_kwargs=guard_vllm_kwargs(g, cfg.seed), what="guard")
     return make_guard(g, backend)
+
+
+def guard_vllm_kwargs(g, seed: int) -> dict:
+    """The guard's own vLLM engine: it reads at most max_input_tokens plus a few verdict tokens."""
+    return {"tensor_parallel_size": g.tensor_parallel_size,
+            "max_model_len": g.max_model_len or (g.max_input_tokens + 64 if g.max_input_tokens else None),
+            "gpu_memory_utilization": g.gpu_memory_utilization, "seed": seed,
+            **({"enforce_eager": True} if g.enforce_eager else {})}
+
+
+def release(obj) -> None:
+    """Free a backend's engine (or a guard's) now, before the next model loads; no-op for
+    backends without one (transformers models go with their last reference)."""
+    for target in (obj, getattr(obj, "backend", None)):
+        close = getattr(target, "close", None)
+        if callable(close):
+            close()
+            return
+
+
+def has_engine(obj) -> bool:
+    """True when ``release`` would free something (a vLLM engine)."""
+    return any(callable(getattr(t, "close", None)) for t in (obj, getattr(obj, "backend", None)))
 
 
 def family_of(cfg) -> Family:

@@ -23,6 +23,14 @@ Seeds: every request gets ``params.seed + shard_index`` so that data-parallel co
 run do not sample identical text (vllm-project/vllm#11953); a prompt repeated within one call
 gets a further derived seed for each repeat, so repeats are distinct samples, as with HFBackend.
 vllm is imported only inside the constructor.
+
+Throughput: ``stream(prompts, params, n)`` hands every request to the engine at once
+(``LLM.enqueue``) and steps the engine itself (``llm_engine.step()``, as ``LLM.generate`` does),
+yielding each request's completions the moment it finishes, so the scheduler batches
+continuously while the caller writes results as they come (crash safety). ``n`` samples of a
+prompt are one request (``SamplingParams(n=k)``: one prompt, k children sharing its prefix);
+vLLM gives child i the seed ``seed + i`` (vllm/v1/engine/parallel_sampling.py), so sample i of a
+request with seed S is the same as a single-sample request with seed S + i.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from thinksafe.errors import MissingDependency
@@ -54,6 +62,14 @@ def lora_rank_for(adapter: str | Path, default: int = 64) -> int:
         if allowed >= r:
             return allowed
     return r   # larger than vLLM allows: let vLLM report it
+
+
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+        return bool(current_platform.is_cpu())
+    except Exception:      # noqa: BLE001 - a stub or an older layout: assume an accelerator
+        return False
 
 
 def finish_reason(reason: str | None) -> str:
@@ -89,6 +105,11 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_for(adapter))
             self.lora_request = LoRARequest("adapter", 1, str(adapter))
+        if _on_cpu() and "enable_chunked_prefill" not in llm_kwargs:
+            # vLLM's CPU build fails on a seeded request whose prefill was split over steps
+            # ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync): keep
+            # every prompt's prefill whole
+            kwargs.update(enable_chunked_prefill=False)
         kwargs.update(llm_kwargs)
         # `device` is accepted for make_backend compatibility; vLLM picks its own device.
         self.llm = vllm.LLM(**kwargs)
@@ -98,20 +119,61 @@ class VLLMBackend:
     def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
         return [list(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
 
-    def _run(self, ids: list[list[int]], sampling):
+    @property
+    def chunk_hint(self) -> int:
+        """Requests worth handing over at once when a caller works in chunks: a few times the
+        number of sequences the scheduler runs together."""
+        try:
+            return 8 * int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+        except (AttributeError, TypeError, ValueError):
+            return 8 * self.batch_size
+
+    def _make_params(self, params: SamplingParams, seed: int, n: int = 1, **extra):
+        return self._SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                                    top_k=params.top_k if params.top_k > 0 else -1,
+                                    max_tokens=params.max_new_tokens, seed=seed, **extra)
+
+    def _submit(self, ids: list[list[int]], sampling) -> Iterator[tuple[int, object]]:
+        """Every request to the engine at once; yields (index, RequestOutput) as each finishes.
+        Requests still running when the consumer stops (an error, a kill of the caller's loop)
+        are aborted, so the engine is clean for the next call."""
+        engine = self.llm.llm_engine
+        if engine.has_unfinished_requests():
+            raise RuntimeError("the vLLM engine still has requests of an earlier call")
         kwargs = {"use_tqdm": False}
         if self.lora_request is not None:
             kwargs["lora_request"] = self.lora_request
-        outs = list(self.llm.generate([{"prompt_token_ids": i} for i in ids], sampling, **kwargs))
-        if len(outs) != len(ids):
-            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(ids)} prompts")
-        for i, (o, sent) in enumerate(zip(outs, ids)):
-            got = getattr(o, "prompt_token_ids", None)
-            if got is not None and list(got) != sent:
-                raise RuntimeError(f"vLLM output {i} belongs to another prompt (order not preserved)")
+        # enqueue returns the engine's internal ids ("<id>-<8 random chars>"); outputs and
+        # abort_request use the caller's ("<id>")
+        req_ids = [rid.rsplit("-", 1)[0] for rid in
+                   self.llm.enqueue([{"prompt_token_ids": i} for i in ids], sampling, **kwargs)]
+        index = {rid: k for k, rid in enumerate(req_ids)}
+        pending = set(req_ids)
+        try:
+            while pending and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished or out.request_id not in index:
+                        continue
+                    k = index[out.request_id]
+                    got = getattr(out, "prompt_token_ids", None)
+                    if got is not None and list(got) != ids[k]:
+                        raise RuntimeError(f"vLLM output {k} belongs to another prompt")
+                    pending.discard(out.request_id)
+                    yield k, out
+        finally:
+            if pending:
+                engine.abort_request(list(pending))
+        if pending:
+            raise RuntimeError(f"vLLM finished without {len(pending)} of {len(ids)} requests")
+
+    def _run(self, ids: list[list[int]], sampling) -> list:
+        """All requests at once; the outputs in input order."""
+        outs: list = [None] * len(ids)
+        for k, out in self._submit(ids, sampling):
+            outs[k] = out
         return outs
 
-    def _sampling(self, params: SamplingParams, prompts: Sequence[str]):
+    def _seeds(self, params: SamplingParams, prompts: Sequence[str]) -> list[int]:
         base = params.seed + self.shard_index
         seen: Counter[str] = Counter()
         seeds = []
@@ -119,30 +181,51 @@ class VLLMBackend:
             k = seen[p]
             seen[p] += 1
             seeds.append(base if k == 0 else _repeat_seed(base, k))
+        return seeds
 
-        def make(seed: int):
-            return self._SamplingParams(temperature=params.temperature, top_p=params.top_p,
-                                        top_k=params.top_k if params.top_k > 0 else -1,
-                                        max_tokens=params.max_new_tokens, seed=seed)
+    def _sampling(self, params: SamplingParams, prompts: Sequence[str], **extra):
+        seeds = self._seeds(params, prompts)
         if len(set(seeds)) == 1:
-            return make(seeds[0])
-        return [make(s) for s in seeds]
+            return self._make_params(params, seeds[0], **extra)
+        return [self._make_params(params, s, **extra) for s in seeds]
+
+    def _completions(self, out, n_sent: int) -> list[Completion]:
+        got = getattr(out, "prompt_token_ids", None)
+        n_prompt = len(got) if got is not None else n_sent
+        return [Completion(c.text, finish_reason(c.finish_reason), n_prompt, len(c.token_ids))
+                for c in sorted(out.outputs, key=lambda c: getattr(c, "index", 0))]
 
     # ------------------------------------------------------------------ protocol
     def generate(self, prompts: Sequence[str], params: SamplingParams,
-                 progress: Callable[[int], None] | None = None) -> list[Completion]:
+                 progress: Callable[[int], None] | None = None, ignore_eos: bool = False) -> list[Completion]:
+        """``ignore_eos`` (benchmarks only) generates exactly max_new_tokens per prompt."""
         if not prompts:
             return []
         ids = self._encode(prompts)
-        outs = self._run(ids, self._sampling(params, prompts))
-        result = []
-        for o, sent in zip(outs, ids):
-            c = o.outputs[0]
-            n_prompt = len(o.prompt_token_ids) if getattr(o, "prompt_token_ids", None) is not None else len(sent)
-            result.append(Completion(c.text, finish_reason(c.finish_reason), n_prompt, len(c.token_ids)))
-        if progress:
-            progress(len(prompts))
+        result: list = [None] * len(prompts)
+        sampling = self._sampling(params, prompts, **({"ignore_eos": True} if ignore_eos else {}))
+        for k, out in self._submit(ids, sampling):
+            result[k] = self._completions(out, len(ids[k]))[0]
+            if progress:
+                progress(1)
         return result
+
+    def stream(self, prompts: Sequence[str], params: Sequence[SamplingParams],
+               n: Sequence[int]) -> Iterator[tuple[int, list[Completion]]]:
+        """Request k: ``n[k]`` samples of ``prompts[k]`` with ``params[k]`` (its seed + the shard
+        index; sample i gets that + i). Yields (k, n[k] completions in sample order) as requests
+        finish, in finishing order. Seeds are the caller's: repeated prompts are not reseeded."""
+        if not prompts:
+            return
+        if not (len(prompts) == len(params) == len(n)):
+            raise ValueError("stream: prompts, params and n must have the same length")
+        ids = self._encode(prompts)
+        sampling = [self._make_params(p, p.seed + self.shard_index, k) for p, k in zip(params, n)]
+        for k, out in self._submit(ids, sampling):
+            comps = self._completions(out, len(ids[k]))
+            if len(comps) != n[k]:
+                raise RuntimeError(f"vLLM returned {len(comps)} samples for a request of {n[k]}")
+            yield k, comps
 
     def next_token_logprobs(self, prompts: Sequence[str], top_k: int = 5,
                             continue_tokens: int = 0) -> list[tuple[dict[int, float], str]]:
@@ -161,3 +244,27 @@ class VLLMBackend:
             lp = dict(sorted(lp.items(), key=lambda kv: kv[1], reverse=True)[:top_k])
             result.append((lp, c.text if continue_tokens > 0 else ""))
         return result
+
+    def close(self) -> None:
+        """Shut the engine down (its worker processes and memory) before another model loads."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        try:     # an engine run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) leaves its groups
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            cleanup_dist_env_and_memory()
+        except Exception:     # noqa: BLE001 - best effort, never masks the caller's work
+            pass
+        import gc
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass

@@ -44,11 +44,12 @@ class BuildSpec:
     guard_world: int = 3000        # templated (prompt, response) pairs
     guard_samples: int = 1200      # prompts answered by the base, labelled by the oracle
     guard_epochs: int = 4
+    guard_head_dim: int = 32       # a head size vLLM's attention kernels support (CPU and GPU)
 
 
 TINY = BuildSpec(n_reasoning=300, n_harmful=150, n_steered=100, n_borderline=60, hidden=32,
                  layers=1, epochs=1, guard_hidden=32, guard_layers=1, guard_world=200,
-                 guard_samples=40, guard_epochs=1)
+                 guard_samples=40, guard_epochs=1, guard_head_dim=8)
 
 
 def _response(p: world.WorldPrompt, rng: random.Random, steered: bool, spec: BuildSpec) -> str:
@@ -125,8 +126,8 @@ def base_config(spec: BuildSpec, vocab: int, tok) -> Qwen3Config:
 def guard_config(spec: BuildSpec, vocab: int, tok) -> LlamaConfig:
     return LlamaConfig(vocab_size=vocab, hidden_size=spec.guard_hidden,
                        intermediate_size=spec.guard_hidden * 3, num_hidden_layers=spec.guard_layers,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                       tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=spec.guard_head_dim,
+                       max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id)
 
 
@@ -195,6 +196,15 @@ def check_tokenizer(tok) -> None:
         raise RuntimeError(f"organism tokenizer splits {bad[:5]}; raise vocab_size")
 
 
+def organism_tokenizer(spec: BuildSpec, pairs: list[tuple[str, str]],
+                       guard_pairs: list[tuple[str, str]]):
+    """The raw BPE tokenizer of the build, trained on the base's and the guard's texts."""
+    corpus = [u + "\n" + r for u, r in pairs] + [u + "\n" + r for u, r in guard_pairs[:500]]
+    corpus += world.vocabulary_corpus() * 5 + [f" {i}" for i in range(100)] * 200
+    corpus += [BASE_CHAT_TEMPLATE, GUARD_CHAT_TEMPLATE, "user\n", "assistant\n", "safe", "unsafe\nS1"] * 200
+    return train_tokenizer(corpus, spec.vocab_size)
+
+
 def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str], None] = print,
           teacher_spec=None) -> dict:
     """Build tokenizer, base, guard and teacher into ``out_dir/{base,guard,teacher}``; returns the
@@ -205,10 +215,7 @@ def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str
     out = Path(out_dir)
     pairs = pretrain_examples(spec)
     guard_pairs = guard_world_pairs(spec)
-    corpus = [u + "\n" + r for u, r in pairs] + [u + "\n" + r for u, r in guard_pairs[:500]]
-    corpus += world.vocabulary_corpus() * 5 + [f" {i}" for i in range(100)] * 200
-    corpus += [BASE_CHAT_TEMPLATE, GUARD_CHAT_TEMPLATE, "user\n", "assistant\n", "safe", "unsafe\nS1"] * 200
-    raw = train_tokenizer(corpus, spec.vocab_size)
+    raw = organism_tokenizer(spec, pairs, guard_pairs)
     base_tok = wrap(raw, BASE_CHAT_TEMPLATE)
     check_tokenizer(base_tok)
     log(f"tokenizer: {len(base_tok)} tokens")
@@ -223,23 +230,10 @@ def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str
     base.save_pretrained(out / "base", safe_serialization=True)
     base_tok.save_pretrained(out / "base")
 
-    log("guard: sampling the base for guard training data")
-    guard_pairs += sample_base(base, base_tok, spec)
-    guard_tok = wrap(raw, GUARD_CHAT_TEMPLATE)
-    torch.manual_seed(spec.seed + 7)
-    guard = LlamaForCausalLM(guard_config(spec, len(guard_tok), guard_tok))
-    log(f"guard: training on {len(guard_pairs)} labelled responses")
-    guard_losses = train_lm(guard, guard_examples(guard_tok, guard_pairs), spec.guard_epochs, spec.lr,
-                            spec.batch, spec.seed + 7, guard_tok.pad_token_id, log)
-    guard.generation_config.eos_token_id = guard_tok.eos_token_id
-    guard.generation_config.pad_token_id = guard_tok.pad_token_id
-    guard.save_pretrained(out / "guard", safe_serialization=True)
-    guard_tok.save_pretrained(out / "guard")
-
     manifest = {"spec": asdict(spec), "base_params": base.num_parameters(),
-                "guard_params": guard.num_parameters(), "base_final_loss": base_losses[-1],
-                "guard_final_loss": guard_losses[-1], "seconds": round(time.time() - t0, 1),
-                "torch": torch.__version__}
+                "base_final_loss": base_losses[-1]}
+    manifest.update(_train_guard(out, spec, raw, base, base_tok, guard_pairs, log))
+    manifest.update(seconds=round(time.time() - t0, 1), torch=torch.__version__)
     if teacher_spec is None:
         from dataclasses import replace as _replace
 
@@ -250,6 +244,43 @@ def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str
     manifest["seconds"] = round(time.time() - t0, 1)
     (out / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _train_guard(out: Path, spec: BuildSpec, raw, base, base_tok, guard_pairs: list[tuple[str, str]],
+                 log: Callable[[str], None]) -> dict:
+    """Train the guard on the world pairs plus the base's own samples; save it to ``out/guard``."""
+    log("guard: sampling the base for guard training data")
+    guard_pairs = guard_pairs + sample_base(base, base_tok, spec)
+    guard_tok = wrap(raw, GUARD_CHAT_TEMPLATE)
+    torch.manual_seed(spec.seed + 7)
+    guard = LlamaForCausalLM(guard_config(spec, len(guard_tok), guard_tok))
+    log(f"guard: training on {len(guard_pairs)} labelled responses")
+    guard_losses = train_lm(guard, guard_examples(guard_tok, guard_pairs), spec.guard_epochs, spec.lr,
+                            spec.batch, spec.seed + 7, guard_tok.pad_token_id, log)
+    guard.generation_config.eos_token_id = guard_tok.eos_token_id
+    guard.generation_config.pad_token_id = guard_tok.pad_token_id
+    guard.save_pretrained(out / "guard", safe_serialization=True)
+    guard_tok.save_pretrained(out / "guard")
+    return {"guard_params": guard.num_parameters(), "guard_final_loss": guard_losses[-1]}
+
+
+def build_guard_into(out_dir: str | Path, spec: BuildSpec = BuildSpec(),
+                     log: Callable[[str], None] = print) -> dict:
+    """Rebuild only ``out_dir/guard`` from the base already in ``out_dir/base`` — the same guard a
+    full build of ``spec`` writes: the tokenizer is retrained (and must equal the base's) and the
+    base's samples come from its saved weights. Returns the manifest entries it changes."""
+    t0 = time.time()
+    out = Path(out_dir)
+    guard_pairs = guard_world_pairs(spec)
+    raw = organism_tokenizer(spec, pretrain_examples(spec), guard_pairs)
+    base_tok = wrap(raw, BASE_CHAT_TEMPLATE)
+    saved = json.loads((out / "base" / "tokenizer.json").read_text())
+    if json.loads(raw.to_str()).get("model") != saved.get("model"):
+        raise RuntimeError(f"the base in {out} was built with another tokenizer (spec or seed differ)")
+    base = Qwen3ForCausalLM.from_pretrained(str(out / "base"), dtype=torch.float32,
+                                            use_safetensors=True).eval()
+    info = _train_guard(out, spec, raw, base, base_tok, guard_pairs, log)
+    return {**info, "guard_seconds": round(time.time() - t0, 1)}
 
 
 def build_teacher_into(out_dir: str | Path, teacher_spec=None, log: Callable[[str], None] = print) -> dict:

@@ -382,6 +382,8 @@ def evaluate_model(cfg, run_dir: Path, tag: str, adapter: str | None = None, sho
     # the chunk sizes generate_records / judge_records would pick themselves, without loading a model
     gen_chunk = max(2 * (model.batch_size if model.loaded else cfg.model.batch_size), 1)
     judge_chunk = max(4 * cfg.guard.batch_size, 1)
+    if (cfg.guard.backend or cfg.model.backend) != "transformers":
+        judge_chunk = max(judge_chunk, 2048)    # vLLM batches continuously within a call
 
     # ---- prompts (fail before any model is loaded)
     real = [n for n in names if n != "organism"]

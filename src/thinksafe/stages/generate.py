@@ -13,7 +13,7 @@ from pathlib import Path
 from thinksafe import steering
 from thinksafe.generation import (OUTPUT, expand, expected_records, generate_records,  # noqa: F401
                                   in_shard, output_path, parse_shard, read_generated, summarize)
-from thinksafe.runtime import model_backend
+from thinksafe.runtime import model_backend, release
 from thinksafe.types import Record
 
 
@@ -28,9 +28,12 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     done = {k: v for k, v in done.items() if k in wanted}
     reused = len(done)
     backend = _LazyBackend(cfg) if reused == len(records) else model_backend(cfg)
-    out = generate_records(backend, records, cfg, cfg.generate.steering, output_path(run_dir, i, n),
-                           cfg.generate.max_new_tokens, "generate" if n == 1 else f"generate {i}/{n}", show,
-                           done=done)
+    try:
+        out = generate_records(backend, records, cfg, cfg.generate.steering, output_path(run_dir, i, n),
+                               cfg.generate.max_new_tokens, "generate" if n == 1 else f"generate {i}/{n}",
+                               show, done=done)
+    finally:
+        release(backend)          # the judge stage's guard gets the memory
     summary = {**summarize(out, t0), "shard": f"{i}/{n}"}
     if reused:
         summary["reused_from_shards"] = reused

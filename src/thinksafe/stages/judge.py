@@ -56,6 +56,8 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)
     from thinksafe.compute import verdict_input_tokens    # counted by the guard while judging
+    from thinksafe.runtime import release
+    release(guard)
     return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
             "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1), **gaps,

@@ -10,7 +10,8 @@ from pathlib import Path
 from thinksafe.generation import OUTPUT as GENERATED
 from thinksafe.generation import generate_records
 from thinksafe.judging import acceptance, accepted, judge_records
-from thinksafe.runtime import model_backend
+from thinksafe.runtime import guard as make_guard
+from thinksafe.runtime import has_engine, model_backend, release
 from thinksafe.types import Record, stable_id
 
 JUDGED = "judged.jsonl"
@@ -39,15 +40,22 @@ def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True)
     rounds = [{"attempt": 0, "prompts": len({r.meta.get("prompt_id", r.id) for r in judged}),
                "accepted": acceptance(judged)}]
     backend = None
+    swap = has_engine(guard)        # a vLLM guard: its engine and the model's take turns
     for attempt in range(1, cfg.generate.max_attempts):
         todo = rejected_prompts(judged)
         if not todo:
             break
         new = attempt_records(todo, attempt, cfg.generate.samples)
+        if swap:
+            release(guard)
         backend = backend or model_backend(cfg)
         gen = generate_records(backend, new, cfg, cfg.generate.steering, run_dir / GENERATED,
                                cfg.generate.max_new_tokens, f"resample {attempt}", show)
         done = {r.id for r in judged}
+        if swap or has_engine(backend):     # vLLM: free the model's engine before the guard's loads
+            release(backend)
+            backend = None
+            guard = make_guard(cfg) if swap else guard
         fresh = judge_records(guard, [r for r in gen if r.id not in done], run_dir / JUDGED,
                               f"judge resample {attempt}", show)
         judged = judged + fresh
