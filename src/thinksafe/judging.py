@@ -38,8 +38,9 @@ def judge_records(guard, records: list[Record], out_path: Path | None, desc: str
         return old is not None and old.verdict is not None and \
             old.meta.get(JUDGED_SHA, judged_hash(old)) == want[rid]
     todo = [r for r in records if not fresh(r.id)]
-    backend = getattr(guard, "backend", None)
-    # vLLM batches continuously inside a call: hand it a chunk sized by its scheduler
+    # vLLM batches continuously inside a call: hand it a chunk sized by its scheduler. A lazily
+    # loaded guard is only asked (and so loaded) when there is something to judge.
+    backend = getattr(guard, "backend", None) if todo else None
     chunk = chunk or getattr(backend, "chunk_hint", None) or max(4 * getattr(backend, "batch_size", 32), 1)
     new: dict[str, Record] = {}
     with progress_bar(desc, len(records), show) as advance:
