@@ -260,11 +260,5 @@ class VLLMBackend:
             cleanup_dist_env_and_memory()
         except Exception:     # noqa: BLE001 - best effort, never masks the caller's work
             pass
-        import gc
-        gc.collect()
-        try:
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        from thinksafe.runtime import release_memory
+        release_memory()

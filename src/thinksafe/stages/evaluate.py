@@ -29,7 +29,6 @@ benchmarks under ``"benchmarks"``.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import time
@@ -45,7 +44,7 @@ from thinksafe.io import write_json, write_jsonl
 from thinksafe.judging import judge_records
 from thinksafe.runfolder import move_aside
 from thinksafe.runtime import guard as make_guard
-from thinksafe.runtime import model_backend
+from thinksafe.runtime import model_backend, release_memory
 from thinksafe.types import SAFE, UNPARSED, Record
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -272,13 +271,7 @@ class Lazy:
             if callable(release):
                 release()
         del obj
-        gc.collect()
-        try:
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        release_memory()
 
 
 def _lazy(given, make) -> Lazy:
