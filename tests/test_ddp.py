@@ -56,16 +56,22 @@ def read_log(run_dir) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
 
+def two_runs(tmp_path: Path, n: int = 16) -> tuple[Path, Path, Path]:
+    """The DDP config and two run folders holding the same n training rows (1 process vs 2)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG)
+    rows = sft_rows(n)
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_rows(one, rows)
+    write_rows(two, rows)
+    return cfg, one, two
+
+
 @pytest.mark.parametrize("objective, launcher, packing", [("kl", "accelerate", True), ("sft", "torchrun", True),
                                                        ("kl", "torchrun", False)])
 def test_ddp_two_processes_match_one(tmp_path, objective, launcher, packing):
     from safetensors.torch import load_file
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CONFIG)
-    rows = sft_rows(16)
-    one, two = tmp_path / "one", tmp_path / "two"
-    write_rows(one, rows)
-    write_rows(two, rows)
+    cfg, one, two = two_runs(tmp_path)
     common = ["train", str(cfg), "--set", f"train.objective={objective}"]
     if not packing:                                     # packing is the default
         common += ["--set", "train.packing=false"]

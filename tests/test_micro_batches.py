@@ -141,13 +141,8 @@ def test_train_stage_token_budget_keeps_steps_schedule_and_losses(tiny_organism,
 def test_ddp_two_processes_with_token_budget_match_one(tmp_path):
     """2 processes x (1 x 4 accumulation), cut into token-budget micro-batches (several per process, no_sync until the last) == 1 x 8."""
     from safetensors.torch import load_file
-    from test_ddp import CONFIG, launch, read_log
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CONFIG)
-    rows = sft_rows(16)
-    one, two = tmp_path / "one", tmp_path / "two"
-    write_rows(one, rows)
-    write_rows(two, rows)
+    from test_ddp import launch, read_log, two_runs
+    cfg, one, two = two_runs(tmp_path)
     common = ["train", str(cfg), "--set", "train.objective=kl"]
     launch(common + ["--set", "train.batch_size=8"], 1, one)
     launch(common + ["--set", "train.batch_size=1", "--set", "train.grad_accum=4", "--set",
