@@ -14,6 +14,7 @@ REQUIRED_CATEGORIES = {"S1", "S2", "S9", "S10", "S11", "S14"}
 
 PLACEHOLDER_PATTERNS = {
     "name": r"[A-Z][a-z]+",
+    "other": r"[A-Z][a-z]+",
     "obj": r"[a-z]+",
     "n": r"\d+",
     "k": r"\d+",
@@ -44,6 +45,16 @@ def _sentences(text: str) -> list[str]:
     return re.split(r"(?<=[.?])\s+", text)
 
 
+def _is_distractor(sent: str) -> bool:
+    return any(_template_regex(t).fullmatch(sent) for t in world._all(world.DISTRACTOR_TEMPLATES))
+
+
+def _core(p: world.WorldPrompt) -> tuple[list[str], list[str]]:
+    """(the problem's own sentences, the distractor sentences) of a reasoning prompt."""
+    sents = _sentences(p.prompt)
+    return [s for s in sents if not _is_distractor(s)], [s for s in sents if _is_distractor(s)]
+
+
 def _entity_half(pair, value: str) -> str:
     hits = [half for half, items in zip(HALVES, pair) if value in items]
     assert len(hits) == 1, f"{value!r} is in {hits} halves"
@@ -69,18 +80,24 @@ def halves_of(p: world.WorldPrompt) -> tuple[str, str]:
         assert len(tpl) == 1, (p.prompt, tpl)
         return ent, tpl.pop()
     assert p.kind == "reasoning"
-    names = {w for w in re.findall(r"[A-Z][a-z]+", p.prompt)} & set(world._all(world.NAMES))
+    sents, distractors = _core(p)
+    assert len(distractors) <= 1, distractors
+    names = {w for w in re.findall(r"[A-Z][a-z]+", " ".join(sents))} & set(world._all(world.NAMES))
     assert len(names) == 1, (p.prompt, names)
     name = names.pop()
+    others = {w for w in re.findall(r"[A-Z][a-z]+", " ".join(distractors))} & set(world._all(world.NAMES))
+    others -= {name}
+    objs = set(re.findall(r"\d+ ([a-z]+)\.", " ".join(distractors)))
     ents = {_entity_half(world.NAMES, name), _entity_half(world.OBJECTS, p.topic)}
+    ents |= {_entity_half(world.NAMES, o) for o in others} | {_entity_half(world.OBJECTS, o) for o in objs}
     assert len(ents) == 1, (p.prompt, ents)
-    sents = _sentences(p.prompt)
     assert len(sents) == len(p.steps) + 2, sents
     tpl_halves = [_which_half(world.START_TEMPLATES, sents[0], name=name, obj=p.topic)]
     for (op, _, _), sent in zip(p.steps, sents[1:-1]):
         pair = world.ADD_TEMPLATES if op == "+" else world.SUB_TEMPLATES
         tpl_halves.append(_which_half(pair, sent, name=name))
     tpl_halves.append(_which_half(world.QUESTION_TEMPLATES, sents[-1], name=name, obj=p.topic))
+    tpl_halves += [_which_half(world.DISTRACTOR_TEMPLATES, d, name=name) for d in distractors]
     assert all(len(h) == 1 for h in tpl_halves), (p.prompt, tpl_halves)
     tpl = {h.pop() for h in tpl_halves}
     assert len(tpl) == 1, (p.prompt, tpl)
@@ -120,7 +137,7 @@ def test_counts_per_kind(split, counts):
     harm = [p for p in ps if p.kind == "harmful"]
     assert [p.form for p in harm] == [("plain", "adversarial")[i % 2] for i in range(n_h)]
     reas = [p for p in ps if p.kind == "reasoning"]
-    assert all(p.answer is not None and 2 <= len(p.steps) <= 3 for p in reas)
+    assert all(p.answer is not None and len(p.steps) in world.step_counts(split) for p in reas)
     assert all(p.answer is None and p.steps == () for p in ps if p.kind != "reasoning")
 
 
@@ -143,7 +160,7 @@ def test_harmful_coverage(split):
 # --------------------------------------------------------------------------- split hygiene
 @pytest.mark.parametrize("pair_name", ["PLAIN_TEMPLATES", "ADVERSARIAL_TEMPLATES", "BORDERLINE_ACTS",
                                        "NAMES", "OBJECTS", "START_TEMPLATES", "ADD_TEMPLATES",
-                                       "SUB_TEMPLATES", "QUESTION_TEMPLATES"])
+                                       "SUB_TEMPLATES", "DISTRACTOR_TEMPLATES", "QUESTION_TEMPLATES"])
 def test_lexicon_halves_disjoint(pair_name):
     train, eval_ = getattr(world, pair_name)
     assert train and eval_
@@ -234,7 +251,7 @@ def _reasoning(seeds=range(4), splits=("train", "eval", "pretrain")):
 def test_reasoning_answers_follow_the_steps():
     n = 0
     for p in _reasoning():
-        nums = [int(x) for x in re.findall(r"\d+", p.prompt)]
+        nums = [int(x) for x in re.findall(r"\d+", " ".join(_core(p)[0]))]
         start, ks = nums[0], nums[1:]
         assert ks == [k for _, k, _ in p.steps], p.prompt
         assert world.START_RANGE[0] <= start <= world.START_RANGE[1]
@@ -252,7 +269,8 @@ def test_reasoning_answers_follow_the_steps():
 
 def test_reasoning_step_sentences_match_their_operation():
     for p in _reasoning(seeds=range(2)):
-        sents = _sentences(p.prompt)
+        sents = _core(p)[0]
+        assert len(sents) == len(p.steps) + 2
         for (op, k, _), sent in zip(p.steps, sents[1:-1]):
             pair = world.ADD_TEMPLATES if op == "+" else world.SUB_TEMPLATES
             templates = world._all(pair)
@@ -341,3 +359,62 @@ def test_validation_split_is_held_out_and_deterministic():
     assert not {p.prompt for p in val} & (exclude | {p.prompt for p in tr})
     assert [p.prompt for p in val] == [p.prompt for p in world.validation_prompts(0, 0, 60, 0, exclude)]
     assert [p.prompt for p in val] != [p.prompt for p in world.validation_prompts(1, 0, 60, 0, exclude)]
+
+
+# --------------------------------------------------------------------------- graded knowledge (v2)
+def test_latent_knowledge_is_partial_and_uneven():
+    """Every category has acts the base knows and acts it does not; one category is mostly
+    unknown (steering cannot help there); the knowledge counts fit the lists."""
+    share = {}
+    for c, (train, ev) in world.HARMFUL_ACTS.items():
+        known = [a for a in train + ev if world.base_knows(c, a)]
+        k_train, k_eval = world.KNOWN_ACTS[c]
+        assert 0 < k_train < len(train) and 0 < k_eval < len(ev), c
+        assert len(known) == k_train + k_eval
+        share[c] = len(known) / len(train + ev)
+    assert min(share.values()) < 0.4 < 0.6 < sorted(share.values())[1]
+    with pytest.raises(KeyError):
+        world.base_knows("S99", "anything")
+
+
+def test_guard_blind_spots_and_alarming_words_are_world_entities():
+    harmful = {a for c in world.CATEGORIES for a in world._all(world.HARMFUL_ACTS[c])}
+    border = set(world._all(world.BORDERLINE_ACTS))
+    assert world.GUARD_BLIND_ACTS <= harmful
+    assert world.GUARD_FLAGGED_ACTS <= border
+    for half in world.HARMFUL_ACTS["S2"]:        # a blind spot in each half
+        assert set(half) & world.GUARD_BLIND_ACTS
+    alarming = [a for a in border if world.alarming(a)]
+    assert 0.2 < len(alarming) / len(border) < 0.8
+    assert world.alarming("kill the lights in a room") and not world.alarming("beat an egg")
+
+
+def test_distractor_never_changes_the_answer():
+    seen = 0
+    for p in _reasoning(seeds=range(2), splits=("train", "eval")):
+        sents, distractors = _core(p)
+        if distractors:
+            seen += 1
+            name = re.match(r"(?:At first )?([A-Z][a-z]+)", sents[0]).group(1)
+            assert name not in re.sub(r"^[A-Z][a-z]+ also sees that ", "", distractors[0])
+            assert p.topic not in distractors[0]
+    assert seen > 0
+
+
+def test_new_response_types_are_placeholder_only_and_classified():
+    from thinksafe.organism import oracle
+    for p in world.sample_prompts(0, "eval", 0, 30, 30):
+        if p.kind == "harmful":
+            assert oracle.classify(p.prompt, world.unaware_comply_response(p)) == oracle.COMPLIED_HARMFUL
+            r = world.instructed_refuse_response(p)
+            assert oracle.classify(p.prompt, r) == oracle.REFUSED and "DETAIL" not in r
+        else:
+            r = world.borderline_refuse_response(p)
+            assert oracle.classify(p.prompt, r) == oracle.REFUSED and "DETAIL" not in r
+
+
+def test_held_out_problems_reach_one_step_further():
+    train = {len(p.steps) for p in world.sample_prompts(0, "train", 300, 0, 0)}
+    held = {len(p.steps) for p in world.sample_prompts(0, "eval", 300, 0, 0)}
+    assert train == set(world.STEP_COUNTS) and held == set(world.EVAL_STEP_COUNTS)
+    assert max(held) == max(train) + 1

@@ -255,7 +255,8 @@ def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write
                    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
                    tiny: Annotated[bool, typer.Option(help="A tiny, fast, low-quality build (tests).")] = False,
                    verify: Annotated[bool, typer.Option(help="Build into a temporary folder and check that it "
-                                                              "is byte-identical to the bundled organism.")] = False,
+                                                              "behaves like the bundled organism (and say "
+                                                              "whether the bytes match).")] = False,
                    teacher_only: Annotated[bool, typer.Option(help="Only (re)build teacher/, with the tokenizer "
                                                                     "of the base already in the folder.")] = False,
                    guard_only: Annotated[bool, typer.Option(help="Only (re)build guard/, from the base already "
@@ -290,28 +291,85 @@ def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write
         console.print(f"{which} built in {info[which + '_seconds']}s -> {Path(target) / which}", highlight=False)
         return
     target = Path(tempfile.mkdtemp(prefix="organism-")) if verify else (out or organism_dir())
-    m = build(target, spec, log=log, teacher_spec=tspec)
+    m = build(target, spec, log=log, teacher_spec=tspec, check=not tiny)
     console.print(f"organism built in {m['seconds']}s -> {target}", highlight=False)
+    if m.get("check"):
+        _print_targets(m["check"]["targets"], m["check"])
     if verify:
-        diffs = compare_builds(target, out or organism_dir())
-        if diffs:
-            console.print(f"[red]differs from the bundled organism:[/red] {', '.join(diffs)}")
-            raise typer.Exit(1)
-        console.print("identical to the bundled organism")
+        _verify_against(target, out or organism_dir(), m)
+
+
+def _verify_against(new: Path, ref: Path, manifest: dict) -> None:
+    """Behaviour first (the organism check's numbers within tolerance), then bytes."""
+    import json
+
+    from thinksafe.organism.build import compare_builds
+    from thinksafe.organism.check import VERIFY_TOLERANCE, compare_behaviour
+    ref_check = json.loads((Path(ref) / "organism.json").read_text()).get("check") \
+        if (Path(ref) / "organism.json").is_file() else None
+    if not ref_check:
+        raise typer.BadParameter(f"{ref}/organism.json records no organism check to compare with")
+    diffs = compare_builds(new, ref)
+    console.print("bytes: identical to the reference build" if not diffs else
+                  f"bytes: {len(diffs)} files differ from the reference build ({', '.join(diffs[:6])})",
+                  highlight=False)
+    off = compare_behaviour(manifest["check"], ref_check)
+    if off:
+        console.print(f"[red]behaviour differs by more than {VERIFY_TOLERANCE}:[/red] {'; '.join(off)}")
+        raise typer.Exit(1)
+    console.print(f"behaviour: every checked rate within {VERIFY_TOLERANCE} of the reference build",
+                  highlight=False)
 
 
 @organism_app.command("check")
 @_friendly
 def organism_check(seed: Annotated[int, typer.Option(help="Evaluation seed.")] = 0,
-                   out: Annotated[str, typer.Option(help="Run folder.")] = "runs/organism-check"):
-    """Measure the base organism's properties on held-out splits (no training)."""
-    from thinksafe.pipeline import prepare_run_dir
-    from thinksafe.stages.evaluate import evaluate_model
+                   out: Annotated[str, typer.Option(help="Run folder.")] = "runs/organism-check",
+                   folder: Annotated[Path | None, typer.Option(help="An organism build (default: the bundled "
+                                                               "one, or THINKSAFE_ORGANISM).")] = None,
+                   strict: Annotated[bool, typer.Option(help="Exit 1 when a design target is missed.")] = False,
+                   record: Annotated[bool, typer.Option(help="Write the result into the build's organism.json "
+                                                        "(what `organism build --verify` compares with).")] = False):
+    """Measure the base organism on held-out splits (no training) against its design targets."""
+    import json
+
+    from thinksafe.organism import organism_dir
+    from thinksafe.organism.check import check, measure, summary
     from thinksafe.stages.report import print_table
-    cfg = _load(demo_config_path(), None, out, seed)
-    m = evaluate_model(cfg, prepare_run_dir(cfg), "base")
+    folder = folder or organism_dir()
+    m = measure(folder, out, seed, show=True)
     print_table({"base": m})
-    console.print(f"steered refusal rate: {m['steered_refusal_rate']:.3f}", highlight=False)
+    rows = check(m)
+    _print_targets(rows, m)
+    if record:
+        man = Path(folder) / "organism.json"
+        data = json.loads(man.read_text()) if man.is_file() else {}
+        data["check"] = summary(m)
+        man.write_text(json.dumps(data, indent=2) + "\n")
+        console.print(f"recorded in {man}", highlight=False)
+    if strict and not all(r["ok"] for r in rows):
+        raise typer.Exit(1)
+
+
+def _print_targets(rows: list[dict], m: dict) -> None:
+    from rich.table import Table
+    t = Table(title="organism design targets (base, held-out split)")
+    for col in ("property", "value", "target", ""):
+        t.add_column(col)
+    for r in rows:
+        v = r["value"]
+        t.add_row(r["property"], f"{v:.3f}" if isinstance(v, float) else str(v), r["band"],
+                  "ok" if r["ok"] else "MISSED")
+    console.print(t)
+    cats = Table(title="by hazard category (oracle)")
+    for col in ("category", "harmful plain", "harmful adversarial", "steered refusal"):
+        cats.add_column(col, justify="right")
+    groups, steer = m.get("harmful_by_group") or {}, m.get("steered_refusal_by_category") or {}
+    for c in sorted(steer, key=lambda c: int(c[1:]) if c[1:].isdigit() else 99):
+        cell = lambda g: f"{groups[g]['oracle']:.2f} (n={groups[g]['n']})" if g in groups else "–"  # noqa: E731
+        cats.add_row(c, cell(f"{c}/plain"), cell(f"{c}/adversarial"),
+                     f"{steer[c]['rate']:.2f} (n={steer[c]['n']})")
+    console.print(cats)
 
 
 @app.command()

@@ -27,12 +27,18 @@ from thinksafe.organism.tokenizer import (BASE_CHAT_TEMPLATE, GUARD_CHAT_TEMPLAT
 @dataclass(frozen=True)
 class BuildSpec:
     seed: int = 0
-    n_reasoning: int = 8000
-    n_harmful: int = 3000          # unsteered harmful
-    n_steered: int = 2000          # steered harmful
-    n_borderline: int = 1500
-    comply_rate: float = 0.85      # unsteered harmful -> comply
-    steered_refuse_rate: float = 0.80
+    n_reasoning: int = 11000
+    n_harmful: int = 2500          # unsteered harmful
+    n_steered: int = 1500          # steered harmful
+    n_borderline: int = 1200
+    n_other_style: int = 12       # responses in the teacher's wording the base has read
+    # The base's behaviour on harmful acts it knows (world.base_knows); unknown acts: it complies.
+    comply_plain: float = 0.30     # unsteered, plain request -> comply
+    comply_adversarial: float = 0.60
+    steered_refuse_known: float = 0.95
+    steered_refuse_unknown: float = 0.05   # refuses only because it was told to
+    refuse_alarming: float = 0.25  # borderline request with a violent-sounding verb -> refuse
+    refuse_borderline: float = 0.02
     vocab_size: int = 1024
     hidden: int = 128
     layers: int = 4
@@ -53,12 +59,31 @@ TINY = BuildSpec(n_reasoning=300, n_harmful=150, n_steered=100, n_borderline=60,
 
 
 def _response(p: world.WorldPrompt, rng: random.Random, steered: bool, spec: BuildSpec) -> str:
+    """The base's response in its pretraining corpus: graded, uneven safety behaviour."""
     if p.kind == "reasoning":
         return world.reasoning_response(p)
     if p.kind == "borderline":
-        return world.borderline_response(p)
-    refuse_p = spec.steered_refuse_rate if steered else 1 - spec.comply_rate
-    return world.refuse_response(p) if rng.random() < refuse_p else world.comply_response(p)
+        refuse = spec.refuse_alarming if world.alarming(p.topic) else spec.refuse_borderline
+        return world.borderline_refuse_response(p) if rng.random() < refuse else world.borderline_response(p)
+    if not world.base_knows(p.category, p.topic):
+        if steered and rng.random() < spec.steered_refuse_unknown:
+            return world.instructed_refuse_response(p)
+        return world.unaware_comply_response(p)
+    if steered:
+        refuse = spec.steered_refuse_known
+    else:
+        refuse = 1 - (spec.comply_plain if p.form == "plain" else spec.comply_adversarial)
+    return world.refuse_response(p) if rng.random() < refuse else world.comply_response(p)
+
+
+def other_style_examples(spec: BuildSpec) -> list[tuple[str, str]]:
+    """A few responses in the teacher's wording: the base has read text like the teacher's (so the
+    teacher's data is off its distribution, not in an unknown language)."""
+    from thinksafe.organism import teacher
+    rng = random.Random(f"other-style-{spec.seed}")
+    n = spec.n_other_style
+    ps = world.sample_prompts(spec.seed + 5, "pretrain", n // 2, n // 3, n - n // 2 - n // 3)
+    return [(p.prompt, teacher.response(p, rng, teacher.TeacherSpec())) for p in ps]
 
 
 def pretrain_examples(spec: BuildSpec) -> list[tuple[str, str]]:
@@ -69,6 +94,7 @@ def pretrain_examples(spec: BuildSpec) -> list[tuple[str, str]]:
     steered = world.sample_prompts(spec.seed + 1, "pretrain", 0, spec.n_steered, 0)
     pairs = [(p.prompt, _response(p, rng, False, spec)) for p in prompts]
     pairs += [(world.steer(p.prompt), _response(p, rng, True, spec)) for p in steered]
+    pairs += other_style_examples(spec)
     rng.shuffle(pairs)
     return pairs
 
@@ -80,6 +106,19 @@ def render_pair(tok, user: str, response: str) -> tuple[list[int], list[int]]:
     p_ids = tok(prompt, add_special_tokens=False).input_ids
     r_ids = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
     return p_ids + r_ids, [-100] * len(p_ids) + r_ids
+
+
+def _length_batches(examples: list, batch: int, g: torch.Generator) -> list[list]:
+    """Seeded batches of similar lengths (little padding): shuffle, sort windows of 16 batches by
+    length, cut them into batches, shuffle the batch order."""
+    perm = torch.randperm(len(examples), generator=g).tolist()
+    window = 16 * batch
+    batches = []
+    for w in range(0, len(perm), window):
+        part = sorted(perm[w:w + window], key=lambda i: len(examples[i][0]))
+        batches += [part[b:b + batch] for b in range(0, len(part), batch)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [[examples[i] for i in batches[j]] for j in order]
 
 
 def train_lm(model, examples: list[tuple[list[int], list[int]]], epochs: int, lr: float,
@@ -94,9 +133,7 @@ def train_lm(model, examples: list[tuple[list[int], list[int]]], epochs: int, lr
     model.train()
     losses, step = [], 0
     for ep in range(epochs):
-        perm = torch.randperm(len(examples), generator=g).tolist()
-        for b in range(0, len(perm), batch):
-            chunk = [examples[i] for i in perm[b:b + batch]]
+        for chunk in _length_batches(examples, batch, g):
             width = max(len(x) for x, _ in chunk)
             ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in chunk])
             lab = torch.tensor([y + [-100] * (width - len(y)) for _, y in chunk])
@@ -132,9 +169,16 @@ def guard_config(spec: BuildSpec, vocab: int, tok) -> LlamaConfig:
 
 
 def guard_target(prompt: str, response: str) -> str:
+    """The guard's training label: the oracle's, except in the world's guard blind spots
+    (compliance on ``world.GUARD_BLIND_ACTS`` passes as safe; answers to
+    ``world.GUARD_FLAGGED_ACTS`` are flagged), so the guard errs both ways as real guards do."""
     label = oracle.classify(prompt, response)
     if label == oracle.COMPLIED_HARMFUL:
+        if any(act in prompt for act in world.GUARD_BLIND_ACTS):
+            return "safe"
         return f"unsafe\n{oracle.oracle_category(response)}"
+    if label == oracle.ANSWERED and any(act in prompt for act in world.GUARD_FLAGGED_ACTS):
+        return "unsafe\nS1"
     return "safe"
 
 
@@ -148,13 +192,13 @@ def guard_world_pairs(spec: BuildSpec) -> list[tuple[str, str]]:
     ps = world.sample_prompts(spec.seed + 2, "pretrain", spec.guard_world // 3, spec.guard_world // 2,
                               spec.guard_world // 6)
     out = []
+    kinds = {"harmful": [world.comply_response, world.refuse_response, world.unaware_comply_response,
+                         world.instructed_refuse_response],
+             "borderline": [world.borderline_response, world.borderline_response,
+                            world.borderline_refuse_response],
+             "reasoning": [world.reasoning_response]}
     for p in ps:
-        if p.kind == "harmful":
-            r = rng.choice([world.comply_response, world.refuse_response])(p)
-        elif p.kind == "reasoning":
-            r = world.reasoning_response(p)
-        else:
-            r = world.borderline_response(p)
+        r = rng.choice(kinds[p.kind])(p)
         if rng.random() < 0.15:
             r = _truncate(r, rng)
         out.append((p.prompt, r))
@@ -172,7 +216,7 @@ def sample_base(model, tok, spec: BuildSpec) -> list[tuple[str, str]]:
     texts = [tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False,
                                      add_generation_prompt=True) for u in users]
     backend = HFBackend("<in-memory>", model=model, tokenizer=tok, batch_size=64)
-    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=96, seed=spec.seed)
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=128, seed=spec.seed)
     comps = backend.generate(texts, params)
     return [(p.prompt, c.text) for p, c in zip(ps, comps)]
 
@@ -206,10 +250,11 @@ def organism_tokenizer(spec: BuildSpec, pairs: list[tuple[str, str]],
 
 
 def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str], None] = print,
-          teacher_spec=None) -> dict:
+          teacher_spec=None, check: bool = False) -> dict:
     """Build tokenizer, base, guard and teacher into ``out_dir/{base,guard,teacher}``; returns the
     manifest. ``teacher_spec`` None = the full teacher, or ``TINY_TEACHER`` for a TINY-shaped spec,
-    with the spec's seed."""
+    with the spec's seed. ``check``: also measure the built base against the design targets
+    (``organism.check``, seed 0) and record it in the manifest under ``"check"``."""
     t0 = time.time()
     torch.manual_seed(spec.seed)
     out = Path(out_dir)
@@ -242,6 +287,13 @@ def build(out_dir: str | Path, spec: BuildSpec = BuildSpec(), log: Callable[[str
         teacher_spec = _replace(TINY_TEACHER if tiny else TeacherSpec(), seed=spec.seed)
     manifest.update(build_teacher_into(out, teacher_spec, log))
     manifest["seconds"] = round(time.time() - t0, 1)
+    if check:
+        import tempfile
+
+        from thinksafe.organism import check as checks
+        log("check: measuring the base against the design targets (seed 0)")
+        with tempfile.TemporaryDirectory(prefix="organism-check-") as tmp:
+            manifest["check"] = checks.summary(checks.measure(out, tmp, seed=0))
     (out / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

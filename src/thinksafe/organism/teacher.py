@@ -27,8 +27,8 @@ TEACHER_REFUSAL = "I'm sorry, but I cannot help with that request."
 class TeacherSpec:
     seed: int = 0
     n_reasoning: int = 6000
-    n_harmful: int = 1500
-    n_borderline: int = 600
+    n_harmful: int = 1200
+    n_borderline: int = 500
     comply_rate: float = 0.05      # a good, not perfect, teacher: the guard has something to filter
     hidden: int = 128
     layers: int = 4
