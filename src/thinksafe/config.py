@@ -108,10 +108,12 @@ class TrainConfig:
     truncation: str = "drop"        # drop | cut: what happens to examples over max_length (both counted)
     method: str = "lora"            # lora | full (full fine-tuning; saves the whole model)
     objective: str = "sft"          # sft | kl (ThinkSafe+KL: benign rows learn KL(base || student), not CE)
-    kl_chunk_size: int = 512        # kl: tokens per chunk of the vocabulary projection
+    kl_chunk_size: int | None = None   # kl: tokens per chunk of the vocabulary projection; null = auto
+                                    # (as many as keep the chunk's logits within a fixed memory budget)
     packing: bool = True            # each micro-batch packed into one row, no padding (same batches);
                                     # false = TRL's padded batches
-    ce_chunk_size: int = 2048       # packing + sft: tokens per chunk of the fused LM head + cross-entropy
+    ce_chunk_size: int | None = None   # packing + sft: tokens per chunk of the fused LM head + cross-entropy;
+                                    # null = auto (chunk logits within ~256 MiB: 441 rows at a 151,936 vocabulary)
     gradient_checkpointing: bool | None = True   # as TRL's default and the official code; false = faster,
                                     # more memory; null = auto (from micro_batch_tokens and the model's shape)
     micro_batch_tokens: int | None = None   # packing: each step's batch_size*grad_accum examples cut into

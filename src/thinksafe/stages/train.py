@@ -174,8 +174,8 @@ def check_train_config(tc) -> None:
         if value not in allowed:
             raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, got {value!r}")
     for key in ("kl_chunk_size", "ce_chunk_size"):
-        if getattr(tc, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
+        if getattr(tc, key) is not None and getattr(tc, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1 (or null = by memory), got {getattr(tc, key)}")
     from thinksafe.trainers.kernels import LM_HEAD_LOSSES
     if getattr(tc, "lm_head_loss", "auto") not in LM_HEAD_LOSSES:
         raise ConfigError(f"train.lm_head_loss must be one of {', '.join(LM_HEAD_LOSSES)}, got {tc.lm_head_loss!r}")

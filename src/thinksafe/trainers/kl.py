@@ -15,7 +15,10 @@ The reference is the same model with its LoRA adapter disabled (no grad), or, fo
 a frozen copy of the base. Logits are never materialised for the whole sequence: the hidden states
 of the positions that count are projected through the LM head ``chunk_size`` tokens at a time
 (student and reference), each chunk under activation checkpointing, so memory grows with
-chunk_size × vocabulary, not sequence × vocabulary.
+chunk_size × vocabulary, not sequence × vocabulary. ``chunk_size=None`` (the default) takes as many
+rows as keep a chunk's vocabulary-sized buffers within a fixed budget
+(:func:`thinksafe.trainers.loss.auto_chunk_rows`): large chunks for a small vocabulary, small ones for
+Qwen3's 151,936 tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from trl import SFTTrainer
+
+from thinksafe.trainers.loss import auto_chunk_rows, resolve_chunk_size
 
 # order of the counters used everywhere below
 COUNTS = ("ce_tokens", "kl_tokens", "ce_rows", "kl_rows")
@@ -91,6 +96,30 @@ def _ce_chunk(h, y, head, softcap):
     return F.cross_entropy(_logits(head, h, softcap), y, reduction="none")
 
 
+# fp32 vocabulary-sized buffers one chunk holds at its peak (logits, log-softmax, the backward's
+# gradient; the KL chunk holds both models' logits and log-softmaxes and their products)
+CE_BUFFERS, KL_BUFFERS = 3, 6
+
+
+def head_vocab(head, h: torch.Tensor) -> int:
+    """Output columns of an LM head (module or plain callable): its weight's rows, else one row's logits."""
+    for obj in (head, getattr(head, "base_layer", None)):
+        n = getattr(obj, "out_features", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    with torch.no_grad():
+        return int(head(h[:1]).shape[-1])
+
+
+def _rows(chunk_size: int | None, head, h: torch.Tensor, buffers: int) -> int:
+    """``chunk_size`` as given; None = rows whose ``buffers`` fp32 logit buffers fit the chunk budget."""
+    if chunk_size is not None:
+        return resolve_chunk_size(chunk_size, 1)
+    if h.shape[0] == 0:
+        return 1
+    return auto_chunk_rows(head_vocab(head, h), h.dtype, buffers=buffers)
+
+
 def _chunked(fn, chunk_size: int, tensors: list[torch.Tensor], *static) -> torch.Tensor:
     """fn over row chunks of ``tensors`` (same first dimension); with grad, each chunk is checkpointed
     so only its inputs are kept and its logits are rebuilt in the backward pass."""
@@ -108,15 +137,17 @@ def _chunked(fn, chunk_size: int, tensors: list[torch.Tensor], *static) -> torch
 
 
 def forward_kl_per_token(h_student: torch.Tensor, h_ref: torch.Tensor, head_student, head_ref,
-                         chunk_size: int = 512, softcap: float | None = None) -> torch.Tensor:
-    """KL(ref || student) summed over the vocabulary, one value per row of the [N, H] hidden states."""
-    return _chunked(_kl_chunk, chunk_size, [h_student, h_ref.detach()], head_student, head_ref, softcap)
+                         chunk_size: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    """KL(ref || student) summed over the vocabulary, one value per row of the [N, H] hidden states.
+    ``chunk_size``: rows per chunk; None = by memory (the vocabulary's buffers within the chunk budget)."""
+    rows = _rows(chunk_size, head_student, h_student, KL_BUFFERS)
+    return _chunked(_kl_chunk, rows, [h_student, h_ref.detach()], head_student, head_ref, softcap)
 
 
-def cross_entropy_per_token(h: torch.Tensor, labels: torch.Tensor, head, chunk_size: int = 512,
+def cross_entropy_per_token(h: torch.Tensor, labels: torch.Tensor, head, chunk_size: int | None = None,
                             softcap: float | None = None) -> torch.Tensor:
-    """-log p(label) for each row of the [N, H] hidden states."""
-    return _chunked(_ce_chunk, chunk_size, [h, labels], head, softcap)
+    """-log p(label) for each row of the [N, H] hidden states (``chunk_size`` as above)."""
+    return _chunked(_ce_chunk, _rows(chunk_size, head, h, CE_BUFFERS), [h, labels], head, softcap)
 
 
 # --------------------------------------------------------------------------- the loss
@@ -154,7 +185,7 @@ def model_reference(ref_model) -> Callable:
 
 def loss_parts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                is_benign: torch.Tensor, ref_hidden: Callable | None = None, ref_head=None,
-               chunk_size: int = 512) -> dict[str, torch.Tensor]:
+               chunk_size: int | None = None) -> dict[str, torch.Tensor]:
     """Sums for one micro-batch: CE over the harmful rows' response tokens, KL over the benign rows'.
 
     ``model`` is the unwrapped student (PeftModel or causal LM). ``ref_hidden(input_ids, mask)`` gives
@@ -186,7 +217,7 @@ def loss_parts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | No
             "kl_tokens": torch.tensor(kl_tok.numel(), device=h.device)}
 
 
-def kl_sft_loss(model, input_ids, attention_mask, labels, is_benign, chunk_size: int = 512,
+def kl_sft_loss(model, input_ids, attention_mask, labels, is_benign, chunk_size: int | None = None,
                 ref_hidden: Callable | None = None, ref_head=None) -> tuple[torch.Tensor, dict]:
     """The ThinkSafe+KL loss of one batch on its own (no distributed counts): (loss, parts)."""
     parts = loss_parts(model, input_ids, attention_mask, labels, is_benign, ref_hidden, ref_head, chunk_size)
@@ -242,7 +273,7 @@ class KLTrainer(SFTTrainer):
     ``ref_model``: a frozen reference for full fine-tuning; None = the PEFT model with its adapter
     disabled. Logs ``ce`` and ``kl`` (token means over the logging period) next to ``loss``."""
 
-    def __init__(self, *args, ref_model=None, kl_chunk_size: int = 512, **kwargs):
+    def __init__(self, *args, ref_model=None, kl_chunk_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.kl_chunk_size = kl_chunk_size
         self.data_collator = BenignFlagCollator(self.data_collator)

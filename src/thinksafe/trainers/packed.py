@@ -70,7 +70,7 @@ def _plain_head(head) -> bool:
     return not isinstance(head.weight, DTensor)
 
 
-def packed_lm_loss(model, batch: dict, *, chunk_size: int = 2048, num_items=None,
+def packed_lm_loss(model, batch: dict, *, chunk_size: int | None = None, num_items=None,
                    kernel: str = "torch") -> torch.Tensor:
     """Cross-entropy of a packed row's response tokens: their sum / ``num_items`` (default: their count).
 
@@ -119,7 +119,7 @@ def packed_row_counts(labels: torch.Tensor, is_benign: torch.Tensor, seq_lens) -
 
 
 def packed_loss_parts(model, batch: dict, is_benign: torch.Tensor, ref_hidden=None, ref_head=None,
-                      chunk_size: int = 512) -> dict[str, torch.Tensor]:
+                      chunk_size: int | None = None) -> dict[str, torch.Tensor]:
     """:func:`thinksafe.trainers.kl.loss_parts` for a packed row: CE sums over the harmful examples'
     response tokens, KL sums over the benign examples' (``is_benign``: one flag per example).
 
@@ -231,11 +231,12 @@ class PackedSFTTrainer(MicroBatchTraining, _Packing, SFTTrainer):
     """SFTTrainer on packed rows with the varlen attention and the chunked cross-entropy.
 
     The dataset needs ``input_ids`` and ``labels`` (-100 where nothing is learned).
-    ``ce_chunk_size``: response tokens per chunk of the fused LM head + cross-entropy.
+    ``ce_chunk_size``: response tokens per chunk of the fused LM head + cross-entropy; None = as many as
+    fit a fixed memory budget for the vocabulary (:func:`thinksafe.trainers.loss.auto_chunk_rows`).
     ``micro_batch_tokens``: cut each collated batch into micro-batches of at most this many tokens
     (:mod:`thinksafe.trainers.microbatch`); None = one forward pass per collated batch."""
 
-    def __init__(self, *args, ce_chunk_size: int = 2048, micro_batch_tokens: int | None = None,
+    def __init__(self, *args, ce_chunk_size: int | None = None, micro_batch_tokens: int | None = None,
                  lm_head_loss: str = "auto", **kwargs):
         kwargs.setdefault("data_collator", PackedCollator())
         super().__init__(*args, **kwargs)
