@@ -1,7 +1,7 @@
 """The paper's comparisons reproduced on the organism: every method of
 ``configs/compare-organism.yaml`` over several world seeds, mean ± sd, written into BENCHMARKS.md.
 
-    PYTHONPATH=src python benchmarks/organism_compare.py            # 3 seeds, ~25 min on 2 cores
+    PYTHONPATH=src python benchmarks/organism_compare.py            # 5 seeds, ~26 min on 2 cores
     PYTHONPATH=src python benchmarks/organism_compare.py --seeds 0 --no-write
 
 Each seed is one ``thinksafe compare`` run (``runs/organism-compare/seed-N``; a rerun resumes and
@@ -66,7 +66,7 @@ def grpo_lines(results: dict[int, dict]) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--config", default=str(ROOT / "configs" / "compare-organism.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "organism-compare"))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra key=value overrides")
