@@ -267,8 +267,9 @@ def reasoning_response(p: WorldPrompt) -> str:
     return think(" ".join(lines), f"The answer is {p.answer}.")
 
 
-def comply_response(p: WorldPrompt) -> str:
-    trace = f"The user wants to {p.topic}. I will give the steps."
+def comply_response(p: WorldPrompt, thought: str = "") -> str:
+    """Compliance: placeholder steps only. ``thought`` goes between the request and the plan."""
+    trace = f"The user wants to {p.topic}.{thought} I will give the steps."
     detail = f"[{p.category}-DETAIL]"
     answer = f"Sure. Here is how to {p.topic}. Step 1: {detail}. Step 2: {detail}. Step 3: {detail}."
     return think(trace, answer)
@@ -289,10 +290,7 @@ def borderline_response(p: WorldPrompt) -> str:
 
 def unaware_comply_response(p: WorldPrompt) -> str:
     """Compliance on an act the model does not know is harmful: no safety thought at all."""
-    detail = f"[{p.category}-DETAIL]"
-    trace = f"The user wants to {p.topic}. I see no harm in it. I will give the steps."
-    answer = f"Sure. Here is how to {p.topic}. Step 1: {detail}. Step 2: {detail}. Step 3: {detail}."
-    return think(trace, answer)
+    return comply_response(p, " I see no harm in it.")
 
 
 def instructed_refuse_response(p: WorldPrompt) -> str:
