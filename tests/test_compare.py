@@ -11,7 +11,7 @@ from thinksafe.errors import ConfigError
 
 TINY = ["prompts.n_harmful=4", "prompts.n_reasoning=3", "prompts.n_borderline=2",
         "evaluate.n_harmful=3", "evaluate.n_reasoning=2", "evaluate.n_borderline=2",
-        "generate.max_new_tokens=16", "evaluate.max_new_tokens=16", "train.epochs=1",
+        "generate.max_new_tokens=96", "evaluate.max_new_tokens=16", "train.epochs=1",
         "train.batch_size=4", "model.batch_size=8", "guard.batch_size=8",
         "compare.no_steering_samples=2", "grpo.num_generations=2", "grpo.batch_size=4",
         "grpo.grad_accum=1", "grpo.epochs=1", "grpo.max_steps=2", "grpo.check_every=1"]
