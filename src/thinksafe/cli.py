@@ -262,13 +262,11 @@ def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write
                    guard_only: Annotated[bool, typer.Option(help="Only (re)build guard/, from the base already "
                                                                   "in the folder (the guard a full build makes).")] = False):
     """Rebuild the organism (world, tokenizer, base, guard, teacher) from scratch, deterministically."""
-    import json
     import tempfile
     from dataclasses import asdict, replace
 
-    from thinksafe.organism import organism_dir
-    from thinksafe.organism.build import (TINY, BuildSpec, build, build_guard_into, build_teacher_into,
-                                          compare_builds)
+    from thinksafe.organism import organism_dir, update_manifest
+    from thinksafe.organism.build import TINY, BuildSpec, build, build_guard_into, build_teacher_into
     from thinksafe.organism.teacher import TINY_TEACHER, TeacherSpec
     spec = replace(TINY if tiny else BuildSpec(), seed=seed)
     tspec = replace(TINY_TEACHER if tiny else TeacherSpec(), seed=seed)
@@ -281,13 +279,7 @@ def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write
             raise typer.BadParameter(f"no base organism in {target} to take the tokenizer from")
         which = "teacher" if teacher_only else "guard"
         info = build_teacher_into(target, tspec, log) if teacher_only else build_guard_into(target, spec, log)
-        man = Path(target) / "organism.json"
-        if man.exists():
-            data = json.loads(man.read_text())
-            data.update(info)
-            if guard_only:
-                data["spec"] = asdict(spec)
-            man.write_text(json.dumps(data, indent=2) + "\n")
+        update_manifest(target, {**info, **({"spec": asdict(spec)} if guard_only else {})}, create=False)
         console.print(f"{which} built in {info[which + '_seconds']}s -> {Path(target) / which}", highlight=False)
         return
     target = Path(tempfile.mkdtemp(prefix="organism-")) if verify else (out or organism_dir())
@@ -301,12 +293,10 @@ def organism_build(out: Annotated[Path | None, typer.Option(help="Where to write
 
 def _verify_against(new: Path, ref: Path, manifest: dict) -> None:
     """Behaviour first (the organism check's numbers within tolerance), then bytes."""
-    import json
-
+    from thinksafe.organism import read_manifest
     from thinksafe.organism.build import compare_builds
     from thinksafe.organism.check import VERIFY_TOLERANCE, compare_behaviour
-    ref_check = json.loads((Path(ref) / "organism.json").read_text()).get("check") \
-        if (Path(ref) / "organism.json").is_file() else None
+    ref_check = read_manifest(ref).get("check")
     if not ref_check:
         raise typer.BadParameter(f"{ref}/organism.json records no organism check to compare with")
     diffs = compare_builds(new, ref)
@@ -331,9 +321,7 @@ def organism_check(seed: Annotated[int, typer.Option(help="Evaluation seed.")] =
                    record: Annotated[bool, typer.Option(help="Write the result into the build's organism.json "
                                                         "(what `organism build --verify` compares with).")] = False):
     """Measure the base organism on held-out splits (no training) against its design targets."""
-    import json
-
-    from thinksafe.organism import organism_dir
+    from thinksafe.organism import organism_dir, update_manifest
     from thinksafe.organism.check import check, measure, summary
     from thinksafe.stages.report import print_table
     folder = folder or organism_dir()
@@ -342,11 +330,7 @@ def organism_check(seed: Annotated[int, typer.Option(help="Evaluation seed.")] =
     rows = check(m)
     _print_targets(rows, m)
     if record:
-        man = Path(folder) / "organism.json"
-        data = json.loads(man.read_text()) if man.is_file() else {}
-        data["check"] = summary(m)
-        man.write_text(json.dumps(data, indent=2) + "\n")
-        console.print(f"recorded in {man}", highlight=False)
+        console.print(f"recorded in {update_manifest(folder, {'check': summary(m)})}", highlight=False)
     if strict and not all(r["ok"] for r in rows):
         raise typer.Exit(1)
 

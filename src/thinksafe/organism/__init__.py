@@ -43,3 +43,19 @@ def check_local_model(path: str) -> None:
         raise ConfigError(f"model folder not found: {path}")
     if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
         raise ConfigError(f"model folder {path} holds no model (no config.json)")
+
+
+def read_manifest(folder) -> dict:
+    """``folder/organism.json`` ({} when the build has none)."""
+    import json
+    man = Path(folder) / "organism.json"
+    return json.loads(man.read_text()) if man.is_file() else {}
+
+
+def update_manifest(folder, entries: dict, create: bool = True) -> Path:
+    """Merge ``entries`` into ``folder/organism.json`` (only if it exists, unless ``create``)."""
+    import json
+    man = Path(folder) / "organism.json"
+    if man.is_file() or create:
+        man.write_text(json.dumps({**read_manifest(folder), **entries}, indent=2) + "\n")
+    return man

@@ -53,8 +53,7 @@ def check(m: dict) -> list[dict]:
 
 def compare_behaviour(new: dict, ref: dict, tol: float = VERIFY_TOLERANCE) -> list[str]:
     """Keys whose values differ by more than ``tol`` between two base evaluations."""
-    pn, pr = {**properties(new), **{k: new.get(k) for k in VERIFY_KEYS}}, \
-        {**properties(ref), **{k: ref.get(k) for k in VERIFY_KEYS}}
+    pn, pr = ({**properties(m), **{k: m.get(k) for k in VERIFY_KEYS}} for m in (new, ref))
     return [f"{k}: {pn[k]:.3f} vs {pr[k]:.3f}" for k in VERIFY_KEYS
             if pn.get(k) is not None and pr.get(k) is not None and abs(pn[k] - pr[k]) > tol]
 
