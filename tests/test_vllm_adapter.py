@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from thinksafe.backends.vllm import INSTALL_HINT, VLLMBackend, finish_reason, lora_rank_for
+from thinksafe.backends.vllm import INSTALL_HINT, VLLMBackend, finish_reason, lora_rank_for, prompt_offset
 from thinksafe.errors import MissingDependency, ThinksafeError
 from thinksafe.types import Completion, SamplingParams
 
@@ -185,9 +185,11 @@ def test_sampling_params_translated(fake_vllm, top_k, expected):
     be = VLLMBackend("m")
     be.generate(["x", "y"], SamplingParams(temperature=0.6, top_p=0.95, top_k=top_k,
                                            max_new_tokens=77, seed=3))
-    sp = be.llm.calls[0]["sampling_params"]
-    assert isinstance(sp, FakeSamplingParams)                        # one object for distinct prompts
-    assert sp.kw == dict(n=1, temperature=0.6, top_p=0.95, top_k=expected, max_tokens=77, seed=3)
+    sps = be.llm.calls[0]["sampling_params"]
+    assert isinstance(sps, list) and len(sps) == 2                   # one per prompt: its own seed
+    for sp, p in zip(sps, ["x", "y"]):
+        seed = prompt_offset(be._encode([p])[0]) + 3
+        assert sp.kw == dict(n=1, temperature=0.6, top_p=0.95, top_k=expected, max_tokens=77, seed=seed)
 
 
 def test_empty_prompt_list_makes_no_call(fake_vllm):
@@ -213,7 +215,9 @@ def test_stream_sends_everything_at_once_and_yields_k_samples_in_order(fake_vllm
     assert [c.text for c in got[0]] == ["<ab#0>", "<ab#1>", "<ab#2>"]  # sample order, not arrival
     assert [c.text for c in got[1]] == ["<c>"]
     sps = be.llm.calls[0]["sampling_params"]
-    assert [(sp.n, sp.seed) for sp in sps] == [(3, 12), (1, 22)]      # seed + shard; vLLM adds i per sample
+    ids = [be._encode(["ab"])[0], be._encode(["c"])[0]]
+    # per-prompt offset + seed + shard; vLLM adds i per sample
+    assert [(sp.n, sp.seed) for sp in sps] == [(3, prompt_offset(ids[0]) + 12), (1, prompt_offset(ids[1]) + 22)]
 
 
 def test_stream_aborts_what_is_left_when_the_consumer_stops(fake_vllm):
@@ -242,7 +246,8 @@ def test_distinct_seed_per_shard(fake_vllm):
     b1.generate(["p"], PARAMS)
     s0 = b0.llm.calls[0]["sampling_params"].seed
     s1 = b1.llm.calls[0]["sampling_params"].seed
-    assert s0 == PARAMS.seed and s1 == PARAMS.seed + 1
+    off = prompt_offset(b0._encode(["p"])[0])
+    assert s0 == off + PARAMS.seed and s1 == off + PARAMS.seed + 1
 
 
 def test_repeated_prompt_gets_distinct_seeds(fake_vllm):
@@ -251,10 +256,26 @@ def test_repeated_prompt_gets_distinct_seeds(fake_vllm):
     sps = be.llm.calls[0]["sampling_params"]
     assert isinstance(sps, list) and len(sps) == 4                   # one per prompt
     seeds = [sp.seed for sp in sps]
-    assert seeds[0] == seeds[1] == PARAMS.seed                        # first occurrences keep the seed
+    off = {p: prompt_offset(be._encode([p])[0]) for p in ("same", "other")}
+    assert seeds[0] - off["same"] == seeds[1] - off["other"] == PARAMS.seed   # first occurrences: the seed
     assert len({seeds[0], seeds[2], seeds[3]}) == 3                   # repeats differ
     be.generate(["same", "same"], PARAMS)                             # and are reproducible
     assert [sp.seed for sp in be.llm.calls[1]["sampling_params"]] == [seeds[0], seeds[2]]
+
+
+def test_distinct_prompts_never_share_a_random_stream(fake_vllm):
+    """vLLM seeds each request's generator with its seed: equal seeds would make every prompt
+    draw the same random numbers (correlated samples across a benchmark)."""
+    be = VLLMBackend("m")
+    prompts = [f"prompt number {i}" for i in range(200)]
+    be.generate(prompts, PARAMS)
+    seeds = [sp.seed for sp in be.llm.calls[0]["sampling_params"]]
+    assert len(set(seeds)) == len(prompts)
+    # a prompt's seed does not depend on what else is in the call (a resumed run samples the same)
+    be.generate(prompts[150:151], PARAMS)
+    assert be.llm.calls[1]["sampling_params"].seed == seeds[150]
+    got = dict(be.stream(prompts[:3], [PARAMS] * 3, [1, 1, 1]))
+    assert len(got) == 3 and [sp.seed for sp in be.llm.calls[2]["sampling_params"]] == seeds[:3]
 
 
 # --------------------------------------------------------------------------- LoRA
@@ -399,3 +420,19 @@ def test_real_vllm_generates():
     assert all(0 < c.completion_tokens <= 8 and c.prompt_tokens > 0 for c in out)
     [(lp, _)] = be.next_token_logprobs(prompts[:1], top_k=3)
     assert len(lp) == 3 and all(v <= 0 for v in lp.values())
+
+
+# --------------------------------------------------------------------------- dtype
+@pytest.mark.parametrize("declared, on_cpu, asked, expected", [
+    ("float32", True, "auto", "float32"),      # vLLM would cast to bf16: keep what transformers uses
+    ("bfloat16", True, "auto", "auto"),
+    ("float32", False, "auto", "auto"),        # accelerators: vLLM's own choice
+    ("float32", True, "bfloat16", "bfloat16"),  # asked for explicitly
+])
+def test_cpu_keeps_a_float32_checkpoint_in_float32(fake_vllm, monkeypatch, tmp_path, declared, on_cpu,
+                                                    asked, expected):
+    import thinksafe.backends.vllm as vb
+    (tmp_path / "config.json").write_text(json.dumps({"dtype": declared}))
+    monkeypatch.setattr(vb, "_on_cpu", lambda: on_cpu)
+    be = VLLMBackend(str(tmp_path), dtype=asked)
+    assert be.llm.kw["dtype"] == expected

@@ -112,11 +112,17 @@ class ServerBackend:
 
     def generate(self, prompts: Sequence[str], params: SamplingParams,
                  progress: Callable[[int], None] | None = None) -> list[Completion]:
+        """Greedy prompts go in batches; sampled ones one request each, seeded per prompt: the
+        server seeds every prompt of one request alike, and equal seeds draw equal random
+        numbers (see backends/vllm.py), which would correlate the samples of different prompts."""
+        from thinksafe.backends.vllm import prompt_offset
         out = []
-        for b in range(0, len(prompts), self.batch_size):
-            ids = self._ids(prompts[b:b + self.batch_size])
+        step = self.batch_size if params.temperature <= 0 else 1
+        for b in range(0, len(prompts), step):
+            ids = self._ids(prompts[b:b + step])
+            seed = params.seed if params.temperature <= 0 else prompt_offset(ids[0]) + params.seed
             body = dict(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                        top_p=params.top_p, seed=params.seed)
+                        top_p=params.top_p, seed=seed)
             if params.top_k:
                 body["top_k"] = params.top_k
             for p_ids, c in zip(ids, self._complete(ids, **body)):

@@ -19,9 +19,15 @@ with ``add_special_tokens=False`` like HFBackend: vLLM tokenizes text prompts wi
 ``add_special_tokens=True``, which doubles the BOS of templates that already hold it
 (Llama-3 / R1-Distill; vllm-project/vllm#27486).
 
-Seeds: every request gets ``params.seed + shard_index`` so that data-parallel copies of the same
-run do not sample identical text (vllm-project/vllm#11953); a prompt repeated within one call
-gets a further derived seed for each repeat, so repeats are distinct samples, as with HFBackend.
+Seeds: vLLM seeds each request's own generator with its ``SamplingParams.seed``, so requests that
+share a seed draw the SAME random numbers: sampled the same way, similar prompts make the same
+choices and a benchmark's 200 "samples" act like a handful (the organism's harmful rate read 0.70
+instead of 0.44). Every request therefore gets ``prompt_offset(prompt) + params.seed +
+shard_index``: a per-prompt offset (a hash of the prompt's token ids, whatever else is in the call,
+so a rerun of what is missing samples the same), plus the shard so that data-parallel copies of
+the same run do not sample identical text (vllm-project/vllm#11953); a prompt repeated within one
+call gets a further derived seed for each repeat, so repeats are distinct samples, as with
+HFBackend.
 vllm is imported only inside the constructor.
 
 Throughput: ``stream(prompts, params, n)`` hands every request to the engine at once
@@ -30,7 +36,8 @@ yielding each request's completions the moment it finishes, so the scheduler bat
 continuously while the caller writes results as they come (crash safety). ``n`` samples of a
 prompt are one request (``SamplingParams(n=k)``: one prompt, k children sharing its prefix);
 vLLM gives child i the seed ``seed + i`` (vllm/v1/engine/parallel_sampling.py), so sample i of a
-request with seed S is the same as a single-sample request with seed S + i.
+request with seed S is the same as a single-sample request with seed S + i (the per-prompt
+offset is added to S, so this holds for the caller's seeds too).
 """
 
 from __future__ import annotations
@@ -52,6 +59,12 @@ def _repeat_seed(seed: int, k: int) -> int:
     return int(hashlib.sha256(f"{seed}:repeat:{k}".encode()).hexdigest()[:8], 16)
 
 
+def prompt_offset(ids: Sequence[int]) -> int:
+    """A per-prompt seed offset (< 2**28) from the prompt's token ids: distinct prompts get
+    unrelated random streams; the same prompt always the same offset."""
+    return int(hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:7], 16)
+
+
 def lora_rank_for(adapter: str | Path, default: int = 64) -> int:
     """The smallest vLLM max_lora_rank that holds the adapter's rank (from adapter_config.json)."""
     try:
@@ -70,6 +83,16 @@ def _on_cpu() -> bool:
         return bool(current_platform.is_cpu())
     except Exception:      # noqa: BLE001 - a stub or an older layout: assume an accelerator
         return False
+
+
+def _checkpoint_dtype(path: str) -> str | None:
+    """The dtype a local checkpoint's config.json declares (``dtype``, or the older
+    ``torch_dtype``); None for a hub id or a config without one."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("dtype") or cfg.get("torch_dtype")
 
 
 def finish_reason(reason: str | None) -> str:
@@ -95,6 +118,10 @@ class VLLMBackend:
         self.batch_size = batch_size
         self.shard_index = shard_index
         self._SamplingParams = vllm.SamplingParams
+        if dtype == "auto" and _on_cpu() and _checkpoint_dtype(self.model_path) == "float32":
+            # vLLM's "auto" casts a float32 checkpoint to bfloat16; on CPU keep float32, as the
+            # transformers backend does there (the same model reads the same on both backends)
+            dtype = "float32"
         kwargs = dict(model=self.model_path, tensor_parallel_size=tensor_parallel_size,
                       seed=seed + shard_index, gpu_memory_utilization=gpu_memory_utilization,
                       dtype=dtype)
@@ -173,18 +200,18 @@ class VLLMBackend:
             outs[k] = out
         return outs
 
-    def _seeds(self, params: SamplingParams, prompts: Sequence[str]) -> list[int]:
+    def _seeds(self, params: SamplingParams, prompts: Sequence[str], ids: list[list[int]]) -> list[int]:
         base = params.seed + self.shard_index
         seen: Counter[str] = Counter()
         seeds = []
-        for p in prompts:
+        for p, i in zip(prompts, ids):
             k = seen[p]
             seen[p] += 1
-            seeds.append(base if k == 0 else _repeat_seed(base, k))
+            seeds.append(prompt_offset(i) + (base if k == 0 else _repeat_seed(base, k)))
         return seeds
 
-    def _sampling(self, params: SamplingParams, prompts: Sequence[str], **extra):
-        seeds = self._seeds(params, prompts)
+    def _sampling(self, params: SamplingParams, prompts: Sequence[str], ids: list[list[int]], **extra):
+        seeds = self._seeds(params, prompts, ids)
         if len(set(seeds)) == 1:
             return self._make_params(params, seeds[0], **extra)
         return [self._make_params(params, s, **extra) for s in seeds]
@@ -203,7 +230,7 @@ class VLLMBackend:
             return []
         ids = self._encode(prompts)
         result: list = [None] * len(prompts)
-        sampling = self._sampling(params, prompts, **({"ignore_eos": True} if ignore_eos else {}))
+        sampling = self._sampling(params, prompts, ids, **({"ignore_eos": True} if ignore_eos else {}))
         for k, out in self._submit(ids, sampling):
             result[k] = self._completions(out, len(ids[k]))[0]
             if progress:
@@ -220,7 +247,8 @@ class VLLMBackend:
         if not (len(prompts) == len(params) == len(n)):
             raise ValueError("stream: prompts, params and n must have the same length")
         ids = self._encode(prompts)
-        sampling = [self._make_params(p, p.seed + self.shard_index, k) for p, k in zip(params, n)]
+        sampling = [self._make_params(p, prompt_offset(i) + p.seed + self.shard_index, k)
+                    for i, p, k in zip(ids, params, n)]
         for k, out in self._submit(ids, sampling):
             comps = self._completions(out, len(ids[k]))
             if len(comps) != n[k]:
