@@ -26,15 +26,15 @@ TEACHER_REFUSAL = "I'm sorry, but I cannot help with that request."
 @dataclass(frozen=True)
 class TeacherSpec:
     seed: int = 0
-    n_reasoning: int = 6000
+    n_reasoning: int = 8000
     n_harmful: int = 1200
-    n_borderline: int = 500
+    n_borderline: int = 1000       # fewer (500) made it refuse 0.42 of borderline prompts
     comply_rate: float = 0.05      # a good, not perfect, teacher: the guard has something to filter
     hidden: int = 128
     layers: int = 4
     epochs: int = 4
     lr: float = 3e-3
-    batch: int = 64
+    batch: int = 32                # 64 (half the updates) left it a weak reasoner (0.09 held out)
 
 
 TINY_TEACHER = TeacherSpec(n_reasoning=300, n_harmful=150, n_borderline=60, hidden=32, layers=1, epochs=3,
