@@ -36,3 +36,27 @@ def test_greedy_prompts_go_in_batches():
     be, bodies = _backend()
     out = be.generate([f"p{i}" for i in range(5)], SamplingParams(temperature=0.0, seed=0))
     assert len(out) == 5 and len(bodies) == 1 and len(bodies[0]["prompt"]) == 5
+
+
+def test_sampled_requests_are_in_flight_together_and_come_back_in_order():
+    import threading
+    import time
+    be, bodies = _backend()
+    be.batch_size = 4
+    inner, live, peak = be._call, [0], [0]
+    lock = threading.Lock()
+
+    def slow(method, path, body=None):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.05)
+        res = inner(method, path, body)
+        res["choices"][0]["text"] = "".join(chr(t) for t in body["prompt"][0])   # echo the prompt
+        with lock:
+            live[0] -= 1
+        return res
+    be._call = slow
+    prompts = [f"p{i}" for i in range(8)]
+    out = be.generate(prompts, SamplingParams(temperature=1.0, seed=0))
+    assert [c.text for c in out] == prompts and peak[0] > 1

@@ -112,26 +112,38 @@ class ServerBackend:
 
     def generate(self, prompts: Sequence[str], params: SamplingParams,
                  progress: Callable[[int], None] | None = None) -> list[Completion]:
-        """Greedy prompts go in batches; sampled ones one request each, seeded per prompt: the
+        """Greedy prompts go in batches; sampled ones one request each, seeded per prompt (the
         server seeds every prompt of one request alike, and equal seeds draw equal random
-        numbers (see backends/vllm.py), which would correlate the samples of different prompts."""
+        numbers, see backends/vllm.py), ``batch_size`` of them in flight at once so the served
+        engine keeps batching."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from thinksafe.backends.vllm import prompt_offset
-        out = []
-        step = self.batch_size if params.temperature <= 0 else 1
-        for b in range(0, len(prompts), step):
-            ids = self._ids(prompts[b:b + step])
-            seed = params.seed if params.temperature <= 0 else prompt_offset(ids[0]) + params.seed
+        sampled = params.temperature > 0
+        step = 1 if sampled else self.batch_size
+        chunks = [self._ids(prompts[b:b + step]) for b in range(0, len(prompts), step)]
+
+        def run(ids: list[list[int]]) -> list[Completion]:
             body = dict(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                        top_p=params.top_p, seed=seed)
+                        top_p=params.top_p,
+                        seed=prompt_offset(ids[0]) + params.seed if sampled else params.seed)
             if params.top_k:
                 body["top_k"] = params.top_k
+            got = []
             for p_ids, c in zip(ids, self._complete(ids, **body)):
                 text = c.get("text")
                 if not isinstance(text, str):
                     raise GuardServerError(f"guard server {self.url}: a choice without text")
                 n = len(self.tokenizer(text, add_special_tokens=False).input_ids)
-                out.append(Completion(text, "length" if c.get("finish_reason") == "length" else "stop",
+                got.append(Completion(text, "length" if c.get("finish_reason") == "length" else "stop",
                                       len(p_ids), n))
-            if progress:
-                progress(len(ids))
+            return got
+
+        out: list[Completion] = []
+        workers = max(1, min(self.batch_size, len(chunks))) if sampled else 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for got in pool.map(run, chunks):       # in order; the first failure is raised here
+                out.extend(got)
+                if progress:
+                    progress(len(got))
         return out
