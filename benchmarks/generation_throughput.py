@@ -170,10 +170,14 @@ def main() -> None:
     rows = {}
     for m in args.methods.split(","):
         fn = naive if m == "naive" else backend(m)
+        t0 = time.perf_counter()
         try:
             rows[m] = measure(fn, args.new_tokens, args.repeats)
         except Exception as e:   # a method the installed versions cannot run is reported, not hidden
             rows[m] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        # each row as it is measured, so a run stopped at its time limit still reports the ones it finished
+        print(f"{m}: {rows[m] if isinstance(rows[m], str) else f'{rows[m]:,.0f} tok/s'} "
+              f"({time.perf_counter() - t0:.0f} s with warm-up)", flush=True)
     base = rows.get("naive") if isinstance(rows.get("naive"), float) else None
     card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     import transformers

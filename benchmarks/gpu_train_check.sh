@@ -14,6 +14,9 @@
 # --tiny: every part at tiny shapes on the CPU (a minute or two), to know the script works without a GPU.
 # Needs the real tokenizers for 4-5: TS_TOKENIZERS (default ../shared/data/tokenizers next to the repo).
 # Each part has its own time limit; a failing part is recorded and the next one runs.
+# TS_DEADLINE (seconds since the epoch) caps every part's limit, so a caller with a fixed device-time
+# budget (benchmarks/gpu_session.sh) gets its later parts a chance, and TS_PART_MAX caps each part; TS_TP_BUDGET / TS_TP_DEADLINE set the
+# throughput rows' per-method budget and total deadline; TS_SKIP="throughput kernels" skips parts by name.
 set -uo pipefail
 TINY=""
 if [[ "${1:-}" == "--tiny" ]]; then TINY="--tiny"; shift; fi
@@ -29,6 +32,13 @@ cd "$REPO"
 part() {   # part NAME SECONDS CMD...  -> OUT/NAME.log, a line in results.md
   local name="$1" limit="$2"; shift 2
   local t0=$SECONDS
+  if [[ " ${TS_SKIP:-} " == *" $name "* ]]; then echo "- $name: skipped (TS_SKIP)" >> "$RES"; return 0; fi
+  if [[ -n "${TS_DEADLINE:-}" ]]; then
+    local left=$(( TS_DEADLINE - $(date +%s) ))
+    if (( left < 15 )); then echo "- $name: not run, the session's deadline is reached" >> "$RES"; return 0; fi
+    (( left < limit )) && limit=$left
+  fi
+  if [[ -n "${TS_PART_MAX:-}" ]] && (( TS_PART_MAX < limit )); then limit=$TS_PART_MAX; fi
   echo "== $name (limit ${limit}s)" >&2
   timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
@@ -58,6 +68,7 @@ EOF
 
 # 2. throughput rows (the table is printed on stdout: it goes into results.md)
 if [[ -n "$TINY" ]]; then BUDGET=2; DEADLINE=120; else BUDGET=15; DEADLINE=200; fi
+BUDGET="${TS_TP_BUDGET:-$BUDGET}"; DEADLINE="${TS_TP_DEADLINE:-$DEADLINE}"
 part throughput $((DEADLINE + 60)) "$PY" benchmarks/train_throughput.py $TINY \
   --methods official,shipped_1x8,shipped,ours,grouped_padded --budget-seconds "$BUDGET" \
   --deadline-seconds "$DEADLINE" --json "$OUT/train_throughput.json"

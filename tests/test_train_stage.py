@@ -239,3 +239,20 @@ def test_merge_cli(lora_run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(tmp_path / "nothing"), "--out",
                         str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no LoRA adapter" in r.stderr
+
+
+def test_models_load_without_hub_kernels():
+    """transformers enables Hub kernels by default (code downloaded when the model enters train mode; offline
+    on a GPU it fails the first model.train()): every model thinksafe loads goes through one loader without."""
+    from transformers import AutoModelForCausalLM
+
+    from thinksafe.backends.hf import causal_lm, load_model
+    path = resolve_model_path("organism")
+    assert AutoModelForCausalLM.from_pretrained(path).use_kernels in (True, False)   # the attribute we read exists
+    assert causal_lm(path, torch.float32).use_kernels is False
+    assert load_model(path, dtype="float32", device="cpu").use_kernels is False
+    import inspect
+
+    from thinksafe.stages import grpo, merge
+    for mod in (train, grpo, merge):
+        assert "AutoModelForCausalLM.from_pretrained(" not in inspect.getsource(mod), mod.__name__

@@ -24,14 +24,23 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def causal_lm(path: str | Path, dtype):
+    """The one way a causal LM's weights are loaded: safetensors only, and no Hub kernels.
+
+    transformers (>= 5.2x) installs ``kernels`` and, by default, swaps layers for kernels it downloads from
+    the Hub when a model is put in train/eval mode: code fetched at run time (we load no remote code unless
+    asked), and offline (``HF_HUB_OFFLINE=1``) it fails the first ``model.train()`` on a GPU.
+    """
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True, use_kernels=False)
+
+
 def load_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "auto",
                device: str = "auto"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
-                                                 use_safetensors=True)
+    model = causal_lm(path, getattr(torch, dtype))
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))

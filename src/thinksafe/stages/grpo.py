@@ -281,11 +281,11 @@ def prompt_rows(cfg, tok) -> list[dict]:
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback, set_seed
+    from transformers import TrainerCallback, set_seed
     from trl import GRPOTrainer
 
     from thinksafe import compute
-    from thinksafe.backends.hf import load_tokenizer
+    from thinksafe.backends.hf import causal_lm, load_tokenizer
     from thinksafe.runtime import guard as make_guard
     from thinksafe.stages.train import check_reporter, is_main_process, lora_config, progress_callback
 
@@ -305,8 +305,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     guard = make_guard(cfg)                      # served guards are health-checked here, before training
     reward = GuardReward(guard, fam, fmt, g.safety_weight, g.format_weight, tok)
     use_bf16 = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16 if use_bf16 else torch.float32, use_safetensors=True)
+    model = causal_lm(path, torch.bfloat16 if use_bf16 else torch.float32)
     n = (compute.model_params(cfg.model.path) or {}).get("flop_params")
     n_guard = (compute.model_params(cfg.guard.path) or {}).get("flop_params")
     ckpt_dir = run_dir / "checkpoints"

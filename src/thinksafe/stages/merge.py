@@ -54,7 +54,9 @@ def merge(path: str | Path, out: str | Path, base: str | None = None, dtype: str
           force: bool = False) -> dict:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from thinksafe.backends.hf import causal_lm
 
     t0 = time.time()
     adapter, run_dir = find_adapter(path)
@@ -64,8 +66,7 @@ def merge(path: str | Path, out: str | Path, base: str | None = None, dtype: str
     if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     base_path = base_model_of(adapter, run_dir, base)
-    model = AutoModelForCausalLM.from_pretrained(
-        base_path, dtype="auto" if dtype == "auto" else getattr(torch, dtype), use_safetensors=True)
+    model = causal_lm(base_path, "auto" if dtype == "auto" else getattr(torch, dtype))
     model = PeftModel.from_pretrained(model, str(adapter))
     merged = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)

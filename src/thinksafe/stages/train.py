@@ -353,9 +353,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
 
-    from thinksafe.backends.hf import load_tokenizer
+    from thinksafe.backends.hf import causal_lm, load_tokenizer
 
     tc = cfg.train
     check_train_config(tc)
@@ -381,8 +381,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     use_bf16 = torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not use_bf16:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")   # torchrun on CPUs: DDP over gloo
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16 if use_bf16 else torch.float32, use_safetensors=True)
+    model = causal_lm(path, torch.bfloat16 if use_bf16 else torch.float32)
     packing, packing_note = packing_choice(tc, model.config)
     if not packing and getattr(tc, "micro_batch_tokens", None):
         extra = "train.micro_batch_tokens ignored without packing (batch_size x grad_accum accumulation steps)"

@@ -65,6 +65,13 @@ def gathered(head):
     except ImportError:                             # torch without torch.distributed
         return head
     if not isinstance(head.weight, DTensor):
+        if (isinstance(head, torch.nn.Linear) and not hasattr(head.weight, "ds_id")
+                and torch.distributed.is_available() and torch.distributed.is_initialized()):
+            # Distributed (FSDP2): a Linear head's weight read now, not when a checkpointed chunk is recomputed,
+            # as FSDP2 can have swapped the module's parameter back to its sharded DTensor by then (seen on one
+            # H200: "aten.mm got mixed torch.Tensor and DTensor"). ZeRO-3 weights are gathered by the call.
+            weight, bias = head.weight, head.bias
+            return lambda h: F.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
         return head
     weight = head.weight.full_tensor()
     bias = head.bias.full_tensor() if isinstance(head.bias, DTensor) else head.bias
