@@ -35,13 +35,16 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except ThinksafeError as e:
-            console.print(f"[red]error:[/red] {type(e).__name__}: {e}", highlight=False)
+            from rich.markup import escape
+            for line in getattr(e, "problems", None) or [f"{type(e).__name__}: {e}"]:
+                console.print(f"[red]error:[/red] {escape(line)}", highlight=False)  # `[...]` is text
             raise typer.Exit(2) from None
     return wrapper
 
 
 def _load(config: Path | None, sets: list[str] | None, out: str | None = None, seed: int | None = None):
     from thinksafe.config import load_config
+    config = packaged_config(config)
     overrides = list(sets or [])
     if out is not None:
         overrides.append(f"out={out}")
@@ -54,11 +57,33 @@ def _log(line: str) -> None:
     console.print(line, highlight=False, markup=False)
 
 
+def packaged_config(config: Path | None) -> Path | None:
+    """A config path, or the name of a packaged one (``qwen3-4b``, ``qwen3-4b.yaml``) when no such
+    file exists here."""
+    if config is None or Path(config).exists():
+        return config
+    name = Path(config).name
+    for cand in (name, f"{name}.yaml"):
+        packaged = Path(__file__).parent / "configs" / cand
+        if packaged.is_file():
+            return packaged
+    return config
+
+
+def _checked(cfg, stages):
+    """Preflight (nothing written yet), then a context in which a failure leaves the run folder
+    as it was."""
+    from thinksafe.preflight import require, unchanged_on_failure
+    require(cfg, stages)
+    return unchanged_on_failure(Path(cfg.out))
+
+
 def _stage(stage: str, config: Path, sets, out, quiet, force: bool = False) -> None:
     from thinksafe.pipeline import prepare_run_dir, run_stage
     cfg = _load(config, sets, out)
-    run_dir = prepare_run_dir(cfg)
-    summary = run_stage(stage, cfg, run_dir, show=not quiet, force=force, log=_log)
+    with _checked(cfg, [stage]):
+        run_dir = prepare_run_dir(cfg)
+        summary = run_stage(stage, cfg, run_dir, show=not quiet, force=force, log=_log)
     if stage not in ("report",):
         console.print(f"[bold]{stage}[/bold] -> {run_dir}: {_short(summary)}", highlight=False)
 
@@ -130,8 +155,9 @@ def evaluate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: 
     are moved into old/ and redone."""
     from thinksafe.pipeline import prepare_run_dir, run_stage
     cfg = _load(config, set_, out)
-    run_dir = prepare_run_dir(cfg)
-    models = run_stage("evaluate", cfg, run_dir, show=not quiet, force=force, log=_log)
+    with _checked(cfg, ["evaluate"]):
+        run_dir = prepare_run_dir(cfg)
+        models = run_stage("evaluate", cfg, run_dir, show=not quiet, force=force, log=_log)
     console.print(f"[bold]evaluate[/bold] {', '.join(models)} -> {run_dir / 'eval'}; "
                   f"`thinksafe report {run_dir}` writes the table", highlight=False)
 
@@ -163,12 +189,14 @@ def report(paths: Annotated[list[Path], typer.Argument(
             raise ConfigError("--set applies to a config file, not to run folders")
         report_runs(paths, Path(out) if out else None, show=not quiet, paper_model=paper_model)
         return
+    paths = [packaged_config(p) if len(paths) == 1 else p for p in paths]
     if len(paths) > 1 or not paths[0].is_file():
         missing = [str(p) for p in paths if not p.exists()]
         raise ConfigError(f"not found: {', '.join(missing)}" if missing else
                           "report takes ONE config file, or one or more run folders")
     cfg = _load(paths[0], set_, out)
-    run_report(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
+    with _checked(cfg, ["report"]):
+        run_report(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
 
 
 @app.command()
@@ -227,8 +255,31 @@ def run(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: Quiet
 
     Each stage is kept when the config values it reads and its inputs are unchanged, and rerun
     otherwise (the log says which and why; old outputs are moved into old/, nothing is deleted)."""
-    from thinksafe.pipeline import run_all
-    run_all(_load(config, set_, out), show=not quiet, force=force or (), start=from_, log=_log)
+    from thinksafe.pipeline import ORDER, run_all
+    cfg = _load(config, set_, out)
+    with _checked(cfg, ORDER):
+        run_all(cfg, show=not quiet, force=force or (), start=from_, log=_log)
+
+
+@app.command()
+@_friendly
+def check(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None,
+          stages: Annotated[list[str] | None, typer.Option(
+              "--stage", help="Check for these stages only (repeatable; default: those of `run`).")] = None):
+    """Preflight alone: check every asset and setting the stages need (no weights loaded, offline
+    with HF_HUB_OFFLINE=1) and print what the run will do. Exit 2 when something is missing."""
+    from thinksafe.pipeline import BY_NAME, ORDER
+    from thinksafe.preflight import describe, preflight
+    cfg = _load(config, set_, out)
+    bad = [s for s in stages or [] if s not in BY_NAME]
+    if bad:
+        from thinksafe.errors import ConfigError
+        raise ConfigError(f"--stage: unknown stage {', '.join(bad)} (stages: {', '.join(BY_NAME)})")
+    pf = preflight(cfg, stages or ORDER)
+    for line in describe(pf):
+        print(line)
+    if not pf.ok:
+        raise typer.Exit(2)
 
 
 def demo_config_path() -> Path:
@@ -244,7 +295,8 @@ def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and 
     from thinksafe.pipeline import run_all
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = _load(demo_config_path(), set_, out, seed)
-    run_all(cfg, show=not quiet, force=force or (), start=from_, log=_log)
+    with _checked(cfg, ["generate", "judge", "dataset", "train", "evaluate", "report"]):
+        run_all(cfg, show=not quiet, force=force or (), start=from_, log=_log)
     console.print(f"summary: {Path(cfg.out) / 'summary.json'}", highlight=False)
 
 
