@@ -306,8 +306,11 @@ def _follow(stage: Stage, cfg: RunConfig, run_dir: Path, show: bool, wait_s: flo
 
 
 def _check_upstream(stage: Stage, cfg: RunConfig, m: dict) -> None:
-    """A stage command refuses to build on a recorded upstream stage made with another config."""
-    for u in stage.after:
+    """A stage command refuses to build on a recorded upstream stage made with another config:
+    the whole chain up to generate for judge, dataset and train (an SFT set built under another
+    judge config is stale too); evaluate and report look one stage up (another guard for the
+    evaluation alone is a legitimate use)."""
+    for u in (upstream_chain(stage) if stage.name in CHAIN_CHECKED else stage.after):
         e = m["stages"].get(u)
         if not e or "key" not in e:
             continue        # not recorded: the stage checks its input files itself
@@ -317,6 +320,21 @@ def _check_upstream(stage: Stage, cfg: RunConfig, m: dict) -> None:
             raise ConfigError(f"{stage.name}: the {u} stage's outputs were made with another config "
                               f"({reasons}); run `thinksafe {u}` first, or `thinksafe run` to redo "
                               "exactly what changed")
+
+
+CHAIN_CHECKED = ("judge", "dataset", "train")
+
+
+def upstream_chain(stage: Stage) -> list[str]:
+    """Every stage whose output ``stage`` builds on, directly or not, nearest first."""
+    out: list[str] = []
+    todo = list(stage.after)
+    while todo:
+        u = todo.pop(0)
+        if u not in out:
+            out.append(u)
+            todo += BY_NAME[u].after
+    return out
 
 
 def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: bool = False,

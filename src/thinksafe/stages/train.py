@@ -390,6 +390,11 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         print(f"[train] {packing_note}", file=sys.stderr, flush=True)
     ref_model = None
     if tc.method == "lora":
+        from thinksafe.preflight import unmatched_targets
+        missing = unmatched_targets([n for n, _ in model.named_modules()], tc.lora.target_modules)
+        if missing:         # PEFT fails only when no target matches: one typo trains half an adapter
+            raise ConfigError(f"train.lora.target_modules: {', '.join(map(repr, missing))} match no module "
+                              f"of {cfg.model.path}")
         model = get_peft_model(model, lora_config(tc.lora, model))
     elif tc.objective == "kl":
         ref_model = copy.deepcopy(model)           # full fine-tuning: the reference is a frozen copy
