@@ -298,3 +298,46 @@ def test_saved_config_is_the_one_that_ran(demo_cfg, tmp_path, monkeypatch):
     _cli("judge", demo_cfg, "--set", "guard.kind=foo")
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["guard"]["kind"] == to_dict(cfg)["guard"]["kind"] == "llama_guard"
+
+
+# ------------------------------------------------------------------ prompts: keys and limit
+def _generate_key(cfg) -> str:
+    from thinksafe.pipeline import BY_NAME, stage_key
+    return stage_key(BY_NAME["generate"], cfg, {"stages": {}})[0]
+
+
+def test_keys_of_finished_runs_are_unchanged():
+    """Recorded before prompts.limit existed (main at 126a5e0): still the same keys."""
+    from thinksafe.pipeline import BY_NAME, stage_key
+    for cfg, keys in ((load_config(None), ["c73a8cd2bb1484cc", "cf84fd76b87ecfe4"]),
+                      (load_config(demo_config_path()), ["7785d05772f8f87f", "748d9a45dde48aa4"]),
+                      (load_config(demo_config_path().parent / "qwen3-4b.yaml"),
+                       ["714f4a0802ea4347", "b4f98bcc43bd9f98"])):
+        assert [stage_key(BY_NAME[n], cfg, {"stages": {}})[0] for n in ("generate", "grpo")] == keys
+
+
+def test_prompt_counts_a_file_source_ignores_rerun_nothing(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(f'{{"instruction": "q{i}", "label": "benign"}}\n' for i in range(20)))
+    base = load_config(None, [f"prompts.source={f}"])
+    assert _generate_key(base) == _generate_key(load_config(None, [f"prompts.source={f}", "prompts.n_harmful=3"]))
+    org = load_config(None)
+    assert _generate_key(org) != _generate_key(load_config(None, ["prompts.n_harmful=3"]))
+    assert _generate_key(org) == _generate_key(load_config(None, ["prompts.prompt_field=question"]))
+    assert _generate_key(base) != _generate_key(load_config(None, [f"prompts.source={f}", "prompts.limit=5"]))
+
+
+def test_prompts_limit_is_a_seeded_subset(tmp_path):
+    from thinksafe.prompts import load_prompts
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(f'{{"instruction": "q{i}", "label": "benign"}}\n' for i in range(50)))
+    a = load_prompts(load_config(None, [f"prompts.source={f}", "prompts.limit=7"]))
+    b = load_prompts(load_config(None, [f"prompts.source={f}", "prompts.limit=7"]))
+    c = load_prompts(load_config(None, [f"prompts.source={f}", "prompts.limit=7", "seed=1"]))
+    assert [r.prompt for r in a] == [r.prompt for r in b] and len(a) == 7
+    assert [r.prompt for r in a] != [r.prompt for r in c]
+    assert [r.prompt for r in a] != [f"q{i}" for i in range(7)]          # drawn, not the head
+    assert [int(r.prompt[1:]) for r in a] == sorted(int(r.prompt[1:]) for r in a)   # source order
+    pf = preflight(load_config(None, [f"prompts.source={f}", "prompts.limit=7", f"out={tmp_path / 'r'}"]),
+                   ["generate"])
+    assert "7 from" in dict(pf.plan)["prompts"]

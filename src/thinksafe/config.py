@@ -62,6 +62,7 @@ class PromptsConfig:
     label_field: str = "label"
     default_label: str | None = None   # a file row without label_field: this label (harmful | benign);
                                        # None = such a row is an error
+    limit: int | None = None        # a seeded subset of this many prompts (a first small run); None = all
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ RANGES: dict[str, tuple] = {
     "model.batch_size": _GE1, "model.tensor_parallel_size": _GE1, "model.max_model_len": _GE1,
     "model.gpu_memory_utilization": _UNIT,
     "guard.top_k": _GE1, "guard.max_input_tokens": _GE1, "guard.batch_size": _GE1, "guard.server_timeout": _GT0,
-    "prompts.n_harmful": _GE0, "prompts.n_reasoning": _GE0, "prompts.n_borderline": _GE0,
+    "prompts.n_harmful": _GE0, "prompts.limit": _GE1, "prompts.n_reasoning": _GE0, "prompts.n_borderline": _GE0,
     "generate.samples": _GE1, "generate.temperature": _GE0, "generate.top_p": _UNIT, "generate.top_k": _GE0,
     "generate.max_new_tokens": _GE1, "generate.max_attempts": _GE1,
     "dataset.ngram": _GE1,

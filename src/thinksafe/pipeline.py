@@ -105,7 +105,28 @@ def config_values(stage: Stage, cfg: RunConfig) -> dict:
         for k in path.split("."):
             node = node[k]
         _flatten(node, path, out)
-    return {k: v for k, v in sorted(out.items()) if k not in PERFORMANCE}
+    return {k: v for k, v in sorted(_as_used(cfg, out).items()) if k not in PERFORMANCE}
+
+
+# Values that are in no key while at their default: fields added after runs were recorded (a
+# finished run stays "unchanged, kept").
+OMIT_AT_DEFAULT = {"prompts.limit": None}
+ORGANISM_ONLY = ("prompts.n_harmful", "prompts.n_reasoning", "prompts.n_borderline")
+FILE_ONLY = ("prompts.prompt_field", "prompts.label_field", "prompts.default_label")
+
+
+def _as_used(cfg: RunConfig, values: dict) -> dict:
+    """The values as the run uses them: one the prompt source ignores (the organism counts of a
+    file or Hub source, a file's field names for the organism) counts at its default, so changing
+    it reruns nothing."""
+    from thinksafe.config import PromptsConfig
+    default = to_dict(PromptsConfig())
+    ignored = FILE_ONLY if cfg.prompts.source == "organism" else ORGANISM_ONLY
+    out = dict(values)
+    for k in ignored:
+        if k in out:
+            out[k] = default[k.split(".", 1)[1]]
+    return {k: v for k, v in out.items() if not (k in OMIT_AT_DEFAULT and v == OMIT_AT_DEFAULT[k])}
 
 
 def _hash(obj) -> str:
