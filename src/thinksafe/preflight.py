@@ -403,14 +403,23 @@ def _check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
                 pf.problem("evaluate.data_dir", msg)
             return names
     pf.plan.append(("evaluate.data_dir", str(data_dir)))
+    responses = tokens = 0
     for name in real:
         try:
-            load_benchmark(name, e.data_dir, 1)
+            n = len(load_benchmark(name, e.data_dir, e.limit if evaluating else 1))
         except ThinksafeError as err:
             if name in GATED or best_effort:
                 pf.notes.append(f"evaluate.benchmarks: {name} will be skipped (and recorded): {err}")
             else:
                 pf.problem("evaluate.data_dir", f"benchmark {name}: {err}")
+            continue
+        reasoning = _kind(name) == "reasoning"
+        k = n * ((e.samples or 8) if reasoning else 1)
+        responses += k
+        tokens += k * ((e.reasoning_max_new_tokens or e.max_new_tokens) if reasoning else e.max_new_tokens)
+    if evaluating and responses:
+        pf.plan.append(("evaluation", f"{responses:,} responses per model evaluated (base, and the trained "
+                                      f"one), at most {tokens:,} tokens each"))
     return names
 
 
