@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from thinksafe.cli import app, demo_config_path
 from thinksafe.config import load_config, to_dict
 from thinksafe.organism import organism_dir
-from thinksafe.preflight import PreflightError, module_names, preflight, require, unmatched_targets
+from thinksafe.preflight import PreflightError, module_names, preflight, require
+from thinksafe.stages.train import unmatched_targets
 
 runner = CliRunner()
 
@@ -341,3 +342,19 @@ def test_prompts_limit_is_a_seeded_subset(tmp_path):
     pf = preflight(load_config(None, [f"prompts.source={f}", "prompts.limit=7", f"out={tmp_path / 'r'}"]),
                    ["generate"])
     assert "7 from" in dict(pf.plan)["prompts"]
+
+
+def test_train_itself_refuses_a_target_module_that_matches_nothing(tmp_path):
+    """Past the preflight too (a run started through the Python API): before any training step."""
+    import json
+
+    from conftest import world_responses
+
+    from thinksafe.errors import ConfigError
+    from thinksafe.stages import train
+    rows = [{"prompt": p, "response": r, "label": "benign"} for p, r in world_responses(n=4)[:6]]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(demo_config_path(), [f"out={tmp_path}", "train.lora.target_modules=[q_proj,vproj]"])
+    with pytest.raises(ConfigError, match=r"train.lora.target_modules: 'vproj' match no module"):
+        train.run(cfg, tmp_path, show=False)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "checkpoints").exists()

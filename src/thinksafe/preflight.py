@@ -465,6 +465,7 @@ def _check_lora(pf: Preflight, lc, model_dir: Path | None, model_path: str) -> N
     if names is None:
         pf.notes.append(f"train.lora.target_modules: not checked (no weight index or safetensors in {model_dir})")
         return
+    from thinksafe.stages.train import unmatched_targets
     missing = unmatched_targets(names, targets)
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
@@ -481,16 +482,6 @@ def _check_lora(pf: Preflight, lc, model_dir: Path | None, model_path: str) -> N
             layer_range(lc, n_layers)
         except ConfigError as e:
             pf.problem(*_split(str(e), "train.lora.layers"))
-
-
-def unmatched_targets(module_names, targets) -> list[str]:
-    """The LoRA target names that match no module (PEFT's rule: the full name, or its ending
-    after a dot). PEFT itself only fails when none matches; one typo trains half an adapter."""
-    if isinstance(targets, str):
-        return []                  # "all-linear" or a regular expression: PEFT's own check
-    names = list(module_names)
-    return [t for t in targets if t != "all-linear" and
-            not any(n == t or n.endswith("." + t) for n in names)]
 
 
 def module_names(model_dir: Path) -> list[str] | None:
