@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from thinksafe.config import demo_config_path
 from thinksafe.errors import ThinksafeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -231,10 +231,6 @@ def run(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: Quiet
     run_all(_load(config, set_, out), show=not quiet, force=force or (), start=from_, log=_log)
 
 
-def demo_config_path() -> Path:
-    return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
-
-
 @app.command()
 @_friendly
 def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and training.")] = 0,
@@ -381,6 +377,19 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     import datasets
     datasets.disable_progress_bars()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from thinksafe import __version__
+        typer.echo(f"thinksafe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """THINKSAFE: self-generated safety alignment for reasoning models."""
 
 
 def main() -> None:

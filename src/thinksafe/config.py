@@ -18,6 +18,12 @@ import yaml
 from thinksafe.errors import ConfigError
 
 
+def demo_config_path() -> Path:
+    """The packaged organism config (``thinksafe demo``)."""
+    from importlib import resources
+    return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = "organism"          # HF id, local folder, or "organism" (the bundled base)
