@@ -4,6 +4,7 @@
 - every `thinksafe COMMAND [SUBCOMMAND]` in a code span or code block of the README or the docs is a
   command of the CLI, and every `--option` written after it on the same line is one of its options;
   every `make TARGET` is a target of the Makefile;
+- every config key (`train.micro_batch_tokens`, ...) named in code there is a key of config.py;
 - the configuration reference (generated from config.py by docs/gen_config_ref.py) holds every field
   and every comment of config.py;
 - `mkdocs build --strict` passes (skipped without mkdocs, unless THINKSAFE_REQUIRE_DOCS=1).
@@ -215,3 +216,35 @@ def test_readme_links_point_at_files():
     assert "docs/pipeline.md" in links
     missing = [u for u in links if u and not (ROOT / u).exists()]
     assert not missing, f"README.md links to files that do not exist: {missing}"
+
+
+_KEY = re.compile(r"(?<![\w./-])((?:model|guard|prompts|generate|dataset|train|evaluate|compare|grpo)"
+                  r"(?:\.[a-z_]+)+)(?![\w/(-]|\.[a-z])")
+_FILE = re.compile(r"\.(md|json|jsonl|yaml|py|csv|png)$")   # compare.md is a file, not a key
+
+
+def test_every_config_key_in_the_docs_exists():
+    """`train.micro_batch_tokens`, `guard.server_url`, ... named in code in the README or the docs are
+    keys of config.py (or its sections)."""
+    from thinksafe.config import RunConfig
+
+    def exists(dotted: str) -> bool:
+        cls = RunConfig
+        for part in dotted.split("."):
+            if not dataclasses.is_dataclass(cls):
+                return False
+            hints = typing.get_type_hints(cls)
+            if part not in hints:
+                return False
+            cls = hints[part]
+        return True
+
+    seen, bad = 0, []
+    for path in _doc_files():
+        for line in _code_lines(path.read_text()):
+            for key in (k for k in _KEY.findall(line) if not _FILE.search(k)):
+                seen += 1
+                if not exists(key):
+                    bad.append(f"{path.relative_to(ROOT)}: {key}")
+    assert seen > 50
+    assert not bad, "config keys named in the docs that config.py does not have:\n" + "\n".join(bad)
