@@ -367,6 +367,44 @@ def compare(config: Annotated[Path, typer.Argument(help="YAML config with a `com
     console.print(to_markdown(table), highlight=False, markup=False)
 
 
+@app.command()
+@_friendly
+def view(runs: Annotated[list[Path], typer.Argument(help="One or more run folders (a compare folder "
+                                                    "brings its methods' runs).")],
+         host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
+         port: Annotated[int, typer.Option(help="Port.")] = 8765,
+         export: Annotated[Path | None, typer.Option("--export", help="Write a static bundle (HTML + JSON) "
+                                                     "into this folder instead of serving.")] = None):
+    """A read-only web viewer of runs: stages and report, training samples with facets and search,
+    base vs trained side by side. Harmful text stays hidden until clicked."""
+    if export is not None:
+        from thinksafe.viewer.bundle import export_bundle
+        s = export_bundle(runs, export)
+        console.print(f"[bold]view --export[/bold] -> {s['out']}: {s['samples']} samples, "
+                      f"{s['eval_pairs']} evaluation pairs; open {s['out'] / 'index.html'}", highlight=False)
+        return
+    from thinksafe.viewer.server import serve
+    serve(runs, host=host, port=port, log=_log)
+
+
+@app.command("export")
+@_friendly
+def export_cmd(run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+               out: Annotated[Path, typer.Option("--out", help="Folder for dataset/ and adapter/.")],
+               push_to_hub: Annotated[str | None, typer.Option(
+                   "--push-to-hub", help="Upload to this Hub repo id (dataset REPO, model REPO-adapter).")] = None,
+               private: Annotated[bool, typer.Option(help="Create the Hub repos private.")] = False):
+    """The SFT set as a Hub-ready dataset (parquet + dataset card) and the adapter with a model card,
+    with provenance numbers from the run; optionally pushed to the Hub."""
+    from thinksafe.viewer.export import export_run, push
+    s = export_run(run, out)
+    console.print(f"[bold]export[/bold] -> {s['out']}: {s['rows']} rows"
+                  f"{', adapter' if s['adapter'] else ''}", highlight=False)
+    if push_to_hub:
+        for line in push(s, push_to_hub, private=private):
+            console.print(line, highlight=False)
+
+
 def _quiet_libraries() -> None:
     """Keep the console for our own progress bars: no per-load bars or info logs from HF."""
     import warnings
