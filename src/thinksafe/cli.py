@@ -393,11 +393,13 @@ def export_cmd(run: Annotated[Path, typer.Argument(help="A finished run folder."
                out: Annotated[Path, typer.Option("--out", help="Folder for dataset/ and adapter/.")],
                push_to_hub: Annotated[str | None, typer.Option(
                    "--push-to-hub", help="Upload to this Hub repo id (dataset REPO, model REPO-adapter).")] = None,
-               private: Annotated[bool, typer.Option(help="Create the Hub repos private.")] = False):
+               private: Annotated[bool, typer.Option(help="Create the Hub repos private.")] = False,
+               license: Annotated[str, typer.Option(help="License id for the cards (the base model's "
+                                                    "terms apply to its outputs).")] = "other"):
     """The SFT set as a Hub-ready dataset (parquet + dataset card) and the adapter with a model card,
     with provenance numbers from the run; optionally pushed to the Hub."""
     from thinksafe.viewer.export import export_run, push
-    s = export_run(run, out)
+    s = export_run(run, out, license=license)
     console.print(f"[bold]export[/bold] -> {s['out']}: {s['rows']} rows"
                   f"{', adapter' if s['adapter'] else ''}", highlight=False)
     if push_to_hub:
