@@ -20,7 +20,7 @@ function h(tag, attrs, ...kids) {
 
 async function api(path) {
   if (window.THINKSAFE_STATIC) return window.THINKSAFE_STATIC(path);
-  const r = await fetch("api/" + path);
+  const r = await fetch("api/" + path);  // the server's API (a static bundle answers from data.js)
   const d = await r.json();
   if (!r.ok) throw new Error(d.error || r.statusText);
   return d;
