@@ -122,7 +122,7 @@ async function pageRun(run) {
   const d = await api(`run/${run}`);
   const kids = [h("h2", {}, `Run ${d.name}`), h("p", {class: "muted"}, d.path),
     h("p", {}, h("a", {href: `#/data/${run}`}, "training data"), " · ",
-      h("a", {href: `#/eval?a=${run}:base&b=${run}:trained`}, "evaluation"))];
+      h("a", {href: `#/eval`}, "evaluation"))];
   kids.push(h("h3", {}, "Stages"), table([
     {label: "stage", key: "stage"}, {label: "status", key: "status"},
     {label: "key", get: r => (r.key || "").toString().slice(0, 12)},
