@@ -51,6 +51,16 @@ class Column:
         self._code: dict[str | None, int] = {}
         self.data = array("I") if kind == "cat" else array("d")
 
+    def fill(self, n: int) -> None:
+        """``n`` empty values (None / NaN), to be ``set`` later."""
+        if self.kind == "num":
+            self.data = array("d", [float("nan")]) * n
+        else:
+            if None not in self._code:
+                self._code[None] = len(self.vocab)
+                self.vocab.append(None)
+            self.data = array("I", [self._code[None]]) * n
+
     def append(self, v) -> None:
         if self.kind == "num":
             self.data.append(float("nan") if v is None else float(v))
@@ -137,11 +147,9 @@ class RecordIndex:
                 pass                                         # a read-only cache is only slower
         return self
 
-    def build(self) -> None:
-        self.ids, self.file_no, self.offset, self.length = [], array("B"), array("q"), array("I")
-        self.columns = {k: Column(kind) for k, kind in self.columns_spec.items()}
-        where: dict[str, int] = {}
-        self.skipped_torn = 0
+    def _lines(self):
+        """(file number, byte offset, line) of every complete, non-empty line; a torn last line
+        (no newline) is counted in ``skipped_torn`` and skipped."""
         for fno, path in enumerate(self.files):
             if not path.is_file():
                 continue
@@ -152,27 +160,64 @@ class RecordIndex:
                     if not line.endswith(b"\n"):
                         self.skipped_torn += bool(line.strip())
                         break
-                    if not line.strip():
-                        continue
-                    try:
-                        d = json.loads(line)
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        continue                     # a bad line is not shown (the stages refuse it)
-                    rid = str(d.get("id", f"{fno}:{start}"))
-                    vals = self.extract(d)
-                    i = where.get(rid)
-                    if i is None:
-                        where[rid] = len(self.ids)
-                        self.ids.append(rid)
-                        self.file_no.append(fno)
-                        self.offset.append(start)
-                        self.length.append(len(line))
-                        for k, c in self.columns.items():
-                            c.append(vals.get(k))
-                    else:                             # a later line for the same id wins
-                        self.file_no[i], self.offset[i], self.length[i] = fno, start, len(line)
-                        for k, c in self.columns.items():
-                            c.set(i, vals.get(k))
+                    if line.strip():
+                        yield fno, start, line
+
+    def build(self) -> None:
+        """Two streamed passes: (1) each line's id only (a fast look at the line's start, as
+        thinksafe writes ``{"id": ...`` first), the last line of each id wins; (2) only the winning
+        lines are parsed and their columns extracted."""
+        self.skipped_torn = 0
+        winner: dict[str, tuple[int, int, int]] = {}
+        for fno, start, line in self._lines():
+            rid = _fast_id(line)
+            if rid is None:
+                try:
+                    rid = str(json.loads(line).get("id", f"{fno}:{start}"))
+                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                    continue                 # a bad line is not shown (the stages refuse it)
+            winner[rid] = (fno, start, len(line))    # a later line for the same id wins
+        n = len(winner)
+        pos = {rid: i for i, rid in enumerate(winner)}   # rows in order of first appearance
+        self.ids = list(winner)
+        self.file_no = array("B", (w[0] for w in winner.values()))
+        self.offset = array("q", (w[1] for w in winner.values()))
+        self.length = array("I", (w[2] for w in winner.values()))
+        self.columns = {k: Column(kind) for k, kind in self.columns_spec.items()}
+        for c in self.columns.values():
+            c.fill(n)
+        self.skipped_torn = 0
+        bad = []
+        for fno, start, line in self._lines():
+            rid = _fast_id(line)
+            if rid is not None and winner.get(rid, (None, None))[:2] != (fno, start):
+                continue
+            try:
+                d = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            rid = str(d.get("id", f"{fno}:{start}")) if isinstance(d, dict) else None
+            if rid is None or winner.get(rid, (None, None))[:2] != (fno, start):
+                continue
+            try:
+                vals = self.extract(d)
+            except (TypeError, KeyError, ValueError, AttributeError):
+                bad.append(pos[rid])         # not a record this viewer understands
+                continue
+            i = pos[rid]
+            for k, c in self.columns.items():
+                c.set(i, vals.get(k))
+        if bad:
+            self._drop_rows(set(bad))
+
+    def _drop_rows(self, bad: set[int]) -> None:
+        keep = [i for i in range(len(self.ids)) if i not in bad]
+        self.ids = [self.ids[i] for i in keep]
+        self.file_no = array("B", (self.file_no[i] for i in keep))
+        self.offset = array("q", (self.offset[i] for i in keep))
+        self.length = array("I", (self.length[i] for i in keep))
+        for c in self.columns.values():
+            c.data = array(c.data.typecode, (c.data[i] for i in keep))
 
     def _to_json(self, stamps) -> dict:
         return {"version": INDEX_VERSION, "stamps": stamps, "ids": self.ids,
@@ -264,6 +309,39 @@ class RecordIndex:
             nan_last = float("-inf") if desc else float("inf")
             return sorted(rows, key=lambda i: nan_last if c.data[i] != c.data[i] else c.data[i], reverse=desc)
         return sorted(rows, key=lambda i: _label(c.vocab[c.data[i]]), reverse=desc)
+
+
+_ID_PREFIX = b'{"id": "'
+
+
+def _fast_id(line: bytes) -> str | None:
+    """The id of a line thinksafe wrote (``{"id": "..."`` first, no escapes in it), else None."""
+    if line.startswith(_ID_PREFIX):
+        end = line.find(b'"', len(_ID_PREFIX))
+        if end > 0:
+            rid = line[len(_ID_PREFIX):end]
+            if b"\\" not in rid:
+                try:
+                    return rid.decode()
+                except UnicodeDecodeError:
+                    return None
+    return None
+
+
+def fast_ids(path: Path) -> set[str]:
+    """The ids of a JSONL file, parsing only lines whose id is not at their start."""
+    out: set[str] = set()
+    idx = RecordIndex([path], lambda d: {}, {})
+    for _, _, line in idx._lines():
+        rid = _fast_id(line)
+        if rid is None:
+            try:
+                rid = json.loads(line).get("id")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                continue
+        if rid is not None:
+            out.add(str(rid))
+    return out
 
 
 def _label(v) -> str:

@@ -96,20 +96,28 @@ class Run:
         if self._data is not None and self._data.fresh():
             return self._data
         sft = self.path / "sft.jsonl"
-        kept = {d["id"] for d in iter_jsonl(sft) if "id" in d} if sft.is_file() else None
         stamp = [sft.stat().st_size, sft.stat().st_mtime_ns] if sft.is_file() else None
+        kept_ids: list = []
+
+        def kept():
+            """The ids in sft.jsonl (read only when the index is built, not from the cache)."""
+            if not kept_ids:
+                from thinksafe.viewer.index import fast_ids
+                kept_ids.append(fast_ids(sft) if sft.is_file() else None)
+            return kept_ids[0]
 
         def extract(d: dict) -> dict:
-            r = Record.from_json(d)
+            r = _light(d)                     # what drop_reason reads, without building dataclasses
             reason = drop_reason(r)
-            if reason is None and kept is not None and r.id not in kept and r.verdict is not None:
+            if reason is None and r.verdict is not None and kept() is not None and r.id not in kept():
                 reason = "eval_overlap"       # kept by the rules, left out of sft.jsonl: decontaminated
-            c, v = r.completion, r.verdict
-            return {"label": r.label, "category": r.meta.get("category"), "steering": r.steering,
-                    "verdict": v.label if v else None, "p_safe": v.score if v else None,
+            c, v, meta = r.completion, r.verdict, d.get("meta") or {}
+            return {"label": r.label, "category": meta.get("category"), "steering": d.get("steering"),
+                    "verdict": v.label if v else None, "p_safe": getattr(v, "score", None) if v else None,
                     "drop": reason or "kept", "finish": c.finish_reason if c else None,
-                    "source": r.source, "attempt": r.meta.get("attempt", 0),
-                    "tokens": c.completion_tokens if c else None, "chars": len(c.text) if c else None,
+                    "source": d.get("source"), "attempt": meta.get("attempt", 0),
+                    "tokens": getattr(c, "completion_tokens", None) if c else None,
+                    "chars": len(c.text) if c else None,
                     "hidden": "yes" if is_hidden(r.label, v.label if v else None) else "no"}
 
         self._data = RecordIndex(self.data_files(), extract, SAMPLE_COLUMNS,
@@ -237,6 +245,15 @@ class Run:
         idx.kind = kind
         self._eval[key] = idx
         return idx
+
+
+def _light(d: dict):
+    """A record as ``thinksafe.judging.drop_reason`` reads it (attribute access), built cheaply."""
+    from types import SimpleNamespace as NS
+    c, v = d.get("completion"), d.get("verdict")
+    return NS(id=d.get("id"), label=d.get("label"), prompt=d.get("prompt"), meta=d.get("meta") or {},
+              completion=NS(**c) if isinstance(c, dict) else None,
+              verdict=NS(**v) if isinstance(v, dict) else None)
 
 
 def _outcome(kind: str | None, r: Record, score: dict | None) -> str | None:
