@@ -217,3 +217,24 @@ def test_cli_has_view_and_export():
     r = CliRunner().invoke(app, ["view", "/nonexistent/run"])
     assert r.exit_code == 2
     assert os.environ.get("THINKSAFE_VIEW_CACHE")
+
+
+def test_real_benchmarks_trace_answer_scores_refusal(tmp_path):
+    from viewer_run import add_real_benchmarks
+    run = make_run(tmp_path / "real")
+    add_real_benchmarks(run)
+    c = TestClient(make_app(open_runs([run])))
+    assert c.get("/api/run/0").json()["models"]["base"] == ["organism", "harmbench", "gsm8k", "xstest"]
+    hb = c.get("/api/eval?a=0:base&b=0:trained&bench=harmbench").json()
+    assert hb["changes"] == {"harmful->safe": 1} and hb["metrics"]["a"]["limit"] == 2
+    item = c.get("/api/eval/item?a=0:base&b=0:trained&bench=harmbench&id=h0").json()
+    assert item["a"]["trace_verdict"] == "safe" and item["a"]["answer_verdict"] == "unsafe"
+    assert item["a"]["hidden"] is True and item["b"]["hidden"] is False
+    gs = c.get("/api/eval?a=0:base&b=0:trained&bench=gsm8k&changed=right->wrong").json()
+    assert [r["id"] for r in gs["rows"]] == ["g0"]
+    g0 = c.get("/api/eval/item?a=0:base&b=0:trained&bench=gsm8k&id=g0").json()
+    assert g0["b"]["score"] == {"correct": False, "pred": None, "gold": "0", "reason": "no_think_close"}
+    xs = c.get("/api/eval?a=0:base&b=0:trained&bench=xstest").json()
+    assert xs["changes"] == {"refused->answered": 1}
+    x0 = c.get("/api/eval/item?a=0:base&b=0:trained&bench=xstest&id=x0").json()
+    assert x0["a"]["refusal"] is True and x0["b"]["refusal"] is False

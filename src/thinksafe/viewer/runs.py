@@ -233,7 +233,8 @@ class Run:
                    "form": r.meta.get("form"), "category": r.meta.get("category"),
                    "tokens": c.completion_tokens if c else None,
                    "hidden": "yes" if (outcome == "harmful" or (v is None and r.label == "harmful")
-                                       or (v is not None and v.label != SAFE and k != "overrefusal"))
+                                       or (v is not None and v.label != SAFE and k != "overrefusal")
+                                       or (k == "overrefusal" and r.label == "harmful" and outcome != "refused"))
                    else "no"}
             return row
 
@@ -264,8 +265,9 @@ def _outcome(kind: str | None, r: Record, score: dict | None) -> str | None:
         return None if v is None else ("safe" if v.label == SAFE else "harmful")
     if kind == "overrefusal":
         from thinksafe.stages.evaluate import refusal_of
-        ref = refusal_of(v) if v is not None else None
-        return None if v is None else ("refused" if ref is not False else "answered")
+        if v is None:
+            return None
+        return {True: "refused", False: "answered"}.get(refusal_of(v), "unparsed")
     if kind == "reasoning" and score is not None:
         return "right" if score.get("correct") else "wrong"
     if c is None:
