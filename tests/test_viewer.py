@@ -192,6 +192,10 @@ def test_compare_folder_brings_its_method_runs(run_dir, tmp_path):
     assert [r.name for r in runs] == ["cmp", "thinksafe", "run"]
     c = TestClient(make_app(runs))
     assert c.get("/api/run/1/samples").json()["total"] == 23
+    # two methods of a compare (or two runs) side by side: models of different run folders
+    d = c.get("/api/eval?a=1:base&b=2:trained&bench=organism").json()
+    assert d["changes"] == {"harmful->safe": 2, "safe->harmful": 1, "right->wrong": 1}
+    assert c.get("/api/eval/item?a=1:base&b=2:trained&bench=organism&id=e0").json()["b"]["run"] == "run"
 
 
 def test_static_bundle(run_dir, tmp_path):

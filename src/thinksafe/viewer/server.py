@@ -47,7 +47,8 @@ def open_runs(paths: list[Path]) -> list[Run]:
         add(p)
         if (Path(p) / "compare.json").is_file():          # a compare: its methods' run folders
             for sub in sorted(Path(p).iterdir()):
-                if sub.is_dir() and not sub.is_symlink() and (sub / "manifest.json").is_file():
+                if sub.is_dir() and not sub.is_symlink() and any(
+                        (sub / f).exists() for f in ("manifest.json", "config.yaml", "eval")):
                     add(sub)
     return runs
 
