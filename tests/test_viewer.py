@@ -51,6 +51,9 @@ def test_facet_counts_match_dataset_stats(client, run_dir):
     assert both == stats["dropped"]["unsafe"] + stats["dropped"]["unparsed"]
     s14 = client.get("/api/run/0/samples?drop=unsafe&category=S14").json()
     assert s14["total"] == stats["by_group"]["harmful/S14"]["unsafe"]
+    # a facet's counts leave out its own filter, and follow the others
+    assert s14["facets"]["drop"]["kept"] == stats["by_group"]["harmful/S14"]["kept"]
+    assert s14["facets"]["category"]["S14"] == s14["total"] and "S1" not in s14["facets"]["category"]
     assert set(d["facets"]) >= {"label", "category", "steering", "verdict", "drop", "finish"}
     assert d["facets"]["finish"] == {"stop": stats["total"] - 1, "length": 1}
 

@@ -109,8 +109,10 @@ def _ready(d, hash_):
     _wait(lambda: d.find_element("id", "main").get_attribute("data-ready") == hash_)
 
 
-def _shot(d, name):
+def _shot(d, name, top=True):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if top:
+        d.execute_script("window.scrollTo(0, 0)")
     p = ARTIFACTS / f"{name}.png"
     d.save_screenshot(str(p))
     assert p.stat().st_size > 1000
@@ -188,7 +190,7 @@ def test_sample_reveal_and_base_vs_trained(browser, server, run_dir):
         f"{server}api/eval/item?a={_q(d, 'a')}&b={_q(d, 'b')}&bench={_q(d, 'bench')}&id={rid}").read())
     hidden = item["a"]["answer"] or item["a"]["reasoning"]
     assert hidden not in a.text
-    _shot(d, "eval-side-by-side")
+    _shot(d, "eval-side-by-side", top=False)
     a.find_element("css selector", ".reveal").click()
     _wait(lambda: hidden in d.find_element("css selector", "#side-by-side .side-a").text)
 

@@ -259,19 +259,20 @@ class RecordIndex:
                text_of: Callable[[dict], str] | None = None) -> list[int]:
         """Rows matching every facet filter (a column's value in the given list) and the full-text
         query (case-insensitive, in ``text_of(record)``; raw lines are scanned, only hits parsed)."""
-        rows: Iterable[int] = range(len(self.ids))
-        for k, wanted in (filters or {}).items():
-            c = self.columns.get(k)
-            if c is None or not wanted:
-                continue
-            if c.kind == "cat":
-                codes = {i for i, v in enumerate(c.vocab) if _label(v) in wanted}
-                data = c.data
-                rows = [i for i in rows if data[i] in codes]
-        rows = list(rows)
+        rows = self.filter(range(len(self.ids)), filters)
         if query:
             rows = self._search(rows, query, text_of)
         return rows
+
+    def filter(self, rows: Iterable[int], filters: dict[str, list[str]] | None) -> list[int]:
+        for k, wanted in (filters or {}).items():
+            c = self.columns.get(k)
+            if c is None or not wanted or c.kind != "cat":
+                continue
+            codes = {i for i, v in enumerate(c.vocab) if _label(v) in wanted}
+            data = c.data
+            rows = [i for i in rows if data[i] in codes]
+        return list(rows)
 
     def _search(self, rows: list[int], query: str, text_of) -> list[int]:
         q = query.lower()

@@ -123,14 +123,18 @@ def make_app(runs: list[Run]):
         r, q = run_of(request), request.query_params
         idx = r.data()
         filters = _lists(q, [*SAMPLE_FACETS, "hidden"])
-        rows = idx.select(filters, q.get("q") or None, _sample_text)
+        base = idx.select({}, q.get("q") or None, _sample_text)     # the search, once
+        rows = idx.filter(base, filters)
+        # a facet's counts leave out its own filter (its other values stay one click away)
+        facets = {f: idx.facets(idx.filter(base, {k: v for k, v in filters.items() if k != f})
+                                if f in filters else rows, [f])[f] for f in SAMPLE_FACETS}
         sort = q.get("sort") or "order"
         if sort not in ("order", "id", *idx.columns):
             raise ValueError(f"cannot sort by {sort}")
         rows = idx.sort(rows, sort, q.get("desc") == "1")
         off, lim = int(q.get("offset") or 0), min(int(q.get("limit") or 50), PAGE_MAX)
         return j({"total": len(rows), "all": len(idx), "offset": off, "torn_lines_skipped": idx.skipped_torn,
-                  "facets": idx.facets(rows, SAMPLE_FACETS),
+                  "facets": facets,
                   "rows": [idx.row(i) for i in rows[off:off + lim]]})
 
     def api_sample(request):

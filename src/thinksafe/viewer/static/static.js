@@ -7,13 +7,17 @@
   const label = v => (v === null || v === undefined || v === "") ? "(none)" : String(v);
   const page = (rows, q) => { const off = Number(q.get("offset") || 0), lim = Number(q.get("limit") || 50); return rows.slice(off, off + lim); };
   function samples(run, q) {
-    let rows = B.rows[run];
-    for (const f of [...FACETS, "hidden"]) {
-      const want = q.getAll(f).filter(Boolean);
-      if (want.length) rows = rows.filter(r => want.includes(label(r[f])));
-    }
+    let base = B.rows[run];
     const text = (q.get("q") || "").toLowerCase();
-    if (text) rows = rows.filter(r => { const s = B.samples[run][r.id]; return (s.prompt + "\n" + ((s.completion || {}).text || "")).toLowerCase().includes(text); });
+    if (text) base = base.filter(r => { const s = B.samples[run][r.id]; return (s.prompt + "\n" + ((s.completion || {}).text || "")).toLowerCase().includes(text); });
+    const filt = (rows, skip) => {
+      for (const f of [...FACETS, "hidden"]) {
+        const want = q.getAll(f).filter(Boolean);
+        if (f !== skip && want.length) rows = rows.filter(r => want.includes(label(r[f])));
+      }
+      return rows;
+    };
+    let rows = filt(base, null);
     const key = q.get("sort") || "order", desc = q.get("desc") === "1";
     if (key !== "order") {
       rows = [...rows].sort((a, b) => { const x = a[key], y = b[key];
@@ -21,7 +25,7 @@
         return (x < y ? -1 : 1) * (desc ? -1 : 1); });
     } else if (desc) rows = [...rows].reverse();
     const facets = {};
-    for (const f of FACETS) { const c = {}; rows.forEach(r => { c[label(r[f])] = (c[label(r[f])] || 0) + 1; });
+    for (const f of FACETS) { const c = {}; filt(base, f).forEach(r => { c[label(r[f])] = (c[label(r[f])] || 0) + 1; });
       facets[f] = Object.fromEntries(Object.entries(c).sort((a, b) => b[1] - a[1])); }
     return {total: rows.length, all: B.rows[run].length, offset: Number(q.get("offset") || 0), torn_lines_skipped: 0, facets, rows: page(rows, q)};
   }
