@@ -63,6 +63,7 @@ def test_adapter_card_numbers_match_train_and_summary(exported):
     summary = json.loads((run / "summary.json").read_text())
     a = s["adapter"]
     assert (a / "adapter_config.json").is_file() and (a / "adapter_model.safetensors").is_file()
+    assert not (a / "training_args.bin").exists()        # a pickle with local paths stays home
     card = (a / "README.md").read_text()
     meta = _front_matter(card)
     assert meta["base_model"] == "organism" and meta["library_name"] == "peft"

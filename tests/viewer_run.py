@@ -124,6 +124,7 @@ def make_run(root: Path) -> Path:
     (run / "adapter").mkdir(exist_ok=True)
     write_json(run / "adapter" / "adapter_config.json", {"base_model_name_or_path": "organism", "r": 32})
     (run / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    (run / "adapter" / "training_args.bin").write_bytes(b"pickle")
     return run
 
 

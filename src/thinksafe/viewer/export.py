@@ -24,6 +24,7 @@ from thinksafe.errors import ConfigError, DataError, ThinksafeError
 from thinksafe.io import iter_jsonl, write_text
 
 ROW_GROUP = 256
+SKIP_ADAPTER_FILES = {"training_args.bin", "README.md"}
 PARQUET = "data/train-00000-of-00001.parquet"
 
 
@@ -157,8 +158,8 @@ def dataset_card(run: Path, n_rows: int, license: str = "other") -> str:
         rows.append([s, c.get("seconds"), c.get("device"), c.get("tokens_generated"),
                      f"{c['flops']:.3g}" if c.get("flops") is not None else None])
     L += _table(["stage", "seconds", "device", "tokens generated", "FLOPs"], rows)
-    L += ["", "Made with [thinksafe](https://pypi.org/project/thinksafe/) `export`; numbers from the run's "
-          "`dataset_stats.json` and `manifest.json`.", ""]
+    L += ["", "Made with `thinksafe export`; numbers from the run's `dataset_stats.json` and "
+          "`manifest.json`.", ""]
     return "\n".join(L)
 
 
@@ -230,8 +231,8 @@ def export_run(run: Path, out: Path, license: str = "other") -> dict:
     if (run / "adapter" / "adapter_config.json").is_file():
         adapter = out / "adapter"
         adapter.mkdir(parents=True, exist_ok=True)
-        for f in (run / "adapter").iterdir():
-            if f.is_file() and not f.is_symlink():
+        for f in (run / "adapter").iterdir():       # not training_args.bin: a pickle, local paths
+            if f.is_file() and not f.is_symlink() and f.name not in SKIP_ADAPTER_FILES:
                 shutil.copy2(f, adapter / f.name)
         write_text(adapter / "README.md", adapter_card(run, license))
     return {"out": out, "rows": n, "dataset": ds, "adapter": adapter}
