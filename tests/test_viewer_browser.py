@@ -162,13 +162,14 @@ def test_sample_reveal_and_base_vs_trained(browser, server, run_dir):
     first.click()
     _ready(d, f"#/sample/0/{rid}")
     api = json.loads(urllib.request.urlopen(f"{server}api/run/0/sample/{rid}").read())
-    marks = [api["completion"]["answer"]] if api["completion"]["answer"] else _marks(run_dir)
+    longest = max(api["completion"]["answer"] or "", api["completion"]["reasoning"] or "", key=len)
+    marks = [longest] if len(longest) >= 12 else _marks(run_dir)
     assert d.find_element("id", "prompt").text == api["prompt"].strip()
     assert d.find_element("id", "steered").text.startswith("The following prompt is harmful.")
     assert d.find_elements("css selector", ".hidden-box") and not _harmful_visible(d, marks)
     _shot(d, "sample-hidden")
     d.find_element("css selector", ".hidden-box .reveal").click()
-    _wait(lambda: _harmful_visible(d, marks))           # shown only after the click
+    _wait(lambda: d.find_elements("css selector", ".revealed") and _harmful_visible(d, marks))  # after the click
     _shot(d, "sample-revealed")
 
     # base vs trained on one prompt whose verdict changed

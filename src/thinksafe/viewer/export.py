@@ -107,7 +107,7 @@ def dataset_card(run: Path, n_rows: int, license: str = "other") -> str:
             "tags": ["safety", "reasoning", "refusal", "thinksafe", "synthetic"],
             "task_categories": ["text-generation"],
             "annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
-            "source_datasets": [f"thinksafe-organism" if src == "organism" else str(src)],
+            "source_datasets": ["thinksafe-organism" if src == "organism" else str(src)],
             "size_categories": [size_category(n_rows)],
             "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": PARQUET}]}],
             "dataset_info": {"features": [{"name": k, "dtype": "string"} for k in
