@@ -383,6 +383,13 @@ def view(runs: Annotated[list[Path], typer.Argument(help="One or more run folder
         console.print(f"[bold]view --export[/bold] -> {s['out']}: {s['samples']} samples, "
                       f"{s['eval_pairs']} evaluation pairs; open {s['out'] / 'index.html'}", highlight=False)
         return
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        from thinksafe.errors import ConfigError
+        raise ConfigError(f"thinksafe view needs Starlette and uvicorn ({e.name} is missing): "
+                          "pip install 'thinksafe[view]'") from None
     from thinksafe.viewer.server import serve
     serve(runs, host=host, port=port, log=_log)
 
