@@ -70,6 +70,7 @@ def server(run_dir, tmp_path_factory):
     import uvicorn
 
     from thinksafe.viewer.server import make_app, open_runs
+    old = os.environ.get("THINKSAFE_VIEW_CACHE")
     os.environ["THINKSAFE_VIEW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     runs = open_runs([run_dir])
     with socket.socket() as s:
@@ -85,6 +86,10 @@ def server(run_dir, tmp_path_factory):
     yield f"http://127.0.0.1:{port}/"
     srv.should_exit = True
     t.join(10)
+    if old is None:
+        os.environ.pop("THINKSAFE_VIEW_CACHE", None)
+    else:
+        os.environ["THINKSAFE_VIEW_CACHE"] = old
 
 
 def _wait(cond, timeout=20.0):
