@@ -107,6 +107,9 @@ def test_eval_side_by_side_and_what_changed(client):
     rw = client.get("/api/eval?a=0:base&b=0:trained&changed=right->wrong").json()
     assert [r["id"] for r in rw["rows"]] == ["m0"]
     assert client.get("/api/eval?a=0:base&b=0:trained&changed=any").json()["total"] == 4
+    assert d["kinds"] == ["harmful", "reasoning"]
+    k = client.get("/api/eval?a=0:base&b=0:trained&kind=reasoning").json()
+    assert k["total"] == 3 and k["changes"] == {"right->wrong": 1}
     item = client.get("/api/eval/item?a=0:base&b=0:trained&bench=organism&id=e0").json()
     assert item["a"]["hidden"] is True and item["b"]["hidden"] is False
     assert HARMFUL_MARK in item["a"]["answer"] and HARMFUL_MARK not in item["b"]["text"]
@@ -136,6 +139,31 @@ def test_server_serves_only_files_of_the_run(client, run_dir, tmp_path):
     assert safe_path(run_dir, "eval/base/metrics.json") == (run_dir / "eval/base/metrics.json").resolve()
     assert "escape.png" not in client.get("/api/run/0").json()["images"]
     link.unlink()
+
+
+def test_browsing_writes_nothing_into_the_run(run_dir, tmp_path):
+    def snapshot():
+        return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in sorted(run_dir.rglob("*"))}
+    before = snapshot()
+    c = TestClient(make_app(open_runs([run_dir])))
+    for url in ["/api/run/0", "/api/run/0/samples?q=books&sort=p_safe", "/api/run/0/sample/r001",
+                "/api/eval?a=0:base&b=0:trained", "/api/eval/item?a=0:base&b=0:trained&id=e1"]:
+        assert c.get(url).status_code == 200
+    assert snapshot() == before
+    assert list((tmp_path / "cache").glob("*.json"))             # the indexes went to the cache
+
+
+def test_search_finds_non_ascii_text_written_either_way(tmp_path):
+    f = tmp_path / "g.jsonl"
+    rows = [{"id": "a", "prompt": "Café crème", "completion": {"text": "x"}},
+            {"id": "b", "prompt": "plain", "completion": {"text": "naïve"}}]
+    f.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n" + json.dumps(rows[1]) + "\n")
+    from thinksafe.viewer.server import _sample_text
+    idx = _index([f]).load()
+    assert idx.select({}, "café", _sample_text) == [0]
+    assert idx.select({}, "naïve", _sample_text) == [1]
+    assert idx.select({}, "CRÈME".lower(), _sample_text) == [0]
 
 
 def test_view_binds_localhost_by_default():

@@ -276,7 +276,8 @@ class RecordIndex:
 
     def _search(self, rows: list[int], query: str, text_of) -> list[int]:
         q = query.lower()
-        needle = json.dumps(q, ensure_ascii=False)[1:-1].encode().lower()
+        # the query as it appears inside a JSON string, written with or without ensure_ascii
+        needles = {json.dumps(q, ensure_ascii=False)[1:-1].encode().lower(), json.dumps(q)[1:-1].encode().lower()}
         by_file: dict[int, list[int]] = {}
         for i in rows:
             by_file.setdefault(self.file_no[i], []).append(i)
@@ -286,7 +287,8 @@ class RecordIndex:
                 for i in sorted(rs, key=lambda i: self.offset[i]):
                     f.seek(self.offset[i])
                     line = f.read(self.length[i])
-                    if needle not in line.lower():
+                    low = line.lower()
+                    if not any(n in low for n in needles):
                         continue
                     if text_of is None or q in text_of(json.loads(line)).lower():
                         hits.add(i)

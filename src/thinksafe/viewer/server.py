@@ -158,7 +158,8 @@ def make_app(runs: list[Run]):
         ia, ib = ra.eval_index(ta, bench), rb.eval_index(tb, bench)
         pos_b = {rid: i for i, rid in enumerate(ib.ids)}
         pairs = [(i, pos_b.get(rid)) for i, rid in enumerate(ia.ids)]
-        kinds = q.getlist("kind")
+        all_kinds = sorted({ia.columns["kind"].get(a) or "" for a, _ in pairs} - {""})
+        kinds = [k for k in q.getlist("kind") if k]
         if kinds:
             pairs = [(a, b) for a, b in pairs if ia.columns["kind"].get(a) in kinds]
         counts: dict[str, int] = {}
@@ -179,7 +180,7 @@ def make_app(runs: list[Run]):
         elif changed:
             raise ValueError(f"unknown change {changed}")
         off, lim = int(q.get("offset") or 0), min(int(q.get("limit") or 50), PAGE_MAX)
-        return j({"total": len(pairs), "changes": counts, "bench": bench,
+        return j({"total": len(pairs), "changes": counts, "bench": bench, "kinds": all_kinds,
                   "metrics": {"a": ra.eval_metrics(ta, bench), "b": rb.eval_metrics(tb, bench)},
                   "rows": [{"id": ia.ids[a], "a": ia.row(a), "b": ib.row(b) if b is not None else None}
                            for a, b in pairs[off:off + lim]]})

@@ -259,7 +259,8 @@ async function pageEval(params) {
   }
   const ms = (m) => h("pre", {}, JSON.stringify(m, (k, v) => (k === "ci95" ? undefined : v), 1).slice(0, 1500));
   main.replaceChildren(h("h2", {}, "Evaluation"),
-    h("div", {class: "toolbar"}, "A ", sel("a", models), " B ", sel("b", models), " benchmark ", sel("bench", benches)),
+    h("div", {class: "toolbar"}, "A ", sel("a", models), " B ", sel("b", models), " benchmark ", sel("bench", benches),
+      d.kinds.length > 1 ? [" kind ", sel("kind", ["", ...d.kinds].map(k => ({spec: k, name: k || "all"})))] : null),
     changes, h("p", {}, h("b", {id: "eval-count"}, fmt(d.total)), " prompts"),
     h("details", {}, h("summary", {}, "metrics"), h("div", {class: "side"}, ms(d.metrics.a), ms(d.metrics.b))),
     t, detail);

@@ -34,14 +34,15 @@
     const A = B.eval[q.get("a")][bench], Bb = B.eval[q.get("b")][bench];
     const byId = Object.fromEntries(Bb.rows.map(r => [r.id, r]));
     let pairs = A.rows.map(a => ({id: a.id, a, b: byId[a.id] || null}));
-    const kinds = q.getAll("kind"); if (kinds.length) pairs = pairs.filter(p => kinds.includes(p.a.kind));
+    const allKinds = [...new Set(pairs.map(p => p.a.kind).filter(Boolean))].sort();
+    const kinds = q.getAll("kind").filter(Boolean); if (kinds.length) pairs = pairs.filter(p => kinds.includes(p.a.kind));
     const counts = {};
     for (const p of pairs) for (const [k, [x, y]] of Object.entries(CHANGES))
       if (p.b && p.a.outcome === x && p.b.outcome === y) counts[k] = (counts[k] || 0) + 1;
     const ch = q.get("changed");
     if (ch && CHANGES[ch]) pairs = pairs.filter(p => p.b && p.a.outcome === CHANGES[ch][0] && p.b.outcome === CHANGES[ch][1]);
     else if (ch === "any") pairs = pairs.filter(p => p.b && p.a.outcome !== p.b.outcome);
-    return {total: pairs.length, changes: counts, bench, metrics: {a: A.metrics, b: Bb.metrics}, rows: page(pairs, q)};
+    return {total: pairs.length, changes: counts, bench, kinds: allKinds, metrics: {a: A.metrics, b: Bb.metrics}, rows: page(pairs, q)};
   }
   window.THINKSAFE_STATIC = async function (path) {
     const [p, qs] = path.split("?"); const q = new URLSearchParams(qs || ""); const parts = p.split("/");
