@@ -243,4 +243,6 @@ def serve(paths: list[Path], host: str = "127.0.0.1", port: int = 8765, log=prin
         r.data()
     app = make_app(runs)
     log(f"thinksafe view: http://{host}:{port}/  ({', '.join(r.name for r in runs)}; read-only)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log(f"note: bound to {host}, not only this machine: anyone who can reach it can read these runs")
     uvicorn.run(app, host=host, port=port, log_level="warning")
