@@ -204,6 +204,20 @@ def test_index_cache_invalidation_and_torn_line(run_dir, tmp_path):
     assert len(d) == 24 and d.ids[-1] == "r999" and d.record(23)["label"] == "benign"
 
 
+def test_a_new_sft_set_reindexes_the_drop_reasons(tmp_path):
+    import shutil
+
+    from thinksafe.viewer.runs import Run
+    run = make_run(tmp_path / "live")
+    sft = (run / "sft.jsonl").read_text()
+    (run / "sft.jsonl").unlink()                          # the dataset stage has not run yet
+    r = Run(run, "live")
+    assert "eval_overlap" not in r.data().facets(range(len(r.data())), ["drop"])["drop"]
+    (run / "sft.jsonl").write_text(sft)                   # now it has
+    assert r.data().facets(range(len(r.data())), ["drop"])["drop"]["eval_overlap"] == 1
+    shutil.rmtree(run)
+
+
 def test_later_line_for_same_id_wins(tmp_path):
     f = tmp_path / "judged.jsonl"
     f.write_text(json.dumps({"id": "a", "label": "old"}) + "\n" + json.dumps({"id": "b", "label": "x"}) + "\n"

@@ -55,6 +55,7 @@ class Run:
             raise ConfigError(f"run folder not found: {path}")
         self.name = name
         self._data: RecordIndex | None = None
+        self._data_sft = None
         self._eval: dict[tuple[str, str], RecordIndex] = {}
 
     # ------------------------------------------------------------------ run page
@@ -93,10 +94,11 @@ class Run:
     def data(self) -> RecordIndex:
         """The generated samples, each with its latest verdict (a judged line wins over the
         generated one), indexed once and cached."""
-        if self._data is not None and self._data.fresh():
-            return self._data
         sft = self.path / "sft.jsonl"
         stamp = [sft.stat().st_size, sft.stat().st_mtime_ns] if sft.is_file() else None
+        if self._data is not None and self._data.fresh() and self._data_sft == stamp:
+            return self._data
+        self._data_sft = stamp               # sft.jsonl decides eval_overlap: a new one, a new index
         kept_ids: list = []
 
         def kept():
