@@ -233,6 +233,8 @@ def test_compare_folder_brings_its_method_runs(run_dir, tmp_path):
     make_run(cmp / "thinksafe")
     runs = open_runs([cmp, run_dir])
     assert [r.name for r in runs] == ["cmp", "thinksafe", "run"]
+    (cmp / "compare.json").unlink()                       # a compare still running: found all the same
+    assert [r.name for r in open_runs([cmp])] == ["cmp", "thinksafe"]
     c = TestClient(make_app(runs))
     assert c.get("/api/run/1/samples").json()["total"] == 23
     # two methods of a compare (or two runs) side by side: models of different run folders

@@ -45,7 +45,9 @@ def open_runs(paths: list[Path]) -> list[Run]:
         if not Path(p).is_dir():
             raise ConfigError(f"run folder not found: {p}")
         add(p)
-        if (Path(p) / "compare.json").is_file():          # a compare: its methods' run folders
+        own = any((Path(p) / f).exists() for f in ("manifest.json", "generated.jsonl", "eval"))
+        if (Path(p) / "compare.json").is_file() or not own:   # a compare (also one still running):
+            # its methods' run folders
             for sub in sorted(Path(p).iterdir()):
                 if sub.is_dir() and not sub.is_symlink() and any(
                         (sub / f).exists() for f in ("manifest.json", "config.yaml", "eval")):
