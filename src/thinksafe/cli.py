@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from thinksafe.config import demo_config_path
 from thinksafe.errors import ThinksafeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -282,10 +282,6 @@ def check(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None,
         raise typer.Exit(2)
 
 
-def demo_config_path() -> Path:
-    return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
-
-
 @app.command()
 @_friendly
 def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and training.")] = 0,
@@ -423,6 +419,53 @@ def compare(config: Annotated[Path, typer.Argument(help="YAML config with a `com
     console.print(to_markdown(table), highlight=False, markup=False)
 
 
+@app.command()
+@_friendly
+def view(runs: Annotated[list[Path], typer.Argument(help="One or more run folders (a compare folder "
+                                                    "brings its methods' runs).")],
+         host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
+         port: Annotated[int, typer.Option(help="Port.")] = 8765,
+         export: Annotated[Path | None, typer.Option("--export", help="Write a static bundle (HTML + JSON) "
+                                                     "into this folder instead of serving.")] = None):
+    """A read-only web viewer of runs: stages and report, training samples with facets and search,
+    base vs trained side by side. Harmful text stays hidden until clicked."""
+    if export is not None:
+        from thinksafe.viewer.bundle import export_bundle
+        s = export_bundle(runs, export)
+        console.print(f"[bold]view --export[/bold] -> {s['out']}: {s['samples']} samples, "
+                      f"{s['eval_pairs']} evaluation pairs; open {s['out'] / 'index.html'}", highlight=False)
+        return
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        from thinksafe.errors import ConfigError
+        raise ConfigError(f"thinksafe view needs Starlette and uvicorn ({e.name} is missing): "
+                          "pip install 'thinksafe[view]'") from None
+    from thinksafe.viewer.server import serve
+    serve(runs, host=host, port=port, log=_log)
+
+
+@app.command("export")
+@_friendly
+def export_cmd(run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+               out: Annotated[Path, typer.Option("--out", help="Folder for dataset/ and adapter/.")],
+               push_to_hub: Annotated[str | None, typer.Option(
+                   "--push-to-hub", help="Upload to this Hub repo id (dataset REPO, model REPO-adapter).")] = None,
+               private: Annotated[bool, typer.Option(help="Create the Hub repos private.")] = False,
+               license: Annotated[str, typer.Option(help="License id for the cards (the base model's "
+                                                    "terms apply to its outputs).")] = "other"):
+    """The SFT set as a Hub-ready dataset (parquet + dataset card) and the adapter with a model card,
+    with provenance numbers from the run; optionally pushed to the Hub."""
+    from thinksafe.viewer.export import export_run, push
+    s = export_run(run, out, license=license)
+    console.print(f"[bold]export[/bold] -> {s['out']}: {s['rows']} rows"
+                  f"{', adapter' if s['adapter'] else ''}", highlight=False)
+    if push_to_hub:
+        for line in push(s, push_to_hub, private=private):
+            console.print(line, highlight=False)
+
+
 def _quiet_libraries() -> None:
     """Keep the console for our own progress bars: no per-load bars or info logs from HF."""
     import warnings
@@ -433,6 +476,19 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     import datasets
     datasets.disable_progress_bars()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from thinksafe import __version__
+        typer.echo(f"thinksafe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """THINKSAFE: self-generated safety alignment for reasoning models."""
 
 
 def main() -> None:

@@ -44,7 +44,8 @@ from thinksafe.io import write_json, write_jsonl
 from thinksafe.judging import judge_records
 from thinksafe.runfolder import move_aside
 from thinksafe.runtime import guard as make_guard
-from thinksafe.runtime import model_backend, release_memory
+from thinksafe.memory import release_memory
+from thinksafe.runtime import model_backend
 from thinksafe.types import SAFE, UNPARSED, Record
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
