@@ -108,9 +108,11 @@ class Run:
                 kept_ids.append(fast_ids(sft) if sft.is_file() else None)
             return kept_ids[0]
 
+        thinks = self._thinks()
+
         def extract(d: dict) -> dict:
             r = _light(d)                     # what drop_reason reads, without building dataclasses
-            reason = drop_reason(r)
+            reason = drop_reason(r, thinks)
             if reason is None and r.verdict is not None and kept() is not None and r.id not in kept():
                 reason = "eval_overlap"       # kept by the rules, left out of sft.jsonl: decontaminated
             c, v, meta = r.completion, r.verdict, d.get("meta") or {}
@@ -166,13 +168,22 @@ class Run:
         except ConfigError:
             return r.prompt
 
-    def _config_steering(self) -> str | None:
+    def _config(self) -> dict:
         try:
             import yaml
             cfg = yaml.safe_load((self.path / "config.yaml").read_text()) or {}
-            return (cfg.get("generate") or {}).get("steering")
-        except (OSError, ValueError, AttributeError):
-            return None
+            return cfg if isinstance(cfg, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _config_steering(self) -> str | None:
+        return (self._config().get("generate") or {}).get("steering")
+
+    def _thinks(self) -> bool:
+        """Whether the run's model family writes a reasoning block (the dataset stage's rule)."""
+        from thinksafe.families import FAMILIES
+        fam = FAMILIES.get((self._config().get("model") or {}).get("family") or "organism")
+        return fam.thinks if fam is not None else True
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self) -> dict[str, list[str]]:
