@@ -92,5 +92,5 @@ def test_trained_adapter_merges_and_lowers_perplexity_on_its_data(smol_run, tmp_
     for name, model in (("base", SMOL), ("merged", merged)):
         out = tmp_path / f"ppl-{name}.jsonl"
         _invoke("perplexity", str(sft), "--model", str(model), "--family", "generic", "--out", str(out))
-        ppl[name] = json.loads(Path(f"{out}.summary.json").read_text())["perplexity"]
+        ppl[name] = json.loads((tmp_path / f"ppl-{name}.summary.json").read_text())["perplexity"]
     assert ppl["merged"] < ppl["base"], ppl
