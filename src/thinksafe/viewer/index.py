@@ -61,27 +61,22 @@ class Column:
                 self.vocab.append(None)
             self.data = array("I", [self._code[None]]) * n
 
-    def append(self, v) -> None:
+    def _encode(self, v):
+        """The stored form of ``v``: a float (NaN for None) or the code of its string in ``vocab``."""
         if self.kind == "num":
-            self.data.append(float("nan") if v is None else float(v))
-            return
+            return float("nan") if v is None else float(v)
         v = None if v is None else str(v)
         c = self._code.get(v)
         if c is None:
             c = self._code[v] = len(self.vocab)
             self.vocab.append(v)
-        self.data.append(c)
+        return c
+
+    def append(self, v) -> None:
+        self.data.append(self._encode(v))
 
     def set(self, i: int, v) -> None:
-        if self.kind == "num":
-            self.data[i] = float("nan") if v is None else float(v)
-            return
-        v = None if v is None else str(v)
-        c = self._code.get(v)
-        if c is None:
-            c = self._code[v] = len(self.vocab)
-            self.vocab.append(v)
-        self.data[i] = c
+        self.data[i] = self._encode(v)
 
     def get(self, i: int):
         if self.kind == "num":
