@@ -107,7 +107,8 @@ def _set_key(method: str, cfg, sub, ts_dir: Path | None) -> str:
     import json
 
     from thinksafe.pipeline import read_manifest
-    d = {k: v for k, v in to_dict(sub).items() if k not in ("train", "evaluate", "grpo", "out", "name")}
+    d = {k: v for k, v in to_dict(sub).items() if k not in ("train", "evaluate", "grpo", "out", "name",
+                                                                "opsa", "steer")}
     d["compare"] = to_dict(cfg)["compare"]
     ts = (read_manifest(ts_dir)["stages"].get("dataset") or {}).get("fingerprint") if ts_dir else None
     blob = json.dumps({"method": method, "config": d, "thinksafe": ts}, sort_keys=True, default=str)

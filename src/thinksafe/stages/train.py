@@ -6,7 +6,8 @@ for the ORIGINAL prompt, target = the full response (``<think>`` trace included)
 the default) or cut to ``max_length`` (``truncation: cut``); both are counted in the summary.
 
 ``method``: ``lora`` (PEFT adapter -> ``adapter/``) or ``full`` (whole model -> ``model/``).
-``objective``: ``sft`` (cross-entropy) or ``kl`` (ThinkSafe+KL, see ``thinksafe.trainers.kl``).
+``objective``: ``sft`` (cross-entropy), ``kl`` (ThinkSafe+KL, see ``thinksafe.trainers.kl``) or ``opsa``
+(on-policy self-distillation, ``thinksafe.stages.opsa``).
 ``packing`` (default): each micro-batch of ``batch_size`` examples is packed into one row without
 padding, attended per example, with a chunked LM-head cross-entropy (``thinksafe.trainers.packed``);
 ``packing: false`` trains on TRL's padded batches with TRL's loss. A model whose attention the packed
@@ -31,7 +32,7 @@ from thinksafe.organism import resolve_model_path
 from thinksafe.runtime import family_of, render_prompt
 
 INPUT, OUTPUT, FULL_OUTPUT = "sft.jsonl", "adapter", "model"
-METHODS, OBJECTIVES, TRUNCATIONS, REPORTERS = ("lora", "full"), ("sft", "kl"), ("drop", "cut"), \
+METHODS, OBJECTIVES, TRUNCATIONS, REPORTERS = ("lora", "full"), ("sft", "kl", "opsa"), ("drop", "cut"), \
     ("none", "wandb", "tensorboard")
 
 
@@ -360,6 +361,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     tc = cfg.train
     check_train_config(tc)
     check_reporter(tc.report_to)
+    if tc.objective == "opsa":                     # on-policy self-distillation: its own loop
+        from thinksafe.stages.opsa import run as run_opsa
+        return run_opsa(cfg, run_dir, show)
     t0 = time.time()
     rows = read_jsonl(run_dir / INPUT)
     if not rows:
