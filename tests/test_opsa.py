@@ -155,3 +155,18 @@ def test_pick_rule():
     assert pick(rows, 0.1)[0] == "c"               # control never; a over the bound; tie -> lower false refusal
     assert pick(rows, 0.5)[0] == "a"
     assert pick(rows, 0.01)[0] == "c"              # none qualifies: the lowest false refusal
+
+
+def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
+    from thinksafe.cli import demo_config_path
+    from thinksafe.config import load_config
+    from thinksafe.stages.compare import _set_key, check, method_overrides, sub_config
+    cfg = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]"])
+    check(cfg)
+    ov = method_overrides(cfg)
+    assert sub_config(cfg, "opsa", ov).train.objective == "opsa"
+    assert sub_config(cfg, "thinksafe", ov).train.objective == "sft"
+    other = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]",
+                                              "opsa.context=suffix", "steer.n_harmful=3"])
+    sub, sub2 = sub_config(cfg, "direct_refusal", ov), sub_config(other, "direct_refusal", method_overrides(other))
+    assert _set_key("direct_refusal", cfg, sub, None) == _set_key("direct_refusal", other, sub2, None)
