@@ -98,8 +98,14 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     from thinksafe.compute import model_params
     from thinksafe.organism import resolve_model_path
     from thinksafe.runtime import family_of
-    from thinksafe.stages.train import (OUTPUT, FULL_OUTPUT, is_main_process, lora_config, progress_callback,
-                                        sft_config)
+    from thinksafe.stages.train import (
+        FULL_OUTPUT,
+        OUTPUT,
+        is_main_process,
+        lora_config,
+        progress_callback,
+        sft_config,
+    )
     from thinksafe.trainers.opsa import OPSATrainer, divergence_alpha, step_flops
 
     tc, o = cfg.train, cfg.opsa

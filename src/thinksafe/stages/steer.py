@@ -63,12 +63,12 @@ def pick(rows: list[dict], max_false_refusal: float) -> tuple[str | None, str]:
         return None, "no candidate could be scored (the student answered no sampled prompt unsafely)"
     ok = [(i, r) for i, r in cands if (r.get("false_refusal_rate") or 0.0) <= max_false_refusal]
     if ok:
-        i, best = min(ok, key=lambda x: (-x[1]["flip_rate"], x[1].get("false_refusal_rate") or 0.0, x[0]))
+        _, best = min(ok, key=lambda x: (-x[1]["flip_rate"], x[1].get("false_refusal_rate") or 0.0, x[0]))
         return best["context"], (f"highest flip rate ({best['flip_rate']:.3f}) among the contexts with false-refusal "
                                  f"rate <= {max_false_refusal}")
-    i, best = min(cands, key=lambda x: (x[1].get("false_refusal_rate") or 0.0, -x[1]["flip_rate"], x[0]))
+    _, best = min(cands, key=lambda x: (x[1].get("false_refusal_rate") or 0.0, -x[1]["flip_rate"], x[0]))
     return best["context"], (f"no context has false-refusal rate <= {max_false_refusal}; lowest false-refusal "
-                             f"rate ({best['false_refusal_rate']:.3f}) taken")
+                             f"rate ({best.get('false_refusal_rate') or 0.0:.3f}) taken")
 
 
 # --------------------------------------------------------------------------- the command
@@ -176,9 +176,9 @@ def _r(x) -> str:
 
 def to_markdown(res: dict) -> str:
     lines = [f"# steer: {res['name']} (seed {res['seed']})", "",
-             f"Student unsafe on {res['student_unsafe']} of {res['harmful_sampled']} sampled harmful training "
-             f"prompts (guard {res['guard']}); false refusals on {res['benign_sampled']} benign prompts "
-             f"(judged by {res['refusal_judged_by']}).", "",
+             (f"Student unsafe on {res['student_unsafe']} of {res['harmful_sampled']} sampled harmful training "
+              f"prompts (guard {res['guard']}); false refusals on {res['benign_sampled']} benign prompts "
+              f"(judged by {res['refusal_judged_by']})."), "",
              "| context | flips / unsafe | flip rate | 95% CI | false refusals | false-refusal rate | 95% CI |",
              "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:

@@ -29,8 +29,19 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from thinksafe.trainers.kl import (_chunked, _logits, _redirect, _rows, backbone, frozen_head, gathered,
-                                   model_reference, output_head, peft_reference, softcap_of)
+from thinksafe.trainers.kl import (
+    _chunked,
+    _logits,
+    _redirect,
+    _rows,
+    backbone,
+    frozen_head,
+    gathered,
+    model_reference,
+    output_head,
+    peft_reference,
+    softcap_of,
+)
 
 DIVERGENCES = {"reverse": 1.0, "forward": 0.0}
 # fp32 vocabulary-sized buffers a divergence chunk holds at its peak (both log-softmaxes, the mixture
