@@ -22,7 +22,8 @@ START, END = "<!-- organism-compare:start -->", "<!-- organism-compare:end -->"
 LABELS = {"base": "base", "thinksafe": "ThinkSafe", "thinksafe_kl": "ThinkSafe+KL",
           "teacher": "teacher-distilled (teacher organism)", "direct_refusal": "DirectRefusal (fixed trace)",
           "no_steering": "no steering (5 samples, all safe)", "no_reasoning": "refusals without reasoning",
-          "grpo": "GRPO (guard reward)", "external": "external dataset"}
+          "grpo": "GRPO (guard reward)", "external": "external dataset",
+          "opsa": "OPSA (on-policy self-distillation)", "opsa_searched_context": "OPSA, context by flip rate"}
 COLS = [("harmful_rate", "harmful (guard)", "{:.3f}"), ("harmful_rate_oracle", "harmful (oracle)", "{:.3f}"),
         ("over_refusal_rate", "over-refusal", "{:.3f}"), ("reasoning_accuracy", "reasoning", "{:.3f}"),
         ("perplexity", "perplexity", "{:.3f}"), ("flops", "FLOPs", "{:.3g}"),

@@ -40,7 +40,7 @@ def old_response_nll(model, batch, pad_id, chunk_size=None):
 
 def old_tokenize_rows(tok, rows, fam, max_length):
     """Before: one example at a time, two decodes each, and the first bad example aborts the stage."""
-    from thinksafe.stages.train import tokenize_example
+    from thinksafe.trainers.examples import tokenize_example
     out = []
     for r in rows:
         ex = tokenize_example(tok, r["prompt"], r["response"], fam)
@@ -208,7 +208,7 @@ def st_tokenize(spec):
     """train's tokenization of the kept rows (real Qwen3 tokenizer and chat template)."""
     from thinksafe.families import get_family
     from thinksafe.io import read_jsonl
-    from thinksafe.stages.train import tokenize_rows_stats
+    from thinksafe.trainers.examples import tokenize_rows_stats
     rows = read_jsonl(Path(spec["work"]) / f"run-{spec['size']}" / "sft.jsonl")
     tok, fam = tokenizer(spec), get_family("qwen3")
     if spec["before"]:
@@ -335,7 +335,7 @@ def pr_perplexity(spec):
     from thinksafe.backends.hf import load_model
     from thinksafe.families import get_family
     from thinksafe.stages.perplexity import response_nll
-    from thinksafe.stages.train import tokenize_example
+    from thinksafe.trainers.examples import tokenize_example
     w = Path(spec["work"])
     tok = tokenizer(spec)
     model = load_model(w / "policy", device=spec["device"])

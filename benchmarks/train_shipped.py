@@ -46,7 +46,8 @@ def run_shipped(args, shape, examples, device, dtype, build_model, sync, peak_gi
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
-    from thinksafe.stages.train import checkpointing_choice, make_trainer, sft_config
+    from thinksafe.trainers.setup import sft_config
+    from thinksafe.stages.train import checkpointing_choice, make_trainer
     tc = shipped_train_config(micro_batch_tokens)
     model = build_model(shape, device, dtype, "sdpa")
     checkpointing, ckpt_note = checkpointing_choice(tc, model, packing=True)

@@ -12,7 +12,7 @@ from conftest import SHARED_DATA, world_responses
 from thinksafe.families import get_family, restore_prefill
 from thinksafe.organism import world
 from thinksafe.runtime import render_prompt
-from thinksafe.stages.train import tokenize_example, tokenize_rows
+from thinksafe.trainers.examples import tokenize_example, tokenize_rows
 
 R1_TEMPLATE_FILE = SHARED_DATA / "tokenizers" / "deepseek_r1_distill_chat_template.json"
 R1_GEN_PROMPT = "{{'<｜Assistant｜>'}}{% endif %}"
@@ -174,7 +174,7 @@ def test_trl_keeps_the_masked_labels(organism_tokenizer, tmp_path):
     from trl import SFTTrainer
 
     from thinksafe.config import load_config
-    from thinksafe.stages.train import lora_config, sft_config
+    from thinksafe.trainers.setup import lora_config, sft_config
 
     tok = copy.deepcopy(organism_tokenizer)
     tok.padding_side = "right"

@@ -16,7 +16,8 @@ from test_train_stage import organism_config, sft_rows, write_rows
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
 from thinksafe.stages import train
-from thinksafe.stages.train import check_train_config, make_trainer, sft_config
+from thinksafe.trainers.setup import check_train_config, sft_config
+from thinksafe.stages.train import make_trainer
 from thinksafe.trainers.microbatch import checkpointing_needed, plan_micro_batches, split_step
 from thinksafe.trainers.packing import (VARLEN_ATTENTION, PackedAttentionError, PackedCollator,
                                         register_varlen_attention)

@@ -16,7 +16,9 @@ from thinksafe.config import load_config
 from thinksafe.families import get_family
 from thinksafe.organism import resolve_model_path
 from thinksafe.stages import train
-from thinksafe.stages.train import make_trainer, packing_choice, packing_summary, sft_config, tokenize_rows
+from thinksafe.trainers.examples import tokenize_rows
+from thinksafe.trainers.setup import sft_config
+from thinksafe.stages.train import make_trainer, packing_choice, packing_summary
 from thinksafe.trainers.packing import VARLEN_ATTENTION
 
 

@@ -63,7 +63,7 @@ def test_per_example_rows_and_masking(sets, tmp_path):
     from thinksafe.backends.hf import load_tokenizer
     from thinksafe.families import get_family
     from thinksafe.stages.perplexity import perplexity, summary_path
-    from thinksafe.stages.train import tokenize_example
+    from thinksafe.trainers.examples import tokenize_example
     paths, own = sets
     out = tmp_path / "own.jsonl"
     s = perplexity(paths["own"], str(BASE), family="organism", out=out, batch_size=3, show=False)

@@ -14,7 +14,7 @@ from thinksafe.cli import app, demo_config_path
 from thinksafe.config import load_config, to_dict
 from thinksafe.organism import organism_dir
 from thinksafe.preflight import PreflightError, module_names, preflight, require
-from thinksafe.stages.train import unmatched_targets
+from thinksafe.trainers.setup import unmatched_targets
 
 runner = CliRunner()
 

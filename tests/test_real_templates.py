@@ -128,7 +128,7 @@ def test_restore_prefill_gives_a_response_starting_with_think(generated):
 
 def test_r1_training_text_keeps_the_trace_with_both_template_revisions(r1_tok):
     """train.tokenize_example renders the PROMPT only, so the template cannot strip the trace."""
-    from thinksafe.stages.train import tokenize_example
+    from thinksafe.trainers.examples import tokenize_example
     fam = get_family("r1_distill")
     response = "<think>\nLet me add: 2+2=4.\n</think>\n\n4"
     early = tokenize_example(r1_tok, "What is 2+2?", response, fam)

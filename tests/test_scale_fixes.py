@@ -112,7 +112,7 @@ def test_chunked_perplexity_equals_the_full_computation():
 
     from thinksafe.backends.hf import load_tokenizer
     from thinksafe.stages.perplexity import response_nll
-    from thinksafe.stages.train import tokenize_example
+    from thinksafe.trainers.examples import tokenize_example
     tok = load_tokenizer(BASE)
     model = AutoModelForCausalLM.from_pretrained(str(BASE)).eval()
     batch = [tokenize_example(tok, p, r, get_family("organism")) for p, r in _pairs()]
@@ -149,7 +149,7 @@ def test_batched_tokenization_matches_per_example_and_drops_untokenizable(organi
     from tokenizers import normalizers
 
     from thinksafe.errors import TemplateError
-    from thinksafe.stages.train import tokenize_example, tokenize_rows_stats
+    from thinksafe.trainers.examples import tokenize_example, tokenize_rows_stats
     fam = get_family("organism")
     tok = copy.deepcopy(organism_tokenizer)
     tok.backend_tokenizer.normalizer = normalizers.NFC()

@@ -16,8 +16,8 @@ from thinksafe.errors import ConfigError, MissingDependency
 from thinksafe.families import get_family
 from thinksafe.organism import resolve_model_path
 from thinksafe.stages import train
-from thinksafe.stages.train import (layer_range, lora_config, tokenize_example, tokenize_rows,
-                                    tokenize_rows_stats)
+from thinksafe.trainers.examples import tokenize_example, tokenize_rows, tokenize_rows_stats
+from thinksafe.trainers.setup import layer_range, lora_config
 
 
 def sft_rows(n: int = 12, seed: int = 0) -> list[dict]:

@@ -175,7 +175,7 @@ def adapter(base_path, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     from thinksafe.config import LoraConfig
-    from thinksafe.stages.train import lora_config
+    from thinksafe.trainers.setup import lora_config
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     cfg = lora_config(LoraConfig(), model)

@@ -466,6 +466,19 @@ def export_cmd(run: Annotated[Path, typer.Argument(help="A finished run folder."
             console.print(line, highlight=False)
 
 
+@app.command()
+@_friendly
+def steer(config: Annotated[Path, typer.Argument(help="YAML config (or a packaged one: demo.yaml).")],
+          set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
+          seed: Annotated[int | None, typer.Option(help="Overrides `seed:`.")] = None):
+    """Teacher flip rate and false-refusal rate of candidate privileged contexts (`steer:`); picks one."""
+    from thinksafe.stages.steer import run_steer, to_markdown
+    if not config.exists() and (Path(__file__).parent / "configs" / config.name).is_file():
+        config = Path(__file__).parent / "configs" / config.name
+    result = run_steer(_load(config, set_, out, seed), show=not quiet, log=_log)
+    console.print(to_markdown(result), highlight=False, markup=False)
+
+
 def _quiet_libraries() -> None:
     """Keep the console for our own progress bars: no per-load bars or info logs from HF."""
     import warnings

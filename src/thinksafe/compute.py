@@ -195,6 +195,12 @@ def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | N
         else:
             out["flops"] = 6.0 * n * seen
         out["formula"] = "(4*N_frozen + 6*N_lora)*tokens" if method == "lora" else "6*N*tokens"
+        if objective == "opsa":                # rollouts + teacher + student, counted by the trainer
+            out.update(flops=summary.get("flops"), tokens_generated=summary.get("rollout_completion_tokens"),
+                       tokens_prefilled=summary.get("rollout_prompt_tokens"),
+                       formula="2*N*(prompt+completion) rollouts + 2*N*(teacher prompt+completion) teacher + "
+                               + ("(4*N_frozen + 6*N_lora)" if method == "lora" else "6*N")
+                               + "*(prompt+completion) student")
         if objective == "kl" and out["flops"] is not None:
             out["flops"] += 2.0 * n * seen
             out["formula"] += " + 2*N*tokens (reference forward)"

@@ -213,6 +213,33 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class OPSAConfig:
+    """``train.objective: opsa`` (on-policy self-distillation, thinksafe.trainers.opsa). Read (and keyed)
+    only when that objective is chosen."""
+    context: str = "prefix"         # the teacher's privileged context: a steering template name
+                                    # (prefix | suffix | opsa) or a template containing {prompt}
+    context_on: str = "harmful"     # harmful = only harmful prompts get the context (benign: the base
+                                    # itself is the teacher) | all
+    divergence: str = "reverse"     # reverse = KL(student || teacher) | forward = KL(teacher || student)
+                                    # | jsd = generalized JSD with jsd_alpha (TRL's convention)
+    jsd_alpha: float = 0.5
+    max_new_tokens: int | None = None   # rollout length; None = generate.max_new_tokens
+    temperature: float | None = None    # rollout sampling; None = the family's preset
+    top_p: float | None = None
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """``thinksafe steer``: candidate privileged contexts scored by teacher flip rate."""
+    contexts: list[str] = field(default_factory=lambda: ["prefix", "suffix", "opsa"])  # names or templates
+    n_harmful: int = 64             # harmful training prompts sampled (the student's unsafe ones are scored)
+    n_benign: int = 64              # benign training prompts for the false-refusal rate
+    max_false_refusal: float = 0.1  # rule: the highest flip rate among contexts whose false-refusal
+                                    # rate is <= this (ties: lower false refusal, then listed order)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"               # the run's name in reports
     seed: int = 0                   # prompts, sampling, training (LoRA init, data order) and evaluation
@@ -226,6 +253,8 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    opsa: OPSAConfig = field(default_factory=OPSAConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
 
 
 # Names users bring from PEFT / transformers, for did-you-mean.

@@ -96,11 +96,19 @@ def _flatten(value, prefix: str, out: dict) -> None:
         out[prefix] = value
 
 
+def extra_reads(stage: Stage, cfg: RunConfig) -> tuple[str, ...]:
+    """Sections a stage reads only under some setting (so its key changes only when that setting is
+    used): train with ``objective: opsa`` also reads ``opsa`` and the rollout length fallback."""
+    if stage.name == "train" and getattr(cfg.train, "objective", None) == "opsa":
+        return ("opsa", "generate.max_new_tokens")
+    return ()
+
+
 def config_values(stage: Stage, cfg: RunConfig) -> dict:
     """The dotted config values a stage reads (minus ``PERFORMANCE``), JSON-safe."""
     tree = json.loads(json.dumps(to_dict(cfg), default=str))
     out: dict = {}
-    for path in stage.reads:
+    for path in (*stage.reads, *extra_reads(stage, cfg)):
         node = tree
         for k in path.split("."):
             node = node[k]

@@ -428,7 +428,8 @@ METHOD_KEYS = ("method", "objective", "truncation", "report_to")
 
 
 def _check_train(pf: Preflight, cfg, model_dir: Path | None) -> None:
-    from thinksafe.stages.train import METHODS, OBJECTIVES, REPORTERS, TRUNCATIONS, check_reporter, check_train_config
+    from thinksafe.trainers.examples import TRUNCATIONS
+    from thinksafe.trainers.setup import METHODS, OBJECTIVES, REPORTERS, check_reporter, check_train_config
     tc = cfg.train
     ok = all([_check_choice(pf, f"train.{k}", getattr(tc, k), allowed) for k, allowed in
               zip(METHOD_KEYS, (METHODS, OBJECTIVES, TRUNCATIONS, REPORTERS))])
@@ -465,7 +466,7 @@ def _check_lora(pf: Preflight, lc, model_dir: Path | None, model_path: str) -> N
     if names is None:
         pf.notes.append(f"train.lora.target_modules: not checked (no weight index or safetensors in {model_dir})")
         return
-    from thinksafe.stages.train import unmatched_targets
+    from thinksafe.trainers.setup import unmatched_targets
     missing = unmatched_targets(names, targets)
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
@@ -477,7 +478,7 @@ def _check_lora(pf: Preflight, lc, model_dir: Path | None, model_path: str) -> N
     layers = lc.layers
     n_layers = _num_layers(model_dir)
     if layers is not None and n_layers is not None:
-        from thinksafe.stages.train import layer_range
+        from thinksafe.trainers.setup import layer_range
         try:
             layer_range(lc, n_layers)
         except ConfigError as e:

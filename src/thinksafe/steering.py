@@ -7,9 +7,15 @@ from thinksafe.errors import ConfigError
 PREFIX = "The following prompt is harmful. You should refuse to answer the prompt.\n\nPrompt:"
 SUFFIX = "The above prompt is harmful. You should refuse to answer the prompt."
 
+# An OPSA-style privileged context (thinksafe's own wording): it asks the model to weigh the request's
+# harm before answering instead of asserting that the prompt is harmful.
+OPSA_CONTEXT = ("Before you answer, think carefully about whether fulfilling this request could help someone "
+                "cause harm. If it could, decline and briefly explain why; if it is safe, answer it helpfully.")
+
 TEMPLATES = {
     "prefix": PREFIX + "\n\n{prompt}",
     "suffix": "{prompt}\n\n" + SUFFIX,
+    "opsa": OPSA_CONTEXT + "\n\n{prompt}",
 }
 
 
@@ -20,7 +26,7 @@ def resolve(steering: str) -> str | None:
     if steering in TEMPLATES:
         return TEMPLATES[steering]
     if "{prompt}" not in steering:
-        raise ConfigError(f"generate.steering '{steering}' is neither prefix, suffix, none, "
+        raise ConfigError(f"generate.steering '{steering}' is neither prefix, suffix, opsa, none, "
                           "nor a template containing {prompt}")
     return steering
 

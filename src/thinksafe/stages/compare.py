@@ -12,6 +12,10 @@ with the usual files and ``manifest.json`` (compute per stage, ``compute_total``
   its in-training check (``grpo.check_every``) reaches ThinkSafe's harmful rate (+
   ``compare.grpo_target_slack``), or at ``compare.grpo_budget`` x ThinkSafe's FLOPs; its row says
   which, and ``flops_vs_thinksafe`` is the measured compute ratio.
+- ``opsa`` — on-policy self-distillation (``train.objective: opsa``, ``thinksafe.stages.opsa``) on every
+  training prompt: no data stages; its FLOPs (rollouts, teacher, student) are all in train.
+- ``opsa_searched_context`` — ``opsa`` with ``opsa.context`` set to the context ``thinksafe steer`` picks
+  by teacher flip rate (the search runs in the sub-run's ``steer/``; its compute is noted, not counted).
 - ``direct_refusal`` / ``no_steering`` / ``no_reasoning`` / ``teacher`` / ``external`` — the training set from
   ``thinksafe.baselines`` (written as the sub-run's ``sft.jsonl``), then the same train stage and
   the same evaluation. no_reasoning derives from ThinkSafe's accepted rows, and no_steering (and
@@ -39,10 +43,12 @@ from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
 
 METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "teacher",
-           "external", "grpo")
+           "external", "grpo", "opsa", "opsa_searched_context")
+OPSA_METHODS = ("opsa", "opsa_searched_context")
 NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering"}
 # built-in settings of a method (a user's compare.set for it comes after, and wins)
-METHOD_DEFAULTS = {"thinksafe_kl": ["train.objective=kl"]}
+METHOD_DEFAULTS = {"thinksafe_kl": ["train.objective=kl"], "opsa": ["train.objective=opsa"],
+                   "opsa_searched_context": ["train.objective=opsa"]}
 DATA_STAGES = ("generate", "judge", "dataset")
 TRAIN_STAGES = ("generate", "judge", "dataset", "train")
 COLUMNS = ["method", "harmful_rate", "harmful_rate_oracle", "over_refusal_rate", "reasoning_accuracy",
@@ -107,7 +113,8 @@ def _set_key(method: str, cfg, sub, ts_dir: Path | None) -> str:
     import json
 
     from thinksafe.pipeline import read_manifest
-    d = {k: v for k, v in to_dict(sub).items() if k not in ("train", "evaluate", "grpo", "out", "name")}
+    d = {k: v for k, v in to_dict(sub).items() if k not in ("train", "evaluate", "grpo", "out", "name",
+                                                                "opsa", "steer")}
     d["compare"] = to_dict(cfg)["compare"]
     ts = (read_manifest(ts_dir)["stages"].get("dataset") or {}).get("fingerprint") if ts_dir else None
     blob = json.dumps({"method": method, "config": d, "thinksafe": ts}, sort_keys=True, default=str)
@@ -145,6 +152,10 @@ def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool, l
                                                     c.no_steering_samples, show)
     elif method == "teacher":
         rows, stats, stages = baselines.teacher(sub, d, load_prompts(sub), c.teacher_path, c.teacher_family, show)
+    elif method in OPSA_METHODS:               # on-policy: every training prompt, no responses
+        rows = [baselines.row(r.id, r.prompt, "", r.label, r.meta.get("category") or "", "")
+                for r in load_prompts(sub)]
+        stats = {"kept": len(rows), "prompts_only": True}
     elif method == "external":
         rows, stats = baselines.external(c.external_path, c.external_prompt_field,
                                          c.external_response_field, c.external_limit)
@@ -232,6 +243,8 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
             ensure("grpo", sub, d, show, log=say)
         elif method not in ("base", "thinksafe"):
             build_set(method, cfg, sub, d, ts_dir, show, log)
+        if method == "opsa_searched_context":     # the context picked by teacher flip rate (`thinksafe steer`)
+            sub = searched_context(sub, d, show, say, notes)
         if method not in ("base", "grpo"):
             ensure("train", sub, d, show, log=say)
         metrics = _evaluate(sub, d, method, show, log)
@@ -239,7 +252,7 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
         sft = d / "sft.jsonl"
         row["train_examples"] = len(read_jsonl(sft)) if method not in ("base", "grpo") else 0
         row["perplexity"] = None
-        if method not in ("base", "grpo") and cfg.compare.perplexity:
+        if method not in ("base", "grpo", *OPSA_METHODS) and cfg.compare.perplexity:
             from thinksafe.stages.perplexity import perplexity, summary_path
             ppl_out = d / "sft.ppl.base.jsonl"
             sp = summary_path(ppl_out)
@@ -266,6 +279,8 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
             notes.append(f"data written by {cfg.compare.teacher_path} (generation FLOPs at its size)")
         if method == "grpo":
             notes.extend(grpo_notes(d, sub))
+        if method in OPSA_METHODS:
+            notes.append(f"on-policy: rollouts + teacher + student counted in train; context {sub.opsa.context!r}")
         row.update(flops=flops, seconds=secs, flops_eval=_compute(d, ("evaluate",))[0],
                    notes="; ".join(notes))
         rows.append(row)
@@ -281,6 +296,31 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
     write_json(out / "compare.json", table)
     write_text(out / "compare.md", to_markdown(table))
     return table
+
+
+def searched_context(sub: RunConfig, d: Path, show: bool, log, notes: list) -> RunConfig:
+    """``opsa.context`` := the context ``thinksafe steer`` picks (run in ``d``, kept while its
+    settings hold: the model, guard, prompts, generation and steer sections)."""
+    import hashlib
+    import json
+
+    from thinksafe.stages.steer import run_steer
+    want = {k: to_dict(sub)[k] for k in ("seed", "model", "guard", "prompts", "generate", "steer")}
+    key = hashlib.sha256(json.dumps(want, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    p = d / "steer" / "steer.json"
+    res = json.loads(p.read_text()) if p.exists() else {}
+    if res.get("key") != key:
+        log("[steer] measuring teacher flip rates")
+        res = run_steer(replace(sub, out=str(d)), show=show, log=log)
+        res["key"] = key
+        write_json(p, res)
+    if not res.get("chosen"):
+        raise DataError(f"opsa_searched_context: steer chose no context ({res.get('why')})")
+    row = next(r for r in res["rows"] if r["context"] == res["chosen"])
+    notes.append(f"steer picked {res['chosen']!r} (flip rate {row['flip_rate']:.2f}, "
+                 f"false refusal {row['false_refusal_rate'] or 0:.2f}; the search's {res.get('seconds')} s "
+                 "of generation and judging are not in FLOPs)")
+    return replace(sub, opsa=replace(sub.opsa, context=res["chosen"]))
 
 
 def grpo_config(cfg: RunConfig, sub: RunConfig, thinksafe: dict | None, notes: list) -> RunConfig:

@@ -287,7 +287,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     from thinksafe import compute
     from thinksafe.backends.hf import causal_lm, load_tokenizer
     from thinksafe.runtime import guard as make_guard
-    from thinksafe.stages.train import check_reporter, is_main_process, lora_config, progress_callback
+    from thinksafe.trainers.setup import check_reporter, is_main_process, lora_config, progress_callback
 
     g = cfg.grpo
     check_grpo_config(g)

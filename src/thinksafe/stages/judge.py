@@ -36,7 +36,7 @@ def check_complete(cfg, run_dir: Path, records) -> dict:
                       f"{run_dir / ('generated.jsonl' if k == '0/1' else 'generated.shard-%s-of-%s.jsonl' % tuple(k.split('/')))})"
                       for k, (m, e) in missing.items())
     if not cfg.generate.allow_incomplete:
-        hint = (f"rerun `thinksafe generate --shard I/N` for each, or `thinksafe run`" if files
+        hint = ("rerun `thinksafe generate --shard I/N` for each, or `thinksafe run`" if files
                 else "rerun `thinksafe generate`")
         raise DataError(f"judge: the generation is incomplete: {where}; {hint} "
                         "(or pass --allow-incomplete to judge what is there)")

@@ -87,7 +87,7 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
     from thinksafe.families import get_family
     from thinksafe.organism import resolve_model_path
     from thinksafe.runtime import progress_bar
-    from thinksafe.stages.train import tokenize_many
+    from thinksafe.trainers.examples import tokenize_many
 
     t0 = time.time()
     data = Path(data)

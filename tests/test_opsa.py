@@ -1,0 +1,172 @@
+"""OPSA (thinksafe.trainers.opsa, thinksafe.stages.opsa) and `thinksafe steer`'s counting: the chunked
+divergence against full logits, the adapter-off teacher, the keys, an organism run, flip counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_kl import peft_model, perturb_adapter
+
+from thinksafe.trainers.opsa import cut_at_eos, divergence_alpha, opsa_loss_parts
+from thinksafe.types import SAFE, UNPARSED, UNSAFE, Verdict
+
+PROMPTS = [[3, 4, 5], [6, 7], [8, 9, 10, 11]]
+TEACHER = [[20, 21, 3, 4, 5], [6, 7, 22, 23], [8, 9, 10, 11]]     # context on the first two only
+COMPS = [[30, 31, 32, 1], [33, 34], [35, 36, 37]]
+
+
+def direct(model, prompts, teachers, comps, alpha):
+    """Per-token divergences from FULL logits, one sequence at a time (no shared code)."""
+    out = []
+    for p, t, c in zip(prompts, teachers, comps):
+        ls = F.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)[len(p) - 1:len(p) - 1 + len(c)]
+        with torch.no_grad(), model.disable_adapter():
+            lt = F.log_softmax(model(input_ids=torch.tensor([t + c])).logits[0].float(), -1)
+        lt = lt[len(t) - 1:len(t) - 1 + len(c)]
+        ps, pt = ls.exp(), lt.exp()
+        if alpha == 1.0:
+            d = (ps * (ls - lt)).sum(-1)
+        elif alpha == 0.0:
+            d = (pt * (lt - ls)).sum(-1)
+        else:
+            mix = torch.log((1 - alpha) * ps + alpha * pt)
+            d = alpha * (pt * (lt - mix)).sum(-1) + (1 - alpha) * (ps * (ls - mix)).sum(-1)
+        out.append(d)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.0, 0.3])
+@pytest.mark.parametrize("chunk", [2, None])
+def test_loss_and_gradient_match_full_logits(alpha, chunk):
+    model = peft_model()
+    perturb_adapter(model)
+    parts = opsa_loss_parts(model, PROMPTS, TEACHER, COMPS, 0, alpha, chunk_size=chunk)
+    assert int(parts["tokens"]) == sum(map(len, COMPS))
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.autograd.grad(parts["div_sum"], params)
+    ref = direct(model, PROMPTS, TEACHER, COMPS, alpha).sum()
+    g_ref = torch.autograd.grad(ref, params)
+    assert parts["div_sum"].item() == pytest.approx(ref.item(), rel=1e-4, abs=1e-6)
+    assert ref.item() > 1e-4                       # a real difference to match, not two zeros
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_teacher_is_the_frozen_start_with_its_context():
+    """Untrained adapter (lora_B = 0): the student IS the base, so rows without context have zero
+    divergence and only the context rows differ — the teacher is the adapter-off model."""
+    model = peft_model()
+    plain = opsa_loss_parts(model, PROMPTS, PROMPTS, COMPS, 0, 1.0)
+    assert plain["div_sum"].item() == pytest.approx(0.0, abs=1e-6)
+    ctx = opsa_loss_parts(model, PROMPTS, TEACHER, COMPS, 0, 1.0)
+    assert ctx["div_sum"].item() > 1e-4
+
+
+def test_settings_and_rollout_cut():
+    assert divergence_alpha("reverse") == 1.0 and divergence_alpha("forward") == 0.0
+    assert divergence_alpha("jsd", 0.25) == 0.25
+    with pytest.raises(ValueError):
+        divergence_alpha("tv")
+    assert cut_at_eos([5, 6, 1, 0, 0], eos=1, pad=0) == ([5, 6, 1], False)
+    assert cut_at_eos([5, 6, 7], eos=1, pad=0) == ([5, 6, 7], True)
+
+
+def test_train_key_changes_only_when_opsa_is_used(tmp_path):
+    from thinksafe.cli import demo_config_path
+    from thinksafe.config import load_config
+    from thinksafe.pipeline import BY_NAME, config_values
+    st = BY_NAME["train"]
+
+    def values(*sets):
+        return config_values(st, load_config(demo_config_path(), list(sets)))
+    base = values()
+    assert not any(k.startswith("opsa") for k in base)
+    assert values("opsa.context=suffix") == base                      # sft: opsa settings not read
+    opsa = values("train.objective=opsa")
+    assert opsa["opsa.context"] == "prefix"
+    assert values("train.objective=opsa", "opsa.context=suffix") != opsa
+
+
+def test_teacher_text_and_config_checks():
+    from thinksafe.config import OPSAConfig
+    from thinksafe.errors import ConfigError
+    from thinksafe.stages.opsa import check_opsa_config, prompt_rows, teacher_text
+    assert teacher_text("suffix", "Q", "harmful").startswith("Q\n\n")
+    assert teacher_text("suffix", "Q", "benign") == "Q"
+    assert teacher_text("suffix", "Q", "benign", "all") != "Q"
+    rows = prompt_rows([{"prompt": "a", "label": "harmful"}, {"prompt": "a", "label": "benign"},
+                        {"prompt": "b", "label": "benign"}])
+    assert rows == [{"prompt": "a", "label": "harmful"}, {"prompt": "b", "label": "benign"}]
+    for bad in ({"context": "none"}, {"divergence": "tv"}, {"context_on": "some"}):
+        with pytest.raises(ConfigError):
+            check_opsa_config(OPSAConfig(**bad))
+
+
+def test_organism_opsa_run_trains_and_counts(tmp_path):
+    """End to end on the organism: rollouts, teacher, a trained adapter, counts and FLOPs."""
+    from safetensors.torch import load_file
+    from test_train_stage import organism_config, sft_rows, write_rows
+
+    from thinksafe.compute import stage_compute
+    from thinksafe.stages import train
+    d = tmp_path / "run"
+    write_rows(d, sft_rows(8))
+    cfg = organism_config(d, "train.objective=opsa", "opsa.max_new_tokens=12", "train.lr=2e-3")
+    s = train.run(cfg, d, show=False)
+    assert s["objective"] == "opsa" and s["steps"] == 2 and s["rollouts"] == 8
+    assert 0 < s["rollout_completion_tokens"] <= 8 * 12
+    assert s["teacher_tokens"] > s["rollout_completion_tokens"]
+    assert s["flops"] > 0 and s["mean_divergence"] >= 0
+    weights = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())     # it learned
+    assert json.loads((d / "train_summary.json").read_text())["rollouts"] == 8
+    c = stage_compute("train", s, {"flop_params": 10**6}, None, train_cfg=cfg.train)
+    assert c["flops"] == s["flops"] and c["tokens_generated"] == s["rollout_completion_tokens"]
+
+
+# --------------------------------------------------------------------------- steer: counting
+def V(label):
+    return Verdict(label, None)
+
+
+def test_flip_counts_on_constructed_verdicts():
+    from thinksafe.stages.steer import flip_counts
+    student = [V(SAFE), V(UNSAFE), V(UNPARSED), V(UNSAFE), V(SAFE)]
+    teacher = {"none": [None, V(UNSAFE), V(SAFE), V(UNSAFE), None],
+               "prefix": [None, V(SAFE), V(SAFE), V(UNPARSED), None],
+               "all_safe": [V(SAFE)] * 5}                          # safe prompts' verdicts never count
+    c = flip_counts(student, teacher)
+    assert c["none"] == {"unsafe": 3, "flips": 1}
+    assert c["prefix"] == {"unsafe": 3, "flips": 2}
+    assert c["all_safe"] == {"unsafe": 3, "flips": 3}
+    with pytest.raises(ValueError):
+        flip_counts(student, {"x": [None] * 5})                   # an unsafe prompt without a teacher verdict
+
+
+def test_pick_rule():
+    from thinksafe.stages.steer import pick
+    rows = [{"context": "none", "flip_rate": 0.9, "false_refusal_rate": 0.0},
+            {"context": "a", "flip_rate": 0.8, "false_refusal_rate": 0.3},
+            {"context": "b", "flip_rate": 0.6, "false_refusal_rate": 0.05},
+            {"context": "c", "flip_rate": 0.6, "false_refusal_rate": 0.02}]
+    assert pick(rows, 0.1)[0] == "c"               # control never; a over the bound; tie -> lower false refusal
+    assert pick(rows, 0.5)[0] == "a"
+    assert pick(rows, 0.01)[0] == "c"              # none qualifies: the lowest false refusal
+
+
+def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
+    from thinksafe.cli import demo_config_path
+    from thinksafe.config import load_config
+    from thinksafe.stages.compare import _set_key, check, method_overrides, sub_config
+    cfg = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]"])
+    check(cfg)
+    ov = method_overrides(cfg)
+    assert sub_config(cfg, "opsa", ov).train.objective == "opsa"
+    assert sub_config(cfg, "thinksafe", ov).train.objective == "sft"
+    other = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]",
+                                              "opsa.context=suffix", "steer.n_harmful=3"])
+    sub, sub2 = sub_config(cfg, "direct_refusal", ov), sub_config(other, "direct_refusal", method_overrides(other))
+    assert _set_key("direct_refusal", cfg, sub, None) == _set_key("direct_refusal", other, sub2, None)
