@@ -84,7 +84,8 @@ ORDER = [s.name for s in STAGES]
 PERFORMANCE = {"model.batch_size", "model.generation", "model.gpu_memory_utilization",
                "model.tensor_parallel_size", "guard.batch_size", "guard.server_timeout",
                "generate.shard", "train.logging_steps", "train.report_to", "grpo.logging_steps",
-               "grpo.save_steps"}
+               "grpo.save_steps",
+               "cluster"}      # no stage reads it; listed so that it stays out of every key
 
 
 # ----------------------------------------------------------------------------- keys
