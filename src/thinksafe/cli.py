@@ -35,7 +35,8 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except ThinksafeError as e:
-            console.print(f"[red]error:[/red] {type(e).__name__}: {e}", highlight=False)
+            from rich.markup import escape           # a message may hold brackets: 'thinksafe[ray]'
+            console.print(f"[red]error:[/red] {type(e).__name__}: {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
     return wrapper
 

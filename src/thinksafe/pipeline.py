@@ -324,6 +324,7 @@ def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True, forc
               log=None) -> dict:
     """One stage, as its command runs it: kept when unchanged, rerun (and said why) when not."""
     log = log or (lambda s: None)
+    _check_engine(cfg, stage)
     if stage == "generate" and cfg.generate.shard != "0/1":
         return _run_shard(cfg, Path(run_dir), show, force, log)
     return ensure(stage, cfg, run_dir, show, force, log, check_upstream=True)
@@ -336,11 +337,19 @@ def run_all(cfg: RunConfig, show: bool = True, force: list[str] | tuple[str, ...
     if cfg.generate.shard != "0/1":
         raise ConfigError("generate.shard is for `thinksafe generate` (one process per shard); "
                           "`run` generates everything, then judges the merged shards")
+    _check_engine(cfg, "run")
     forced = set(_stage_names(force or (), "--force"))
     if start is not None:
         forced |= set(ORDER[ORDER.index(_stage_names([start], "--from")[0]):])
     run_dir = prepare_run_dir(cfg)
     return {name: ensure(name, cfg, run_dir, show, name in forced, log) for name in ORDER}
+
+
+def _check_engine(cfg: RunConfig, stage: str) -> None:
+    """``cluster.engine: ray`` without Ray: one line naming the extra, before anything runs."""
+    if cfg.cluster.engine == "ray" and stage in ("run", "generate", "judge", "evaluate"):
+        from thinksafe.cluster import require_ray
+        require_ray()
 
 
 def _stage_names(names, flag: str) -> list[str]:
