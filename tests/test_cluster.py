@@ -5,7 +5,6 @@ already written. Select with ``-m ray``; without Ray they skip (THINKSAFE_REQUIR
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

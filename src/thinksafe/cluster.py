@@ -63,7 +63,8 @@ def local_config(cfg):
 class _Replica:
     """One Ray actor: the project's own backend (``kind`` model) or guard (``kind`` guard)."""
 
-    def __init__(self, cfg, kind: str, adapter: str | None, threads: int):
+    def __init__(self, cfg, kind: str, adapter: str | None, threads: int, env: dict):
+        os.environ.update(env)          # the driver's THINKSAFE_* / HF_* (a pooled worker has the raylet's)
         import torch
         if threads > 0 and not torch.cuda.is_available():
             torch.set_num_threads(threads)
@@ -102,6 +103,7 @@ class Pool:
         self.records = self.tokens = 0
         self._we_started = False
         self._resources: dict | None = None
+        self.startup_seconds = self.run_seconds = 0.0      # replicas starting; units in flight
 
     # ---------------------------------------------------------------- lifecycle
     def _connect(self) -> None:
@@ -129,18 +131,19 @@ class Pool:
 
     def _spawn(self, i: int) -> None:
         env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-        if self.c.address == "local" and os.environ.get("PYTHONPATH"):
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         res = self.resources()
         actor_cls = self.ray.remote(max_restarts=0, max_task_retries=0)(_Replica)
-        self.actors[i] = actor_cls.options(**res, runtime_env={"env_vars": env}).remote(
-            local_config(self.cfg), self.kind, self.adapter, int(res["num_cpus"]) if res["num_gpus"] == 0 else 0)
+        # no runtime_env: a worker Ray already started can host the replica (it starts sooner)
+        self.actors[i] = actor_cls.options(**res).remote(
+            local_config(self.cfg), self.kind, self.adapter,
+            int(res["num_cpus"]) if res["num_gpus"] == 0 else 0, env)
         self.started += 1
         self.busy.setdefault(i, 0.0)
 
     def start(self) -> None:
         if self.actors:
             return
+        t0 = time.time()
         self._connect()
         for i in range(self.c.replicas):
             self._spawn(i)
@@ -151,6 +154,7 @@ class Pool:
             self.close()
             raise ThinksafeError(f"cluster: a {self.kind} replica failed to start: {_cause(e)}") from None
         self.pids = dict(zip(self.actors, pids))
+        self.startup_seconds += time.time() - t0
 
     def close(self) -> None:
         for a in self.actors.values():
@@ -166,9 +170,16 @@ class Pool:
     # ---------------------------------------------------------------- work
     def run(self, method: str, units: list, args: tuple = ()):
         """Yield ``(k, result)`` for every unit as replicas finish them (any order)."""
+        self.start()
+        t0 = time.time()
+        try:
+            yield from self._run(method, units, args)
+        finally:
+            self.run_seconds += time.time() - t0
+
+    def _run(self, method: str, units: list, args: tuple):
         ray = self.ray
         dead_errors = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-        self.start()
         pending = deque(range(len(units)))
         attempts = [0] * len(units)
         inflight: dict = {}                      # ref -> (replica, unit)
@@ -221,6 +232,7 @@ class Pool:
                 "gpus_per_replica": res.get("num_gpus"), "cpus_per_replica": res.get("num_cpus"),
                 "replica_busy_seconds": {str(i): round(s, 2) for i, s in sorted(self.busy.items())},
                 "device_seconds": round(sum(self.busy.values()) * per_device, 2),
+                "startup_seconds": round(self.startup_seconds, 2), "run_seconds": round(self.run_seconds, 2),
                 "device_kind": "gpu" if res.get("num_gpus") else "cpu"}
 
     def status(self) -> str:
