@@ -8,6 +8,8 @@ folder per setting, all in one process with one Ray instance (``ray.init(num_cpu
 - ``ray 1x1`` and ``ray 2x1``: one and two replicas of 1 CPU (1 torch thread) each: the scaling
   ratio; ``ray 1x1`` against ``local`` is the same compute, so the difference is Ray's cost
   (replica start: worker process, imports, model load; then the per-unit dispatch);
+- ``--composition`` adds ``local b/2``: local with half the batch size, whose ``differ`` column is
+  how many texts batch composition changes on the transformers backend (it seeds each batch);
 - ``--two-threads`` adds ``local 2t`` (torch's default 2 threads) and ``ray 1x2`` (one replica of
   2 CPUs).
 
@@ -89,6 +91,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--local-threads", type=int, default=1)
     ap.add_argument("--two-threads", action="store_true", help="also local with 2 threads and 1 replica of 2 CPUs")
+    ap.add_argument("--composition", action="store_true",
+                    help="also local with half the batch size: how many texts change with batch composition")
+    ap.add_argument("--greedy", action="store_true", help="generate.temperature=0 everywhere")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--show", action="store_true")
     a = ap.parse_args()
@@ -97,7 +102,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     base = [f"prompts.n_harmful={a.prompts // 2}", f"prompts.n_reasoning={a.prompts - a.prompts // 2}",
             "prompts.n_borderline=0", f"model.batch_size={a.batch_size}",
-            f"generate.max_new_tokens={a.max_new_tokens}"]
+            f"generate.max_new_tokens={a.max_new_tokens}"] + (["generate.temperature=0"] if a.greedy else [])
     ray_ = ["cluster.engine=ray"]
     settings = {"local": ([], a.local_threads),
                 "ray 1x1": (ray_ + ["cluster.replicas=1", "cluster.cpus_per_replica=1"], None),
@@ -105,6 +110,8 @@ def main() -> None:
     if a.two_threads:
         settings.update({"local 2t": ([], 2),
                          "ray 1x2": (ray_ + ["cluster.replicas=1", "cluster.cpus_per_replica=2"], None)})
+    if a.composition:   # other batches, same records: the transformers backend seeds per batch
+        settings["local b/2"] = ([f"model.batch_size={max(a.batch_size // 2, 1)}"], a.local_threads)
     root = Path(tempfile.mkdtemp(prefix="ray_scaling-"))
     rows = []
     try:
