@@ -101,9 +101,9 @@ class Pool:
         self.started = self.lost = self.retried = self.units = 0
         self.busy: dict[int, float] = {}
         self.records = self.tokens = 0
-        self._we_started = False
         self._resources: dict | None = None
         self.startup_seconds = self.run_seconds = 0.0      # replicas starting; units in flight
+        self.starting: dict = {}
 
     # ---------------------------------------------------------------- lifecycle
     def _connect(self) -> None:
@@ -116,7 +116,9 @@ class Pool:
                      log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=self.c.address, log_to_driver=False, configure_logging=False)
-        self._we_started = True
+        # kept for the next stage of this process (`thinksafe run`: judge after generate), stopped at exit
+        import atexit
+        atexit.register(ray.shutdown)
 
     def resources(self) -> dict:
         if self._resources is None:
@@ -129,16 +131,17 @@ class Pool:
             self._resources = {"num_cpus": self.c.cpus_per_replica, "num_gpus": gpus}
         return self._resources
 
-    def _spawn(self, i: int) -> None:
+    def _spawn(self, i: int):
         env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
         res = self.resources()
         actor_cls = self.ray.remote(max_restarts=0, max_task_retries=0)(_Replica)
         # no runtime_env: a worker Ray already started can host the replica (it starts sooner)
-        self.actors[i] = actor_cls.options(**res).remote(
+        actor = actor_cls.options(**res).remote(
             local_config(self.cfg), self.kind, self.adapter,
             int(res["num_cpus"]) if res["num_gpus"] == 0 else 0, env)
         self.started += 1
         self.busy.setdefault(i, 0.0)
+        return actor
 
     def start(self) -> None:
         if self.actors:
@@ -146,7 +149,7 @@ class Pool:
         t0 = time.time()
         self._connect()
         for i in range(self.c.replicas):
-            self._spawn(i)
+            self.actors[i] = self._spawn(i)
         # a replica that cannot even load its model is a user error, not something to retry
         try:
             pids = self.ray.get([a.pid.remote() for a in self.actors.values()])
@@ -157,15 +160,13 @@ class Pool:
         self.startup_seconds += time.time() - t0
 
     def close(self) -> None:
-        for a in self.actors.values():
+        for a in [*self.actors.values(), *(a for _, a in self.starting.values())]:
             try:
                 self.ray.kill(a)
             except Exception:   # noqa: BLE001 - already gone
                 pass
         self.actors.clear()
-        if self._we_started and self.ray.is_initialized():
-            self.ray.shutdown()
-            self._we_started = False
+        self.starting.clear()
 
     # ---------------------------------------------------------------- work
     def run(self, method: str, units: list, args: tuple = ()):
@@ -184,16 +185,27 @@ class Pool:
         attempts = [0] * len(units)
         inflight: dict = {}                      # ref -> (replica, unit)
         load = {i: 0 for i in self.actors}
+        starting = self.starting                 # ref of pid() -> (replica, handle): replacements
         while pending or inflight:
-            for i, actor in list(self.actors.items()):
-                while load.get(i, 0) < IN_FLIGHT and pending:
-                    k = pending.popleft()
-                    inflight[getattr(actor, method).remote(units[k], *args)] = (i, k)
-                    load[i] = load.get(i, 0) + 1
-            if not inflight:
+            for depth in range(1, IN_FLIGHT + 1):        # round robin: every replica one unit first
+                for i, actor in list(self.actors.items()):
+                    if load.get(i, 0) < depth and pending:
+                        k = pending.popleft()
+                        inflight[getattr(actor, method).remote(units[k], *args)] = (i, k)
+                        load[i] = load.get(i, 0) + 1
+            if not inflight and not starting:
                 raise ThinksafeError(f"cluster: no {self.kind} replica is left "
                                      f"({self.lost} died, cluster.max_restarts={self.c.max_restarts})")
-            ref = ray.wait(list(inflight), num_returns=1)[0][0]
+            ref = ray.wait([*inflight, *starting], num_returns=1)[0][0]
+            if ref in starting:                  # a replacement is up (or failed to start)
+                i, actor = starting.pop(ref)
+                try:
+                    self.pids[i] = ray.get(ref)
+                    self.actors[i], load[i] = actor, 0
+                except dead_errors:
+                    self.lost += 1
+                    self._replace(starting)
+                continue
             i, k = inflight.pop(ref)
             load[i] -= 1
             try:
@@ -206,15 +218,25 @@ class Pool:
                 pending.appendleft(k)            # another replica takes it next
                 self.retried += 1
                 if i in self.actors:             # the first of its units to report the death
-                    del self.actors[i]
+                    try:
+                        ray.kill(self.actors.pop(i))  # unreachable is dead here: never two of one
+                    except Exception:   # noqa: BLE001 - already gone
+                        pass
                     self.lost += 1
-                    if self.started - self.c.replicas < self.c.max_restarts:
-                        self._spawn(max(self.busy) + 1)
-                        load[max(self.busy)] = 0
+                    self._replace(starting)
                 continue
             self.busy[i] = self.busy.get(i, 0.0) + seconds
             self.units += 1
             yield k, result
+
+    def _replace(self, starting: dict) -> None:
+        """A new replica in place of a dead one; it gets work once it is up (a replica that cannot
+        be placed, e.g. its node is gone, holds no unit hostage)."""
+        if self.started - self.c.replicas >= self.c.max_restarts:
+            return
+        i = max(self.busy) + 1
+        actor = self._spawn(i)
+        starting[actor.pid.remote()] = (i, actor)
 
     def live_pids(self) -> dict[int, int]:
         """Replica number -> process id of the live replicas (asks the ones not yet known)."""
