@@ -118,7 +118,11 @@ def test_generate_judge_evaluate_on_ray_match_local(tiny_organism, ray_cluster, 
     # evaluate (base model, sampled): generation and judging on the replicas, same files and texts
     from thinksafe.stages.evaluate import evaluate_model
     evaluate_model(local, tmp_path / "local", "base", show=False)
-    evaluate_model(ray_, tmp_path / "ray", "base", show=False)
+    s = _stage("evaluate", ray_)            # base only: not recorded as finished, but summarized
+    assert s["cluster"]["pools"] == ["model", "guard"] and s["cluster"]["replicas_started"] == 4
+    from thinksafe.compute import stage_compute
+    c = stage_compute("evaluate", s, None, None, tmp_path / "ray")
+    assert c["processes"] == 4 and c["device_seconds"] > 0          # every replica counted
     for f in ("generations.jsonl", "judged.jsonl", "steered_generations.jsonl"):
         a = read_jsonl(tmp_path / "local" / "eval" / "base" / f)
         b = read_jsonl(tmp_path / "ray" / "eval" / "base" / f)

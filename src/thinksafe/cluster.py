@@ -40,6 +40,28 @@ IN_FLIGHT = 2                   # units queued on each replica (the next one is 
 ENV_PREFIXES = ("THINKSAFE_", "HF_", "TRANSFORMERS_", "VLLM_")
 # tests: called as hook(pool, unit_index) in the driver after each unit's rows are written
 after_unit_hook = None
+_ledger: list[dict] = []        # summaries of the pools closed since the last take_ledger()
+
+
+def take_ledger() -> dict | None:
+    """Every pool closed since the last call (a stage's model and guard replicas, evaluate's per
+    model), merged into one ``cluster`` summary entry; None when there was none."""
+    pools, _ledger[:] = list(_ledger), []
+    if not pools:
+        return None
+    if len(pools) == 1:
+        return pools[0]
+    out = {**pools[0], "pools": [p.get("kind") for p in pools], "replica_busy_seconds": {}}
+    for k in ("replicas_started", "replicas_lost", "units", "units_retried", "records", "device_seconds",
+              "startup_seconds", "run_seconds"):
+        out[k] = round(sum(p.get(k) or 0 for p in pools), 2)
+    out["replicas"] = max(p.get("replicas") or 0 for p in pools)
+    for n, p in enumerate(pools):
+        for i, sec in (p.get("replica_busy_seconds") or {}).items():
+            out["replica_busy_seconds"][f"{n}:{p.get('kind')}:{i}"] = sec
+    if any(p.get("device_kind") == "gpu" for p in pools):
+        out["device_kind"] = "gpu"
+    return out
 
 
 def enabled(cfg) -> bool:
@@ -160,6 +182,9 @@ class Pool:
         self.startup_seconds += time.time() - t0
 
     def close(self) -> None:
+        if self.started and not getattr(self, "_booked", False):
+            _ledger.append(self.summary())
+            self._booked = True
         for a in [*self.actors.values(), *(a for _, a in self.starting.values())]:
             try:
                 self.ray.kill(a)
@@ -248,7 +273,7 @@ class Pool:
     def summary(self) -> dict:
         res = self.resources() if self._resources is not None or self.actors else {}
         per_device = res.get("num_gpus") or res.get("num_cpus") or 1
-        return {"engine": "ray", "address": self.c.address, "replicas": self.c.replicas,
+        return {"engine": "ray", "kind": self.kind, "address": self.c.address, "replicas": self.c.replicas,
                 "replicas_started": self.started, "replicas_lost": self.lost, "units": self.units,
                 "units_retried": self.retried, "records": self.records,
                 "gpus_per_replica": res.get("num_gpus"), "cpus_per_replica": res.get("num_cpus"),

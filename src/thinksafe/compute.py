@@ -212,7 +212,7 @@ def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | N
     elif base == "evaluate":
         models, flops, secs, pre_all, gen_all = {}, 0.0, 0.0, 0, 0
         for tag, m in summary.items():
-            if not isinstance(m, dict):
+            if not isinstance(m, dict) or tag == "cluster":
                 continue
             pre, gen = _eval_tokens(run_dir, tag) if run_dir else (None, None)
             gen = m.get("generated_tokens", gen) if gen is None else gen

@@ -267,7 +267,11 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
             mm["stages"][name] = entry
     try:
         update_manifest(run_dir, start)
+        _cluster_ledger()                   # cluster.engine: ray: the replicas of this stage only
         summary = _call(stage, cfg, run_dir, show)
+        ledger = _cluster_ledger()
+        if ledger and isinstance(summary, dict):
+            summary = {**summary, "cluster": ledger}    # every replica in the compute accounting
     except ThinksafeError:
         # a user error before the stage wrote anything: what was moved aside goes back
         if moved and not any(_exists(run_dir, o) for o in stage.outputs):
@@ -280,6 +284,12 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
     else:
         log(f"[{name}] partly done in {time.time() - t0:.1f}s (not recorded as finished)")
     return summary
+
+
+def _cluster_ledger() -> dict | None:
+    import sys
+    mod = sys.modules.get("thinksafe.cluster")      # imported only where engine: ray ran
+    return mod.take_ledger() if mod else None
 
 
 def _main_process() -> bool:
