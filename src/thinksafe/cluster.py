@@ -328,7 +328,14 @@ class RayGenerator:
 
     def unit_size(self, n_todo: int, chunk: int | None) -> int:
         local = chunk or max(self.batch_size * 2, 1)          # = generate_records' own chunk
-        if self.cfg.model.backend == "transformers":
+        backend = self.cfg.model.backend
+        if backend == "auto":                                  # as backends.make_backend decides it
+            import importlib.util
+            try:
+                backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+            except (ValueError, ImportError):
+                backend = "transformers"
+        if backend in ("transformers", "hf"):
             return local
         # vLLM seeds every prompt itself: larger units keep its continuous batching busy
         return max(local, -(-n_todo // (self.cfg.cluster.replicas * 4)))
