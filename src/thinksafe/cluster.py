@@ -85,20 +85,20 @@ def local_config(cfg):
 class _Replica:
     """One Ray actor: the project's own backend (``kind`` model) or guard (``kind`` guard)."""
 
-    def __init__(self, cfg, kind: str, adapter: str | None, threads: int, env: dict):
+    def __init__(self, build, cfg, kind: str, adapter: str | None, threads: int, env: dict):
         os.environ.update(env)          # the driver's THINKSAFE_* / HF_* (a pooled worker has the raylet's)
         import torch
         if threads > 0 and not torch.cuda.is_available():
             torch.set_num_threads(threads)
-        from thinksafe.runtime import guard, model_backend
+        # ``build``: runtime.model_backend / runtime.guard, handed over by reference (this module
+        # imports neither runtime nor generation: no import cycle)
         self.kind = kind
-        self.obj = model_backend(cfg, adapter) if kind == "model" else guard(cfg)
+        self.obj = build(cfg, adapter) if kind == "model" else build(cfg)
 
     def pid(self) -> int:
         return os.getpid()
 
-    def generate(self, records, cfg, steer: str, max_new_tokens: int):
-        from thinksafe.generation import generate_records
+    def generate(self, records, cfg, steer: str, max_new_tokens: int, generate_records):
         t0 = time.time()
         out = generate_records(self.obj, records, cfg, steer, None, max_new_tokens, "", show=False,
                                chunk=len(records))
@@ -114,8 +114,8 @@ class Pool:
     """``cluster.replicas`` actors of one kind, started on first use; ``run`` yields finished
     units, retrying those of dead replicas on the others."""
 
-    def __init__(self, cfg, kind: str, adapter: str | None = None):
-        self.cfg, self.kind, self.adapter = cfg, kind, adapter
+    def __init__(self, cfg, kind: str, adapter: str | None = None, build=None):
+        self.cfg, self.kind, self.adapter, self.build = cfg, kind, adapter, build
         self.c = cfg.cluster
         self.ray = require_ray()
         self.actors: dict[int, object] = {}       # replica number -> handle (live ones)
@@ -159,7 +159,7 @@ class Pool:
         actor_cls = self.ray.remote(max_restarts=0, max_task_retries=0)(_Replica)
         # no runtime_env: a worker Ray already started can host the replica (it starts sooner)
         actor = actor_cls.options(**res).remote(
-            local_config(self.cfg), self.kind, self.adapter,
+            self.build, local_config(self.cfg), self.kind, self.adapter,
             int(res["num_cpus"]) if res["num_gpus"] == 0 else 0, env)
         self.started += 1
         self.busy.setdefault(i, 0.0)
@@ -320,11 +320,11 @@ class RayGenerator:
     distributed = True
     name = "ray"
 
-    def __init__(self, cfg, adapter: str | None = None):
+    def __init__(self, cfg, adapter: str | None = None, build=None):
         require_ray()
         self.cfg, self.adapter = cfg, adapter
         self.batch_size = cfg.model.batch_size
-        self.pool = Pool(cfg, "model", adapter)
+        self.pool = Pool(cfg, "model", adapter, build)
 
     def unit_size(self, n_todo: int, chunk: int | None) -> int:
         local = chunk or max(self.batch_size * 2, 1)          # = generate_records' own chunk
@@ -341,14 +341,14 @@ class RayGenerator:
         return max(local, -(-n_todo // (self.cfg.cluster.replicas * 4)))
 
     def generate_records(self, records, todo, done, cfg, steer: str, out_path: Path | None,
-                         max_new_tokens: int, desc: str, show: bool, chunk: int | None):
+                         max_new_tokens: int, desc: str, show: bool, chunk: int | None, generate_records):
         """Generate ``todo`` on the replicas; rows appended to ``out_path`` unit by unit."""
         size = self.unit_size(len(todo), chunk)
         units = [todo[s:s + size] for s in range(0, len(todo), size)]
         new: dict = {}
         with _progress(desc or "generate", len(records), self.pool, show) as advance:
             advance(len(records) - len(todo))
-            for k, out in self.pool.run("generate", units, (cfg, steer, max_new_tokens)):
+            for k, out in self.pool.run("generate", units, (cfg, steer, max_new_tokens, generate_records)):
                 fresh = [r for r in out if r.id not in new and r.id not in done]
                 if out_path:
                     append_jsonl(out_path, [r.to_json() for r in fresh])
@@ -376,10 +376,10 @@ class RayGuard:
 
     distributed = True
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, build=None):
         require_ray()
         self.cfg = cfg
-        self.pool = Pool(cfg, "guard")
+        self.pool = Pool(cfg, "guard", build=build)
 
     def chunk_size(self) -> int:
         local = max(4 * self.cfg.guard.batch_size, 1)

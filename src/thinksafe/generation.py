@@ -41,7 +41,7 @@ def generate_records(backend, records: list[Record], cfg, steer: str, out_path: 
     todo = [r for r in records if r.id not in done]
     if todo and getattr(backend, "distributed", False):     # cluster.engine: ray (thinksafe.cluster)
         return backend.generate_records(records, todo, done, cfg, steer, out_path, max_new_tokens, desc,
-                                        show, chunk)
+                                        show, chunk, generate_records)
     if todo and callable(getattr(backend, "stream", None)):
         new_stream = _generate_streaming(backend, todo, cfg, steer, out_path, max_new_tokens, desc,
                                          show, len(records) - len(todo), len(records))
