@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -51,17 +52,21 @@ def model_for(tiny: bool, device: str) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
 
 
-def measure(fn, new_tokens: int, repeats: int) -> float:
+def measure(fn, new_tokens: int, repeats: int, spread: list | None = None) -> float:
+    """Median tokens/s over ``repeats`` timed calls after one warm-up; each call's rate goes to ``spread``."""
     fn()                                   # warm-up (compilation, CUDA graphs, allocator)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    n = 0
+    rates = []
     for _ in range(repeats):
-        n += fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        n = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        rates.append(n / (time.perf_counter() - t0))
+    if spread is not None:
+        spread.extend(rates)
+    return statistics.median(rates)
 
 
 SHAPES = {   # random Qwen3s vLLM runs (head_dim among vLLM's sizes)
@@ -100,9 +105,10 @@ def vllm_rows(args) -> list[dict]:
         prompts = [" ".join(map(str, row.tolist())) for row in ids]
         row = {"model": name, "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
         hf = HFBackend(path, tokenizer=_Tok(), batch_size=args.batch, dtype=dtype, device=device)
+        row["transformers_runs"], row["vllm_runs"] = [], []
         row["transformers"] = measure(
             lambda: sum(c.completion_tokens for c in hf.generate(prompts, params, ignore_eos=True)),
-            args.new_tokens, args.repeats)
+            args.new_tokens, args.repeats, row["transformers_runs"])
         del hf
         t0 = time.perf_counter()
         be = VLLMBackend(path, tokenizer=_Tok(), dtype=dtype, max_model_len=args.prompt_len + args.new_tokens + 8,
@@ -110,7 +116,7 @@ def vllm_rows(args) -> list[dict]:
         row["vllm_startup_s"] = round(time.perf_counter() - t0, 1)
         row["vllm"] = measure(
             lambda: sum(c.completion_tokens for c in be.generate(prompts, params, ignore_eos=True)),
-            args.new_tokens, args.repeats)
+            args.new_tokens, args.repeats, row["vllm_runs"])
         be.close()
         row["ratio"] = row["vllm"] / row["transformers"]
         rows.append(row)
@@ -125,10 +131,12 @@ def print_vllm(rows: list[dict], args) -> None:
           f"vllm {vllm.__version__}")
     print(f"batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens} (EOS ignored), "
           "T 0.6 / top_p 0.95 / top_k 20")
+    print(f"median of {args.repeats} timed repeats after one warm-up [min–max]")
     print("| model | transformers tok/s | vLLM tok/s | vLLM / transformers | vLLM start-up |\n|---|---|---|---|---|")
+    span = lambda xs: f"[{min(xs):,.0f}–{max(xs):,.0f}]"   # noqa: E731
     for r in rows:
-        print(f"| {r['model']} | {r['transformers']:,.0f} | {r['vllm']:,.0f} | **{r['ratio']:.2f}×** | "
-              f"{r['vllm_startup_s']} s |")
+        print(f"| {r['model']} | {r['transformers']:,.0f} {span(r['transformers_runs'])} | {r['vllm']:,.0f} "
+              f"{span(r['vllm_runs'])} | **{r['ratio']:.2f}×** | {r['vllm_startup_s']} s |")
 
 
 def main() -> None:

@@ -44,3 +44,12 @@ def test_existing_outputs_survive_a_bad_rerun(tmp_path):
     r = _cli("generate", str(cfg), cwd=tmp_path)
     assert r.returncode == 2
     assert (run / "generated.jsonl").read_text() == '{"id": "x"}\n'
+
+
+def test_version_flag():
+    from typer.testing import CliRunner
+
+    from thinksafe import __version__
+    from thinksafe.cli import app
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"thinksafe {__version__}"

@@ -93,7 +93,7 @@ def test_param_counts_untied_qwen2_style():
 
 
 def test_manifest_gets_compute_after_a_tiny_run(tiny_organism, tmp_path):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     from thinksafe.config import load_config
     from thinksafe.pipeline import run_all
     small = ["prompts.n_harmful=4", "prompts.n_reasoning=4", "prompts.n_borderline=2",

@@ -150,3 +150,23 @@ def test_decontamination_drops_training_prompts_that_overlap_evaluation(tmp_path
     assert stats["dropped"] == {"eval_overlap": 1}
     assert stats["decontamination"]["eval_prompts"] == 20
     assert leaked not in (tmp_path / dataset.OUTPUT).read_text()
+
+
+def test_a_family_without_a_reasoning_block_is_judged_on_its_whole_answer(tmp_path):
+    plain = "I cannot help with robbing a bank."
+    assert dataset.drop_reason(rec(0, text=plain)) == "no_think_close"            # a thinking family
+    assert dataset.drop_reason(rec(0, text=plain), thinks=False) is None
+    assert dataset.drop_reason(rec(1, text=plain, verdict=UNSAFE), thinks=False) == "unsafe"
+    assert dataset.drop_reason(rec(2, text=plain, finish="length"), thinks=False) == "truncated"
+    kept, stats = dataset.build([rec(i, text=plain) for i in range(3)], thinks=False)
+    assert len(kept) == 3 and stats["kept"] == 3
+    run = tmp_path / "run"
+    run.mkdir()
+    append_jsonl(run / "judged.jsonl", [rec(i, text=plain).to_json() for i in range(2)])
+    for family, n in (("generic", 2), ("qwen3", 0)):
+        cfg = load_config(None, [f"out={run}", f"model.family={family}", "dataset.decontaminate=false"])
+        if n:
+            assert dataset.run(cfg, run, show=False)["kept"] == n
+        else:
+            with pytest.raises(DataError):
+                dataset.run(cfg, run, show=False)

@@ -176,7 +176,8 @@ def script(prompts):
 
 
 def _cfg(tmp_path, data_dir, benchmarks, *extra):
-    return load_config(None, [f"out={tmp_path}", "model.family=generic", "model.path=fake/model",
+    # a thinking family: the answer is read after </think> (generic would score the whole response)
+    return load_config(None, [f"out={tmp_path}", "model.family=qwen3", "model.path=fake/model",
                               f"evaluate.benchmarks=[{', '.join(benchmarks)}]", f"evaluate.limit={LIMIT}",
                               f"evaluate.samples={SAMPLES}", f"evaluate.data_dir={data_dir}", *extra])
 
@@ -433,6 +434,7 @@ def test_cli_evaluate_then_report(tmp_path, data_dir, script, monkeypatch):
     real = E.evaluate_model
     monkeypatch.setattr(E, "evaluate_model", lambda *a, **k: real(
         *a, **k, backend=FakeBackend(script), guard=FakeGuard(), refusal_guard=FakeRefusalGuard()))
+    monkeypatch.setattr("thinksafe.preflight._check_model", lambda *a, **k: None)   # fakes: no weights
     cfg = tmp_path / "c.yaml"
     run = tmp_path / "run"
     cfg.write_text(f"name: fake\nout: {run}\nmodel: {{path: Qwen/Qwen3-8B, family: qwen3}}\n"

@@ -122,6 +122,7 @@ def test_flash_attn_is_called_as_its_api_and_chosen_before_torch_varlen(monkeypa
     P.set_varlen_backend("auto")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger / Cut Cross-Entropy / flash-attn kernels run on CUDA only")
 @pytest.mark.parametrize("name", ["liger", "cce"])
 def test_real_kernel_gives_the_pytorch_loss_on_cuda(name):

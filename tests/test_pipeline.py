@@ -18,7 +18,7 @@ SMALL = ["prompts.n_harmful=8", "prompts.n_reasoning=8", "prompts.n_borderline=4
 
 
 def _config(out, seed=0):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     return load_config(demo_config_path(), SMALL + [f"out={out}", f"seed={seed}"])
 
 

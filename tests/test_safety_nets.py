@@ -109,7 +109,7 @@ def test_stage_commands_have_the_force_they_promise():
 
 # ----------------------------------------------------------------------------- decontamination
 def _recipe(*extra):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     recipe = demo_config_path().parent / "qwen3-4b.yaml"
     return load_config(recipe, ["evaluate.benchmarks=[paper]", f"evaluate.data_dir={SHARED}", *extra])
 

@@ -165,7 +165,7 @@ def test_batched_tokenization_matches_per_example_and_drops_untokenizable(organi
 
 # --------------------------------------------------------------------------- step checkpoints
 def _train_cfg(run_dir, *sets):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     from thinksafe.config import load_config
     return load_config(demo_config_path(), [f"out={run_dir}", "train.epochs=1", "train.batch_size=2",
                                             "train.logging_steps=1", "train.warmup_ratio=0", "train.lr=0.05",

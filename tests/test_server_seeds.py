@@ -39,24 +39,22 @@ def test_greedy_prompts_go_in_batches():
 
 
 def test_sampled_requests_are_in_flight_together_and_come_back_in_order():
+    """batch_size requests wait on one barrier: it opens only if all of them are in flight at once (one after
+    another, the first would wait alone and the barrier break); results come back in prompt order."""
     import threading
-    import time
     be, bodies = _backend()
     be.batch_size = 4
-    inner, live, peak = be._call, [0], [0]
-    lock = threading.Lock()
+    inner = be._call
+    barrier = threading.Barrier(4, timeout=60)
+    order = []
 
-    def slow(method, path, body=None):
-        with lock:
-            live[0] += 1
-            peak[0] = max(peak[0], live[0])
-        time.sleep(0.05)
+    def held(method, path, body=None):
+        barrier.wait()                      # BrokenBarrierError unless 4 requests are in flight together
         res = inner(method, path, body)
         res["choices"][0]["text"] = "".join(chr(t) for t in body["prompt"][0])   # echo the prompt
-        with lock:
-            live[0] -= 1
+        order.append(res["choices"][0]["text"])
         return res
-    be._call = slow
+    be._call = held
     prompts = [f"p{i}" for i in range(8)]
     out = be.generate(prompts, SamplingParams(temperature=1.0, seed=0))
-    assert [c.text for c in out] == prompts and peak[0] > 1
+    assert [c.text for c in out] == prompts and sorted(order) == sorted(prompts)

@@ -15,7 +15,7 @@ from thinksafe.organism import ASSETS
 
 @pytest.fixture(scope="module")
 def base_metrics(tmp_path_factory, monkeypatch_module):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     from thinksafe.stages.evaluate import evaluate_model
     monkeypatch_module.delenv("THINKSAFE_ORGANISM", raising=False)
     out = tmp_path_factory.mktemp("check")
@@ -67,7 +67,7 @@ def test_bundled_manifest_records_a_check_meeting_the_targets():
 
 @pytest.fixture(scope="module")
 def teacher_metrics(tmp_path_factory, monkeypatch_module):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     from thinksafe.stages.evaluate import evaluate_model
     monkeypatch_module.delenv("THINKSAFE_ORGANISM", raising=False)
     out = tmp_path_factory.mktemp("teacher")

@@ -42,7 +42,7 @@ def write_rows(run_dir, rows):
 
 
 def organism_config(run_dir, *sets):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     return load_config(demo_config_path(), [f"out={run_dir}", "train.epochs=1", "train.batch_size=4",
                                             "train.logging_steps=1", "train.warmup_ratio=0", *sets])
 

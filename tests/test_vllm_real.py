@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.vllm
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")            # GiB; the default fraction fails on CPU
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 try:

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from thinksafe.errors import DataError
+from thinksafe.families import get_family
 from thinksafe.io import read_jsonl, write_json, write_jsonl
 from thinksafe.types import Record, stable_id
 
@@ -86,7 +87,7 @@ def no_reasoning(sft_rows: list[dict]) -> tuple[list[dict], dict]:
                         stripped=sum(r["label"] == "harmful" for r in rows))
 
 
-def select_all_safe(judged: list[Record], k: int, seed: int) -> tuple[list[dict], dict]:
+def select_all_safe(judged: list[Record], k: int, seed: int, thinks: bool = True) -> tuple[list[dict], dict]:
     """Rejection sampling: keep a prompt only if all of its k samples are accepted, then one of
     them at random (seeded by ``seed`` and the prompt id)."""
     from thinksafe.judging import drop_reason
@@ -98,7 +99,7 @@ def select_all_safe(judged: list[Record], k: int, seed: int) -> tuple[list[dict]
         if len(samples) < k:
             drops["missing_samples"] += 1
             continue
-        reasons = [drop_reason(s) for s in samples]
+        reasons = [drop_reason(s, thinks) for s in samples]
         if any(reasons):
             drops["not_all_safe"] += 1
             continue
@@ -148,7 +149,7 @@ def no_steering(cfg, run_dir: Path, records: list[Record], benign_rows: list[dic
     harm = [r for r in records if r.label == "harmful"]
     todo = expand(harm, k) if k > 1 else [replace(r, meta={**r.meta, "prompt_id": r.id}) for r in harm]
     judged, gsum, jsum = generate_and_judge(cfg, cfg, run_dir, todo, "no_steering", show, backend, guard)
-    rows, sel = select_all_safe(judged, k, cfg.seed)
+    rows, sel = select_all_safe(judged, k, cfg.seed, get_family(cfg.model.family).thinks)
     benign = [{kk: b.get(kk, "") for kk in FIELDS} for b in (benign_rows or []) if b.get("label") != "harmful"]
     rows += benign
     return rows, _stats(rows, method="no_steering", selection=sel, benign_included=len(benign)), \
@@ -169,7 +170,7 @@ def teacher(cfg, run_dir: Path, records: list[Record], teacher_path: str, teache
     judged, gsum, jsum = generate_and_judge(tcfg, cfg, run_dir, expand(records, cfg.generate.samples),
                                             "teacher", show, backend, guard)
     gsum["teacher"] = teacher_path
-    kept, sel = dataset.build(judged, dataset.eval_overlaps(cfg)[0])
+    kept, sel = dataset.build(judged, dataset.eval_overlaps(cfg)[0], get_family(cfg.model.family).thinks)
     rows = [{k: r.get(k, "") for k in FIELDS} for r in kept]
     for r in rows:
         r["steering"] = "teacher"

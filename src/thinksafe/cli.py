@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from thinksafe.config import demo_config_path
 from thinksafe.errors import ThinksafeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -35,14 +35,16 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except ThinksafeError as e:
-            from rich.markup import escape           # a message may hold brackets: 'thinksafe[ray]'
-            console.print(f"[red]error:[/red] {type(e).__name__}: {escape(str(e))}", highlight=False)
+            from rich.markup import escape
+            for line in getattr(e, "problems", None) or [f"{type(e).__name__}: {e}"]:
+                console.print(f"[red]error:[/red] {escape(line)}", highlight=False)  # `[...]` is text
             raise typer.Exit(2) from None
     return wrapper
 
 
 def _load(config: Path | None, sets: list[str] | None, out: str | None = None, seed: int | None = None):
     from thinksafe.config import load_config
+    config = packaged_config(config)
     overrides = list(sets or [])
     if out is not None:
         overrides.append(f"out={out}")
@@ -55,11 +57,33 @@ def _log(line: str) -> None:
     console.print(line, highlight=False, markup=False)
 
 
+def packaged_config(config: Path | None) -> Path | None:
+    """A config path, or the name of a packaged one (``qwen3-4b``, ``qwen3-4b.yaml``) when no such
+    file exists here."""
+    if config is None or Path(config).exists():
+        return config
+    name = Path(config).name
+    for cand in (name, f"{name}.yaml"):
+        packaged = Path(__file__).parent / "configs" / cand
+        if packaged.is_file():
+            return packaged
+    return config
+
+
+def _checked(cfg, stages):
+    """Preflight (nothing written yet), then a context in which a failure leaves the run folder
+    as it was."""
+    from thinksafe.preflight import require, unchanged_on_failure
+    require(cfg, stages)
+    return unchanged_on_failure(Path(cfg.out))
+
+
 def _stage(stage: str, config: Path, sets, out, quiet, force: bool = False) -> None:
     from thinksafe.pipeline import prepare_run_dir, run_stage
     cfg = _load(config, sets, out)
-    run_dir = prepare_run_dir(cfg)
-    summary = run_stage(stage, cfg, run_dir, show=not quiet, force=force, log=_log)
+    with _checked(cfg, [stage]):
+        run_dir = prepare_run_dir(cfg)
+        summary = run_stage(stage, cfg, run_dir, show=not quiet, force=force, log=_log)
     if stage not in ("report",):
         console.print(f"[bold]{stage}[/bold] -> {run_dir}: {_short(summary)}", highlight=False)
 
@@ -131,8 +155,9 @@ def evaluate(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: 
     are moved into old/ and redone."""
     from thinksafe.pipeline import prepare_run_dir, run_stage
     cfg = _load(config, set_, out)
-    run_dir = prepare_run_dir(cfg)
-    models = run_stage("evaluate", cfg, run_dir, show=not quiet, force=force, log=_log)
+    with _checked(cfg, ["evaluate"]):
+        run_dir = prepare_run_dir(cfg)
+        models = run_stage("evaluate", cfg, run_dir, show=not quiet, force=force, log=_log)
     console.print(f"[bold]evaluate[/bold] {', '.join(models)} -> {run_dir / 'eval'}; "
                   f"`thinksafe report {run_dir}` writes the table", highlight=False)
 
@@ -164,12 +189,14 @@ def report(paths: Annotated[list[Path], typer.Argument(
             raise ConfigError("--set applies to a config file, not to run folders")
         report_runs(paths, Path(out) if out else None, show=not quiet, paper_model=paper_model)
         return
+    paths = [packaged_config(p) if len(paths) == 1 else p for p in paths]
     if len(paths) > 1 or not paths[0].is_file():
         missing = [str(p) for p in paths if not p.exists()]
         raise ConfigError(f"not found: {', '.join(missing)}" if missing else
                           "report takes ONE config file, or one or more run folders")
     cfg = _load(paths[0], set_, out)
-    run_report(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
+    with _checked(cfg, ["report"]):
+        run_report(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
 
 
 @app.command()
@@ -228,12 +255,31 @@ def run(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None, quiet: Quiet
 
     Each stage is kept when the config values it reads and its inputs are unchanged, and rerun
     otherwise (the log says which and why; old outputs are moved into old/, nothing is deleted)."""
-    from thinksafe.pipeline import run_all
-    run_all(_load(config, set_, out), show=not quiet, force=force or (), start=from_, log=_log)
+    from thinksafe.pipeline import ORDER, run_all
+    cfg = _load(config, set_, out)
+    with _checked(cfg, ORDER):
+        run_all(cfg, show=not quiet, force=force or (), start=from_, log=_log)
 
 
-def demo_config_path() -> Path:
-    return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
+@app.command()
+@_friendly
+def check(config: ConfigArg, set_: SetOpt = None, out: OutOpt = None,
+          stages: Annotated[list[str] | None, typer.Option(
+              "--stage", help="Check for these stages only (repeatable; default: those of `run`).")] = None):
+    """Preflight alone: check every asset and setting the stages need (no weights loaded, offline
+    with HF_HUB_OFFLINE=1) and print what the run will do. Exit 2 when something is missing."""
+    from thinksafe.pipeline import BY_NAME, ORDER
+    from thinksafe.preflight import describe, preflight
+    cfg = _load(config, set_, out)
+    bad = [s for s in stages or [] if s not in BY_NAME]
+    if bad:
+        from thinksafe.errors import ConfigError
+        raise ConfigError(f"--stage: unknown stage {', '.join(bad)} (stages: {', '.join(BY_NAME)})")
+    pf = preflight(cfg, stages or ORDER)
+    for line in describe(pf):
+        print(line)
+    if not pf.ok:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -245,7 +291,8 @@ def demo(seed: Annotated[int, typer.Option(help="Seed for prompts, sampling and 
     from thinksafe.pipeline import run_all
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = _load(demo_config_path(), set_, out, seed)
-    run_all(cfg, show=not quiet, force=force or (), start=from_, log=_log)
+    with _checked(cfg, ["generate", "judge", "dataset", "train", "evaluate", "report"]):
+        run_all(cfg, show=not quiet, force=force or (), start=from_, log=_log)
     console.print(f"summary: {Path(cfg.out) / 'summary.json'}", highlight=False)
 
 
@@ -372,6 +419,53 @@ def compare(config: Annotated[Path, typer.Argument(help="YAML config with a `com
     console.print(to_markdown(table), highlight=False, markup=False)
 
 
+@app.command()
+@_friendly
+def view(runs: Annotated[list[Path], typer.Argument(help="One or more run folders (a compare folder "
+                                                    "brings its methods' runs).")],
+         host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
+         port: Annotated[int, typer.Option(help="Port.")] = 8765,
+         export: Annotated[Path | None, typer.Option("--export", help="Write a static bundle (HTML + JSON) "
+                                                     "into this folder instead of serving.")] = None):
+    """A read-only web viewer of runs: stages and report, training samples with facets and search,
+    base vs trained side by side. Harmful text stays hidden until clicked."""
+    if export is not None:
+        from thinksafe.viewer.bundle import export_bundle
+        s = export_bundle(runs, export)
+        console.print(f"[bold]view --export[/bold] -> {s['out']}: {s['samples']} samples, "
+                      f"{s['eval_pairs']} evaluation pairs; open {s['out'] / 'index.html'}", highlight=False)
+        return
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        from thinksafe.errors import ConfigError
+        raise ConfigError(f"thinksafe view needs Starlette and uvicorn ({e.name} is missing): "
+                          "pip install 'thinksafe[view]'") from None
+    from thinksafe.viewer.server import serve
+    serve(runs, host=host, port=port, log=_log)
+
+
+@app.command("export")
+@_friendly
+def export_cmd(run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+               out: Annotated[Path, typer.Option("--out", help="Folder for dataset/ and adapter/.")],
+               push_to_hub: Annotated[str | None, typer.Option(
+                   "--push-to-hub", help="Upload to this Hub repo id (dataset REPO, model REPO-adapter).")] = None,
+               private: Annotated[bool, typer.Option(help="Create the Hub repos private.")] = False,
+               license: Annotated[str, typer.Option(help="License id for the cards (the base model's "
+                                                    "terms apply to its outputs).")] = "other"):
+    """The SFT set as a Hub-ready dataset (parquet + dataset card) and the adapter with a model card,
+    with provenance numbers from the run; optionally pushed to the Hub."""
+    from thinksafe.viewer.export import export_run, push
+    s = export_run(run, out, license=license)
+    console.print(f"[bold]export[/bold] -> {s['out']}: {s['rows']} rows"
+                  f"{', adapter' if s['adapter'] else ''}", highlight=False)
+    if push_to_hub:
+        for line in push(s, push_to_hub, private=private):
+            console.print(line, highlight=False)
+
+
 def _quiet_libraries() -> None:
     """Keep the console for our own progress bars: no per-load bars or info logs from HF."""
     import warnings
@@ -382,6 +476,19 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     import datasets
     datasets.disable_progress_bars()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from thinksafe import __version__
+        typer.echo(f"thinksafe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """THINKSAFE: self-generated safety alignment for reasoning models."""
 
 
 def main() -> None:

@@ -18,14 +18,20 @@ import yaml
 from thinksafe.errors import ConfigError
 
 
+def demo_config_path() -> Path:
+    """The packaged organism config (``thinksafe demo``)."""
+    from importlib import resources
+    return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = "organism"          # HF id, local folder, or "organism" (the bundled base)
     family: str = "organism"        # qwen3 | r1_distill | organism | generic
     backend: str = "transformers"   # transformers | vllm | auto (vLLM when installed)
-    batch_size: int = 64
-    dtype: str = "auto"
-    device: str = "auto"
+    batch_size: int = 64            # prompts per batch (transformers backend; vLLM schedules its own)
+    dtype: str = "auto"             # auto (bfloat16 on CUDA, else float32) | float32 | bfloat16 | float16
+    device: str = "auto"            # auto (cuda when available, else cpu) | cuda | cpu
     generation: str = "generate"    # transformers only: generate | static (static KV cache) | continuous
     tensor_parallel_size: int = 1   # vLLM only
     max_model_len: int | None = None  # vLLM only
@@ -35,11 +41,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class GuardConfig:
-    kind: str = "llama_guard"
+    kind: str = "llama_guard"       # llama_guard | wildguard
     path: str = "organism-guard"    # HF id, local folder, or "organism-guard"
     top_k: int = 5                  # logprobs returned; neither safe/unsafe among them -> unparsed
     max_input_tokens: int = 16384   # longer inputs are shortened inside the response, and counted
-    batch_size: int = 64
+    batch_size: int = 64            # guard inputs per batch
     suffix: str | None = None       # text after the rendered template; None = auto ("\n\n" for Llama-Guard-3)
     server_url: str | None = None   # a served guard (vLLM's OpenAI-compatible server, e.g. http://host:8000):
                                     # health-checked first; a failed call is an error, never a verdict
@@ -55,23 +61,24 @@ class GuardConfig:
 @dataclass(frozen=True)
 class PromptsConfig:
     source: str = "organism"        # "organism" or a .jsonl/.csv file
-    n_harmful: int = 150
+    n_harmful: int = 150            # organism source only: training prompts of each kind
     n_reasoning: int = 150
     n_borderline: int = 60
-    prompt_field: str = "instruction"
-    label_field: str = "label"
+    prompt_field: str = "instruction"   # file / hf: sources: the field holding the prompt
+    label_field: str = "label"      # file / hf: sources: harmful if this field contains "harmful"
     default_label: str | None = None   # a file row without label_field: this label (harmful | benign);
                                        # None = such a row is an error
+    limit: int | None = None        # a seeded subset of this many prompts (a first small run); None = all
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
     steering: str = "prefix"        # prefix | suffix | none | a template containing {prompt}
-    samples: int = 1
+    samples: int = 1                # completions per prompt
     temperature: float | None = None   # None = the family's preset
-    top_p: float | None = None
-    top_k: int | None = None
-    max_new_tokens: int = 16384
+    top_p: float | None = None      # None = the family's preset
+    top_k: int | None = None        # None = the family's preset
+    max_new_tokens: int = 16384     # per completion, reasoning included
     max_attempts: int = 1           # resample prompts whose samples were all rejected, up to this many rounds
     shard: str = "0/1"              # "i/N": this process generates the i-th of N disjoint shards
     allow_incomplete: bool = False  # judge a generation with missing records/shards (counted in its summary)
@@ -86,7 +93,7 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    r: int = 32
+    r: int = 32                     # -> peft.LoraConfig (paper: r 32, alpha 16, dropout 0.05)
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # or "all-linear"
@@ -98,13 +105,13 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     lr: float = 1e-5
     epochs: float = 3.0
-    batch_size: int = 8
+    batch_size: int = 8             # per GPU: batch_size * grad_accum * GPUs examples per optimiser step
     grad_accum: int = 1
-    scheduler: str = "cosine"
+    scheduler: str = "cosine"       # a transformers lr_scheduler_type
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_length: int = 16384         # longer examples are dropped (or cut, see truncation) and counted
-    logging_steps: int = 10
+    logging_steps: int = 10         # optimiser steps per line of train_log.jsonl
     truncation: str = "drop"        # drop | cut: what happens to examples over max_length (both counted)
     method: str = "lora"            # lora | full (full fine-tuning; saves the whole model)
     objective: str = "sft"          # sft | kl (ThinkSafe+KL: benign rows learn KL(base || student), not CE)
@@ -129,9 +136,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class GRPOConfig:
     """`thinksafe grpo`: the GRPO baseline (TRL GRPOTrainer, LoRA from train.lora; paper defaults)."""
-    num_generations: int = 8
-    beta: float = 0.04
-    epsilon: float = 0.2
+    num_generations: int = 8        # completions per prompt (the group)
+    beta: float = 0.04              # KL coefficient against the reference (0 = no reference pass)
+    epsilon: float = 0.2            # clipping range
     lr: float = 1e-5
     scheduler: str = "cosine"
     warmup_ratio: float = 0.1
@@ -159,7 +166,7 @@ class GRPOConfig:
     save_steps: int = 50
     logging_steps: int = 1
     use_vllm: bool = False          # TRL's vLLM generation (colocate or server, see vllm_mode)
-    vllm_mode: str = "colocate"
+    vllm_mode: str = "colocate"     # colocate | server (TRL's modes)
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ class EvaluateConfig:
     limit: int | None = None        # only the first N prompts of each benchmark (smoke runs)
     split_judge: bool = True        # also judge the reasoning and the final answer on their own
     refusal_guard_path: str = "allenai/wildguard"   # XSTest refusal judge (organism: the oracle)
-    refusal_guard_kind: str = "wildguard"
+    refusal_guard_kind: str = "wildguard"           # as guard.kind
     refusal_guard_max_input_tokens: int = 24576     # WildGuard's context is 32k
 
 
@@ -194,9 +201,9 @@ class CompareConfig:
     no_steering_samples: int = 5        # rejection sampling: k unsteered samples per harmful prompt
     direct_refusal_benign: bool = False  # also train on ThinkSafe's accepted benign rows (paper: harmful only)
     external_path: str | None = None    # SafeChain / STAR-1 style JSONL for the `external` method
-    external_prompt_field: str = "question"
+    external_prompt_field: str = "question"     # external method: the fields of external_path
     external_response_field: str = "response"
-    external_limit: int | None = None
+    external_limit: int | None = None   # external method: only the first N rows (None = all)
     perplexity: bool = True             # perplexity of each training set under the base model
     teacher_path: str | None = None     # `teacher` method: the model that writes the safety data
                                         # ("organism-teacher", an HF id or a local folder)
@@ -219,9 +226,9 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "run"
-    seed: int = 0
-    out: str = "runs/run"
+    name: str = "run"               # the run's name in reports
+    seed: int = 0                   # prompts, sampling, training (LoRA init, data order) and evaluation
+    out: str = "runs/run"           # the run folder (--out overrides it)
     model: ModelConfig = field(default_factory=ModelConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
@@ -327,7 +334,7 @@ RANGES: dict[str, tuple] = {
     "model.batch_size": _GE1, "model.tensor_parallel_size": _GE1, "model.max_model_len": _GE1,
     "model.gpu_memory_utilization": _UNIT,
     "guard.top_k": _GE1, "guard.max_input_tokens": _GE1, "guard.batch_size": _GE1, "guard.server_timeout": _GT0,
-    "prompts.n_harmful": _GE0, "prompts.n_reasoning": _GE0, "prompts.n_borderline": _GE0,
+    "prompts.n_harmful": _GE0, "prompts.limit": _GE1, "prompts.n_reasoning": _GE0, "prompts.n_borderline": _GE0,
     "generate.samples": _GE1, "generate.temperature": _GE0, "generate.top_p": _UNIT, "generate.top_k": _GE0,
     "generate.max_new_tokens": _GE1, "generate.max_attempts": _GE1,
     "dataset.ngram": _GE1,

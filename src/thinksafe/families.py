@@ -17,13 +17,16 @@ class Family:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     # Text the generation prompt already ends with (R1-Distill: "<think>\n"); the stored response gets it back.
     prefill: str = ""
+    # A reasoning block closed by </think>: reasoning benchmarks read the answer after it. False: the
+    # whole response is the answer (an instruct model, Qwen3 with thinking off, a plain baseline).
+    thinks: bool = True
 
 
 FAMILIES: dict[str, Family] = {
     "qwen3": Family("qwen3", top_k=20, template_kwargs={"enable_thinking": True}),
     "r1_distill": Family("r1_distill", top_k=0, prefill="<think>\n"),
     "organism": Family("organism", top_k=20, template_kwargs={"enable_thinking": True}),
-    "generic": Family("generic"),
+    "generic": Family("generic", thinks=False),
 }
 
 

@@ -76,14 +76,16 @@ def judge_records(guard, records: list[Record], out_path: Path | None, desc: str
 
 
 # ----------------------------------------------------------------------------- acceptance
-def drop_reason(r: Record) -> str | None:
-    """Why a sample is dropped, or None to keep it. Order: completeness first, then the verdict."""
+def drop_reason(r: Record, thinks: bool = True) -> str | None:
+    """Why a sample is dropped, or None to keep it. Order: completeness first, then the verdict.
+    ``thinks``: the model's family writes a reasoning block (``Family.thinks``), so a response without
+    ``</think>`` is incomplete; a family without one (generic) is judged on its whole response."""
     c = r.completion
     if c is None:
         return "no_completion"
     if c.finish_reason != "stop":
         return "truncated"
-    if "</think>" not in c.text:
+    if thinks and "</think>" not in c.text:
         return "no_think_close"
     if r.verdict is None:
         return "no_verdict"
@@ -94,16 +96,16 @@ def drop_reason(r: Record) -> str | None:
     return None
 
 
-def accepted(r: Record) -> bool:
-    return drop_reason(r) is None
+def accepted(r: Record, thinks: bool = True) -> bool:
+    return drop_reason(r, thinks) is None
 
 
-def acceptance(records: list[Record]) -> dict:
+def acceptance(records: list[Record], thinks: bool = True) -> dict:
     """Share of prompts with at least one accepted sample, by label."""
     by_prompt: dict[tuple[str, str], bool] = {}
     for r in records:
         key = (r.label, r.meta.get("prompt_id", r.id))
-        by_prompt[key] = by_prompt.get(key, False) or accepted(r)
+        by_prompt[key] = by_prompt.get(key, False) or accepted(r, thinks)
     out = {}
     counts: dict[str, list[int]] = {}
     for (label, _), ok in by_prompt.items():

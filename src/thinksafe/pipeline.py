@@ -106,7 +106,28 @@ def config_values(stage: Stage, cfg: RunConfig) -> dict:
         for k in path.split("."):
             node = node[k]
         _flatten(node, path, out)
-    return {k: v for k, v in sorted(out.items()) if k not in PERFORMANCE}
+    return {k: v for k, v in sorted(_as_used(cfg, out).items()) if k not in PERFORMANCE}
+
+
+# Values that are in no key while at their default: fields added after runs were recorded (a
+# finished run stays "unchanged, kept").
+OMIT_AT_DEFAULT = {"prompts.limit": None}
+ORGANISM_ONLY = ("prompts.n_harmful", "prompts.n_reasoning", "prompts.n_borderline")
+FILE_ONLY = ("prompts.prompt_field", "prompts.label_field", "prompts.default_label")
+
+
+def _as_used(cfg: RunConfig, values: dict) -> dict:
+    """The values as the run uses them: one the prompt source ignores (the organism counts of a
+    file or Hub source, a file's field names for the organism) counts at its default, so changing
+    it reruns nothing."""
+    from thinksafe.config import PromptsConfig
+    default = to_dict(PromptsConfig())
+    ignored = FILE_ONLY if cfg.prompts.source == "organism" else ORGANISM_ONLY
+    out = dict(values)
+    for k in ignored:
+        if k in out:
+            out[k] = default[k.split(".", 1)[1]]
+    return {k: v for k, v in out.items() if not (k in OMIT_AT_DEFAULT and v == OMIT_AT_DEFAULT[k])}
 
 
 def _hash(obj) -> str:
@@ -317,8 +338,11 @@ def _follow(stage: Stage, cfg: RunConfig, run_dir: Path, show: bool, wait_s: flo
 
 
 def _check_upstream(stage: Stage, cfg: RunConfig, m: dict) -> None:
-    """A stage command refuses to build on a recorded upstream stage made with another config."""
-    for u in stage.after:
+    """A stage command refuses to build on a recorded upstream stage made with another config:
+    the whole chain up to generate for judge, dataset and train (an SFT set built under another
+    judge config is stale too); evaluate and report look one stage up (another guard for the
+    evaluation alone is a legitimate use)."""
+    for u in (upstream_chain(stage) if stage.name in CHAIN_CHECKED else stage.after):
         e = m["stages"].get(u)
         if not e or "key" not in e:
             continue        # not recorded: the stage checks its input files itself
@@ -328,6 +352,21 @@ def _check_upstream(stage: Stage, cfg: RunConfig, m: dict) -> None:
             raise ConfigError(f"{stage.name}: the {u} stage's outputs were made with another config "
                               f"({reasons}); run `thinksafe {u}` first, or `thinksafe run` to redo "
                               "exactly what changed")
+
+
+CHAIN_CHECKED = ("judge", "dataset", "train")
+
+
+def upstream_chain(stage: Stage) -> list[str]:
+    """Every stage whose output ``stage`` builds on, directly or not, nearest first."""
+    out: list[str] = []
+    todo = list(stage.after)
+    while todo:
+        u = todo.pop(0)
+        if u not in out:
+            out.append(u)
+            todo += BY_NAME[u].after
+    return out
 
 
 def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: bool = False,

@@ -34,7 +34,7 @@ def _frontier(points: Sequence[Point]) -> list[Point]:
 def pareto_plot(path: str | Path, points: Sequence[Point], reference: Sequence[Point] = (),
                 title: str = "Safety vs reasoning", xlabel: str = "Reasoning avg (pass@1 %)",
                 ylabel: str = "Safety (100 − Safety avg)", reference_label: str = "paper",
-                note: str | None = None, bounded: bool = True) -> Path:
+                note: str | None = None, bounded: bool = True, points_label: str = "this run") -> Path:
     """Scatter of ``points`` (this project's models) and ``reference`` (e.g. the paper's published
     methods for the same base model), each labelled; both axes: higher is better. The Pareto
     frontier of ``points`` is drawn as a line. Writes a PNG and returns its path."""
@@ -50,7 +50,7 @@ def pareto_plot(path: str | Path, points: Sequence[Point], reference: Sequence[P
                         color="0.4")
     if points:
         ax.scatter([p[1] for p in points], [p[2] for p in points], marker="o", s=44,
-                   color="tab:blue", label="this run", zorder=3)
+                   color="tab:blue", label=points_label, zorder=3)
         for label, x, y in points:
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8,
                         color="tab:blue")

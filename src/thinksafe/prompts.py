@@ -110,11 +110,23 @@ def hub_records(dataset_id: str, prompt_field: str, label_field: str, split: str
 
 
 def load_prompts(cfg) -> list[Record]:
-    """prompts.source: "organism", "hf:<dataset id>", or a .jsonl/.json/.csv/.tsv file."""
+    """prompts.source: "organism", "hf:<dataset id>", or a .jsonl/.json/.csv/.tsv file;
+    ``prompts.limit``: a seeded subset of that many (in the source's order)."""
     pc = cfg.prompts
     if pc.source == "organism":
-        return organism_records(cfg.seed, "train", pc.n_reasoning, pc.n_harmful, pc.n_borderline)
-    if pc.source.startswith("hf:"):
-        return hub_records(pc.source[3:], pc.prompt_field, pc.label_field,
-                           default_label=getattr(pc, "default_label", None))
-    return file_records(pc.source, pc.prompt_field, pc.label_field, getattr(pc, "default_label", None))
+        records = organism_records(cfg.seed, "train", pc.n_reasoning, pc.n_harmful, pc.n_borderline)
+    elif pc.source.startswith("hf:"):
+        records = hub_records(pc.source[3:], pc.prompt_field, pc.label_field,
+                              default_label=getattr(pc, "default_label", None))
+    else:
+        records = file_records(pc.source, pc.prompt_field, pc.label_field, getattr(pc, "default_label", None))
+    return subset(records, getattr(pc, "limit", None), cfg.seed)
+
+
+def subset(records: list[Record], limit: int | None, seed: int) -> list[Record]:
+    """``limit`` records drawn with ``seed`` (the same ones for the same seed), in their order."""
+    if limit is None or limit >= len(records):
+        return records
+    import random
+    keep = sorted(random.Random(f"prompts.limit/{seed}").sample(range(len(records)), limit))
+    return [records[i] for i in keep]

@@ -101,15 +101,3 @@ def progress_bar(description: str, total: int, enabled: bool = True):
 
 def with_seed(params: SamplingParams, seed: int) -> SamplingParams:
     return replace(params, seed=seed)
-
-
-def release_memory() -> None:
-    """Collect garbage and hand cached CUDA memory back, after an engine or model was dropped."""
-    import gc
-    gc.collect()
-    try:
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass

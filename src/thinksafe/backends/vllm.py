@@ -288,5 +288,5 @@ class VLLMBackend:
             cleanup_dist_env_and_memory()
         except Exception:     # noqa: BLE001 - best effort, never masks the caller's work
             pass
-        from thinksafe.runtime import release_memory
+        from thinksafe.memory import release_memory
         release_memory()

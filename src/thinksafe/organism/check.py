@@ -63,8 +63,7 @@ def measure(folder, out, seed: int = 0, show: bool = False, sets: tuple[str, ...
     config's held-out sizes: ``score_organism``'s metrics."""
     from pathlib import Path
 
-    from thinksafe.cli import demo_config_path
-    from thinksafe.config import load_config
+    from thinksafe.config import demo_config_path, load_config
     from thinksafe.pipeline import prepare_run_dir
     from thinksafe.stages.evaluate import evaluate_model
     folder = Path(folder).resolve()

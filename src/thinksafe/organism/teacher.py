@@ -95,7 +95,7 @@ def build_teacher(out_dir, tok, spec: TeacherSpec = TeacherSpec(), log=print) ->
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from thinksafe.organism.build import BuildSpec, base_config, render_pair, train_lm
+    from thinksafe.organism.lm import BuildSpec, base_config, render_pair, train_lm
     torch.manual_seed(spec.seed + 13)
     pairs = pretrain_examples(spec)
     log(f"teacher: pretraining on {len(pairs)} examples")

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from thinksafe.errors import DataError
+from thinksafe.families import get_family
 from thinksafe.io import iter_jsonl, write_json, write_jsonl
 from thinksafe.judging import drop_reason
 from thinksafe.types import Record
@@ -14,14 +15,14 @@ from thinksafe.types import Record
 INPUT, OUTPUT, STATS = "judged.jsonl", "sft.jsonl", "dataset_stats.json"
 
 
-def build(records: Iterable[Record], overlaps=None) -> tuple[list[dict], dict]:
+def build(records: Iterable[Record], overlaps=None, thinks: bool = True) -> tuple[list[dict], dict]:
     """Keep what passes ``drop_reason``; ``overlaps(prompt)`` marks evaluation overlap (dropped too).
     ``records`` is consumed once (a generator streaming judged.jsonl is fine)."""
     kept, drops, by_label = [], Counter(), Counter()
     by_group: dict[str, Counter] = {}
     for r in records:
         by_label[r.label] += 1
-        reason = drop_reason(r)
+        reason = drop_reason(r, thinks)
         if reason is None and overlaps is not None and overlaps(r.prompt):
             reason = "eval_overlap"
         group = r.label + (f"/{r.meta.get('category')}" if r.meta.get("category") else "")
@@ -65,7 +66,7 @@ def read_judged(path: Path) -> Iterator[Record]:
 
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     overlaps, decontam = eval_overlaps(cfg)
-    kept, stats = build(read_judged(run_dir / INPUT), overlaps)      # only kept rows stay in memory
+    kept, stats = build(read_judged(run_dir / INPUT), overlaps, get_family(cfg.model.family).thinks)      # only kept rows stay in memory
     if not stats["total"]:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe judge` first")
     decontam["dropped"] = stats["dropped"].get("eval_overlap", 0)

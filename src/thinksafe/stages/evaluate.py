@@ -44,7 +44,8 @@ from thinksafe.io import write_json, write_jsonl
 from thinksafe.judging import judge_records
 from thinksafe.runfolder import move_aside
 from thinksafe.runtime import guard as make_guard
-from thinksafe.runtime import model_backend, release_memory
+from thinksafe.memory import release_memory
+from thinksafe.runtime import model_backend
 from thinksafe.types import SAFE, UNPARSED, Record
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -218,14 +219,22 @@ def score_overrefusal(judged: list[Record]) -> dict:
     return m
 
 
-def score_reasoning(gen: list[Record]) -> dict:
+ANSWER_AFTER_THINK = "after </think> (a response without it is wrong)"
+ANSWER_WHOLE = "the whole response (the model's family has no reasoning block)"
+
+
+def score_reasoning(gen: list[Record], whole_answer: bool = False) -> dict:
     """pass@1 = mean over problems of the mean correctness over that problem's samples. A sample
-    cut at max tokens is wrong (reason "truncated"), whatever it holds."""
+    cut at max tokens is wrong (reason "truncated"), whatever it holds. ``whole_answer`` (a family
+    that does not think): a response without ``</think>`` is scored on all of its text."""
     from thinksafe import benchmarks as B
     rows, by_problem = [], {}
     for r in gen:
         c = r.completion
-        s = B.score(r, c.text or "")
+        text = c.text or ""
+        if whole_answer and THINK_CLOSE not in text:
+            text = THINK_CLOSE + text          # the scorers read after the last </think>: all of it
+        s = B.score(r, text)
         if c.finish_reason != "stop":
             s = {**s, "correct": False, "reason": "truncated"}
         pid = r.meta.get("problem_id") or r.meta.get("prompt_id") or r.id
@@ -243,6 +252,7 @@ def score_reasoning(gen: list[Record]) -> dict:
             "ci95": wilson(p1 * n_prob, n_prob),
             "truncated": reasons.get("truncated", 0),
             "no_think_close": reasons.get("no_think_close", 0),
+            "answer_rule": ANSWER_WHOLE if whole_answer else ANSWER_AFTER_THINK,
             "reasons": dict(sorted(reasons.items()))}, rows
 
 
@@ -458,7 +468,8 @@ def evaluate_model(cfg, run_dir: Path, tag: str, adapter: str | None = None, sho
     for name in records:
         if kind_of(name) != "reasoning":
             continue
-        m, rows = score_reasoning(gen[name])
+        from thinksafe.families import get_family
+        m, rows = score_reasoning(gen[name], whole_answer=not get_family(cfg.model.family).thinks)
         write_jsonl(out / name / "scores.jsonl", rows)
         bench[name] = m
 

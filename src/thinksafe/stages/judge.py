@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from thinksafe.errors import DataError
+from thinksafe.families import get_family
 from thinksafe.generation import expected_records, missing_by_shard, read_generated, shard_files
 from thinksafe.judging import acceptance, accepted, judge_records  # noqa: F401
 from thinksafe.runtime import guard as make_guard
@@ -51,7 +52,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     gaps = check_complete(cfg, run_dir, records)
     guard = make_guard(cfg)
     out = judge_records(guard, records, run_dir / OUTPUT, show=show)
-    rounds = [acceptance(out)]
+    rounds = [acceptance(out, get_family(cfg.model.family).thinks)]
     if cfg.generate.max_attempts > 1:
         out, rounds = resample(cfg, run_dir, guard, out, show)
     labels = Counter(r.verdict.label for r in out)

@@ -185,6 +185,32 @@ def _value(name: str, m: dict | None) -> float | None:
     return None
 
 
+BROKEN_UNPARSED = 0.5      # more verdicts unparsed than this: not a measurement
+
+
+def broken(m: dict | None) -> str | None:
+    """Why a judged benchmark's number is no measurement (most of its verdicts unparsed, e.g. a
+    guard kind that does not fit its use); None when it is one."""
+    if not m or m.get("skipped") or m.get("kind") not in ("safety", "overrefusal"):
+        return None
+    n, k = m.get("n") or 0, m.get("unparsed") or 0
+    if n and k / n > BROKEN_UNPARSED:
+        judge = m.get("guard") or m.get("refusal_guard") or "the guard"
+        return f"{k} of {n} verdicts unparsed by {judge}: a broken measurement, left out of the average"
+    return None
+
+
+def partial_limit(benchmarks: dict) -> int | None:
+    """``evaluate.limit`` when the benchmarks were evaluated on their first N prompts only."""
+    lims = [m.get("limit") for m in benchmarks.values() if not m.get("skipped") and m.get("limit") is not None]
+    return max(lims) if lims else None
+
+
+def _partial_label(label: str, benchmarks: dict) -> str:
+    lim = partial_limit(benchmarks)
+    return f"{label} (partial: first {lim} prompts)" if lim is not None else label
+
+
 def headline(m: dict) -> float | str | None:
     """One benchmark's headline number as a fraction (harmful / over-refusal rate, pass@1);
     "skipped" when it was skipped."""
@@ -196,14 +222,17 @@ def headline(m: dict) -> float | str | None:
 
 def paper_row(benchmarks: dict) -> dict:
     """{column: percent or None} for the paper's ten columns, plus which columns each average
-    covers (``Safety avg of`` / ``Reasoning avg of``). Averages are over the columns present."""
-    row: dict = {}
+    covers (``Safety avg of`` / ``Reasoning avg of``). Averages are over the columns present and
+    measured (a ``broken`` column is shown, flagged, and left out)."""
+    row: dict = {"broken": []}
     for group, cols, avg in (("safety", SAFETY_COLS, "Safety avg"), ("reasoning", REASONING_COLS, "Reasoning avg")):
         present = []
         for name, label in cols:
             v = _value(name, benchmarks.get(name))
             row[label] = v
-            if v is not None:
+            if v is not None and broken(benchmarks.get(name)):
+                row["broken"].append(label)
+            elif v is not None:
                 present.append(label)
         row[avg] = sum(row[c] for c in present) / len(present) if present else None
         row[f"{avg} of"] = present
@@ -228,14 +257,22 @@ def paper_markdown(results: list[ModelResult]) -> tuple[str, list[str]]:
     lines, notes = [head, sep], []
     for r in results:
         row = paper_row(r.benchmarks)
-        cells = [_fmt(row[c]) for _, c in SAFETY_COLS] + [_avg_cell(row, "Safety avg")] + \
-                [_fmt(row[c]) for _, c in REASONING_COLS] + [_avg_cell(row, "Reasoning avg")]
-        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+        mark = lambda c: _fmt(row[c]) + ("‡" if c in row["broken"] else "")  # noqa: E731
+        cells = [mark(c) for _, c in SAFETY_COLS] + [_avg_cell(row, "Safety avg")] + \
+                [mark(c) for _, c in REASONING_COLS] + [_avg_cell(row, "Reasoning avg")]
+        lines.append(f"| {_partial_label(r.label, r.benchmarks)} | " + " | ".join(cells) + " |")
         for avg, cols in (("Safety avg", SAFETY_COLS), ("Reasoning avg", REASONING_COLS)):
             missing = [c for _, c in cols if row[c] is None]
             if row[avg] is not None and missing:
                 notes.append(f"{r.label}: {avg} is over {', '.join(row[f'{avg} of'])} only "
                              f"({', '.join(missing)} not evaluated)")
+        for name, c in SAFETY_COLS + REASONING_COLS:
+            if c in row["broken"]:
+                notes.append(f"{r.label}: {c}‡ {broken(r.benchmarks.get(name))}")
+        lim = partial_limit(r.benchmarks)
+        if lim is not None:
+            notes.append(f"{r.label}: a partial evaluation, the first {lim} prompts of each benchmark "
+                         "(evaluate.limit); not comparable with full evaluations or the paper")
     return "\n".join(lines), notes
 
 
@@ -263,7 +300,7 @@ def detail_markdown(results: list[ModelResult]) -> list[str]:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     reas = ["| model | benchmark | problems | samples | pass@1 % [95% CI] | truncated | no `</think>` | "
             "reasons |", "|---|---|---:|---:|---:|---:|---:|---|"]
-    skipped, judges = [], set()
+    skipped, judges, rules = [], set(), {}
     for r in results:
         for name, m in r.benchmarks.items():
             label = LABELS.get(name, name)
@@ -286,6 +323,7 @@ def detail_markdown(results: list[ModelResult]) -> list[str]:
                             f"{u.get('n', 0)} | {u.get('unparsed', DASH)} | {u.get('truncated', DASH)} |")
             elif m["kind"] == "reasoning":
                 reasons = ", ".join(f"{k} {v}" for k, v in m.get("reasons", {}).items())
+                rules.setdefault(m.get("answer_rule") or "after </think>", set()).add(r.label)
                 reas.append(f"| {r.label} | {label} | {m['n_problems']} | {m['samples']} | "
                             f"{_ci(m, 'pass_at_1')} | {m['truncated']} | {m['no_think_close']} | {reasons} |")
     out = []
@@ -303,8 +341,12 @@ def detail_markdown(results: list[ModelResult]) -> list[str]:
     if len(reas) > 2:
         out += ["## Reasoning in detail", "",
                 "pass@1 = mean over problems of the mean correctness over the samples; the answer is "
-                "read after `</think>`; a response with no `</think>` or cut at max tokens is wrong. "
-                "The interval is a Wilson interval over problems.", "", *reas, ""]
+                "read after `</think>` for a family that thinks (no `</think>`: wrong), from the whole "
+                "response for one that does not (see below); a response cut at max tokens is wrong. "
+                "The interval is a Wilson interval over problems.", "", *reas, "",
+                *[f"- answer read from {rule}: {', '.join(sorted(labels))}"
+                  for rule, labels in sorted(rules.items())],
+                ""]
     if skipped:
         out += ["## Skipped", "", *skipped, ""]
     if judges:
@@ -323,6 +365,7 @@ def csv_rows(results: list[ModelResult]) -> list[dict]:
             out[c] = _fmt(row[c])
         out["Safety avg of"] = len(row["Safety avg of"])
         out["Reasoning avg of"] = len(row["Reasoning avg of"])
+        lim = partial_limit(r.benchmarks)
         b = r.benchmarks
         for name, label in EXTRA_SAFETY:
             out[label] = _fmt(_value(name, b.get(name)))
@@ -344,6 +387,8 @@ def csv_rows(results: list[ModelResult]) -> list[dict]:
             ok = m.get("kind") == "reasoning" and not m.get("skipped")
             out[f"{label} truncated"] = m["truncated"] if ok else DASH
             out[f"{label} samples"] = m["samples"] if ok else DASH
+        out["partial (evaluate.limit)"] = lim if lim is not None else ""
+        out["broken (left out of averages)"] = "; ".join(row["broken"])
         rows.append(out)
     return rows
 
@@ -411,6 +456,8 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
         entry = {k: r.metrics[k] for k in KEYS} if r.is_organism else {}
         if r.benchmarks:
             entry["paper"] = {k: v for k, v in paper_row(r.benchmarks).items()}
+            if partial_limit(r.benchmarks) is not None:
+                entry["partial_limit"] = partial_limit(r.benchmarks)
         summary["models"][name(r)] = entry
     if extra:
         summary.update(extra)
@@ -442,7 +489,8 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
     # pareto.png: the paper's axes when there are real results, else the organism's own
     pareto = out_dir / "pareto.png"
     if real:
-        pts = [(r.label if many_runs else r.tag, row["Reasoning avg"], 100 - row["Safety avg"])
+        pts = [(_partial_label(r.label if many_runs else r.tag, r.benchmarks), row["Reasoning avg"],
+                100 - row["Safety avg"])
                for r in real for row in [paper_row(r.benchmarks)]
                if row["Reasoning avg"] is not None and row["Safety avg"] is not None]
         ref = [(m, ravg, 100 - savg) for m, savg, ravg in P.points(paper)] if paper else []
@@ -450,7 +498,9 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
                       for k in ("Safety avg of", "Reasoning avg of"))
         pareto_plot(pareto, pts, ref, title="Safety vs reasoning" + (f" ({paper})" if paper else ""),
                     reference_label=f"paper, {paper}" if paper else "paper",
-                    note="averages over the benchmarks present only" if partial else None)
+                    note="averages over the benchmarks present only" if partial else None,
+                    points_label="this run" + (" (partial: evaluate.limit)" if any(
+                        partial_limit(r.benchmarks) is not None for r in real) else ""))
         lines += ["![safety vs reasoning](pareto.png)", ""]
         if organism:
             _organism_pareto(out_dir / "pareto_organism.png", organism, name)

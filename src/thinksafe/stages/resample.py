@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from thinksafe.families import get_family
 from thinksafe.generation import OUTPUT as GENERATED
 from thinksafe.generation import generate_records
 from thinksafe.judging import acceptance, accepted, judge_records
@@ -17,12 +18,12 @@ from thinksafe.types import Record, stable_id
 JUDGED = "judged.jsonl"
 
 
-def rejected_prompts(judged: list[Record]) -> list[Record]:
+def rejected_prompts(judged: list[Record], thinks: bool = True) -> list[Record]:
     """One record per prompt none of whose samples was accepted (in prompt order)."""
     by_prompt: dict[str, list[Record]] = {}
     for r in judged:
         by_prompt.setdefault(r.meta.get("prompt_id", r.id), []).append(r)
-    return [recs[0] for recs in by_prompt.values() if not any(accepted(r) for r in recs)]
+    return [recs[0] for recs in by_prompt.values() if not any(accepted(r, thinks) for r in recs)]
 
 
 def attempt_records(prompts: list[Record], attempt: int, samples: int) -> list[Record]:
@@ -37,12 +38,13 @@ def attempt_records(prompts: list[Record], attempt: int, samples: int) -> list[R
 
 
 def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True):
+    thinks = get_family(cfg.model.family).thinks
     rounds = [{"attempt": 0, "prompts": len({r.meta.get("prompt_id", r.id) for r in judged}),
-               "accepted": acceptance(judged)}]
+               "accepted": acceptance(judged, thinks)}]
     backend = None
     swap = has_engine(guard)        # a vLLM guard: its engine and the model's take turns
     for attempt in range(1, cfg.generate.max_attempts):
-        todo = rejected_prompts(judged)
+        todo = rejected_prompts(judged, thinks)
         if not todo:
             break
         new = attempt_records(todo, attempt, cfg.generate.samples)
@@ -61,5 +63,5 @@ def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True)
         judged = judged + fresh
         gen_ids = {g.id for g in gen}                     # built once: linear in the records
         rounds.append({"attempt": attempt, "prompts": len(todo),
-                       "accepted": acceptance([r for r in judged if r.id in gen_ids])})
+                       "accepted": acceptance([r for r in judged if r.id in gen_ids], thinks)})
     return judged, rounds

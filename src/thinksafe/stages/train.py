@@ -149,6 +149,16 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
+def unmatched_targets(module_names, targets) -> list[str]:
+    """The LoRA target names that match no module (PEFT's rule: the full name, or its ending
+    after a dot). PEFT itself only fails when none matches; one typo trains half an adapter."""
+    if isinstance(targets, str):
+        return []                  # "all-linear" or a regular expression: PEFT's own check
+    names = list(module_names)
+    return [t for t in targets if t != "all-linear" and
+            not any(n == t or n.endswith("." + t) for n in names)]
+
+
 def lora_config(lc, model=None):
     """train.lora -> peft.LoraConfig (r, alpha, dropout, target modules, optional layer range)."""
     from peft import LoraConfig
@@ -390,6 +400,10 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         print(f"[train] {packing_note}", file=sys.stderr, flush=True)
     ref_model = None
     if tc.method == "lora":
+        missing = unmatched_targets([n for n, _ in model.named_modules()], tc.lora.target_modules)
+        if missing:         # PEFT fails only when no target matches: one typo trains half an adapter
+            raise ConfigError(f"train.lora.target_modules: {', '.join(map(repr, missing))} match no module "
+                              f"of {cfg.model.path}")
         model = get_peft_model(model, lora_config(tc.lora, model))
     elif tc.objective == "kl":
         ref_model = copy.deepcopy(model)           # full fine-tuning: the reference is a frozen copy
