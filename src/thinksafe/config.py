@@ -240,6 +240,18 @@ class SteerConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where generate / judge / evaluate run (docs/cluster.md). A speed setting: in no stage key."""
+    engine: str = "local"           # local (this process) | ray (replicas on a Ray cluster; pip install 'thinksafe[ray]')
+    address: str = "local"          # ray: local (a Ray instance started here) | auto (the running cluster) | ray://host:10001
+    replicas: int = 2               # ray: model (or guard) replicas, each running the project's own backend
+    cpus_per_replica: float = 1.0   # ray: CPUs reserved per replica (and torch threads on CPU)
+    gpus_per_replica: float | None = None  # ray: None = the model's tensor_parallel_size when the cluster has GPUs, else 0
+    max_restarts: int = 4           # ray: replicas started in place of dead ones before the run gives up
+    unit_attempts: int = 3          # ray: a unit of work whose replica died this many times is an error
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"               # the run's name in reports
     seed: int = 0                   # prompts, sampling, training (LoRA init, data order) and evaluation
@@ -255,6 +267,7 @@ class RunConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     opsa: OPSAConfig = field(default_factory=OPSAConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # Names users bring from PEFT / transformers, for did-you-mean.
@@ -370,10 +383,13 @@ RANGES: dict[str, tuple] = {
     "grpo.max_completion_length": _GE1, "grpo.max_flops": _GT0, "grpo.check_every": _GE0,
     "grpo.stop_at_harmful": _PROB, "grpo.save_steps": _GE1, "grpo.logging_steps": _GE1,
     "grpo.validation_fraction": (0, False, 1, False), "grpo.validation_n": _GE1,
+    "cluster.replicas": _GE1, "cluster.cpus_per_replica": _GE0, "cluster.gpus_per_replica": _GE0,
+    "cluster.max_restarts": _GE0, "cluster.unit_attempts": _GE1,
 }
 CHOICES: dict[str, tuple] = {
     "prompts.default_label": (None, "harmful", "benign"),
     "dataset.decontaminate": (True, False, "best_effort"),
+    "cluster.engine": ("local", "ray"),
 }
 
 

@@ -39,6 +39,9 @@ def generate_records(backend, records: list[Record], cfg, steer: str, out_path: 
     if out_path:
         done.update({d["id"]: Record.from_json(d) for d in read_jsonl(out_path, repair=True)})
     todo = [r for r in records if r.id not in done]
+    if todo and getattr(backend, "distributed", False):     # cluster.engine: ray (thinksafe.cluster)
+        return backend.generate_records(records, todo, done, cfg, steer, out_path, max_new_tokens, desc,
+                                        show, chunk, generate_records)
     if todo and callable(getattr(backend, "stream", None)):
         new_stream = _generate_streaming(backend, todo, cfg, steer, out_path, max_new_tokens, desc,
                                          show, len(records) - len(todo), len(records))

@@ -84,7 +84,8 @@ ORDER = [s.name for s in STAGES]
 PERFORMANCE = {"model.batch_size", "model.generation", "model.gpu_memory_utilization",
                "model.tensor_parallel_size", "guard.batch_size", "guard.server_timeout",
                "generate.shard", "train.logging_steps", "train.report_to", "grpo.logging_steps",
-               "grpo.save_steps"}
+               "grpo.save_steps",
+               "cluster"}      # no stage reads it; listed so that it stays out of every key
 
 
 # ----------------------------------------------------------------------------- keys
@@ -295,7 +296,11 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
             mm["stages"][name] = entry
     try:
         update_manifest(run_dir, start)
+        _cluster_ledger()                   # cluster.engine: ray: the replicas of this stage only
         summary = _call(stage, cfg, run_dir, show)
+        ledger = _cluster_ledger()
+        if ledger and isinstance(summary, dict):
+            summary = {**summary, "cluster": ledger}    # every replica in the compute accounting
     except ThinksafeError:
         # a user error before the stage wrote anything: what was moved aside goes back
         if moved and not any(_exists(run_dir, o) for o in stage.outputs):
@@ -308,6 +313,12 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
     else:
         log(f"[{name}] partly done in {time.time() - t0:.1f}s (not recorded as finished)")
     return summary
+
+
+def _cluster_ledger() -> dict | None:
+    import sys
+    mod = sys.modules.get("thinksafe.cluster")      # imported only where engine: ray ran
+    return mod.take_ledger() if mod else None
 
 
 def _main_process() -> bool:
@@ -370,6 +381,7 @@ def run_stage(stage: str, cfg: RunConfig, run_dir: Path, show: bool = True, forc
               log=None) -> dict:
     """One stage, as its command runs it: kept when unchanged, rerun (and said why) when not."""
     log = log or (lambda s: None)
+    _check_engine(cfg, stage)
     if stage == "generate" and cfg.generate.shard != "0/1":
         return _run_shard(cfg, Path(run_dir), show, force, log)
     return ensure(stage, cfg, run_dir, show, force, log, check_upstream=True)
@@ -382,11 +394,19 @@ def run_all(cfg: RunConfig, show: bool = True, force: list[str] | tuple[str, ...
     if cfg.generate.shard != "0/1":
         raise ConfigError("generate.shard is for `thinksafe generate` (one process per shard); "
                           "`run` generates everything, then judges the merged shards")
+    _check_engine(cfg, "run")
     forced = set(_stage_names(force or (), "--force"))
     if start is not None:
         forced |= set(ORDER[ORDER.index(_stage_names([start], "--from")[0]):])
     run_dir = prepare_run_dir(cfg)
     return {name: ensure(name, cfg, run_dir, show, name in forced, log) for name in ORDER}
+
+
+def _check_engine(cfg: RunConfig, stage: str) -> None:
+    """``cluster.engine: ray`` without Ray: one line naming the extra, before anything runs."""
+    if cfg.cluster.engine == "ray" and stage in ("run", "generate", "judge", "evaluate"):
+        from thinksafe.cluster import require_ray
+        require_ray()
 
 
 def _stage_names(names, flag: str) -> list[str]:

@@ -28,6 +28,9 @@ def sampling(cfg_gen, family: Family, seed: int, max_new_tokens: int | None = No
 
 def model_backend(cfg, adapter: str | None = None):
     from thinksafe.backends import make_backend
+    if getattr(getattr(cfg, "cluster", None), "engine", "local") == "ray":    # replicas, no model here
+        from thinksafe.cluster import RayGenerator
+        return RayGenerator(cfg, adapter, build=model_backend)    # replicas: engine local
     m = cfg.model
     return make_backend(m.backend, resolve_model_path(m.path), adapter=adapter,
                         batch_size=m.batch_size, dtype=m.dtype, device=m.device,
@@ -44,6 +47,9 @@ def guard(cfg):
     from thinksafe.backends import make_backend
     from thinksafe.guards import make_guard
     g = cfg.guard
+    if getattr(getattr(cfg, "cluster", None), "engine", "local") == "ray" and not g.server_url:
+        from thinksafe.cluster import RayGuard
+        return RayGuard(cfg, build=guard)
     if g.server_url:                # served (vLLM's OpenAI-compatible server), health-checked here
         from thinksafe.backends.server import ServerBackend
         backend = ServerBackend(g.server_url, resolve_model_path(g.path), model_name=g.server_model or g.path,

@@ -33,8 +33,12 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
                                cfg.generate.max_new_tokens, "generate" if n == 1 else f"generate {i}/{n}",
                                show, done=done)
     finally:
+        cluster = getattr(backend, "cluster_summary", None)     # cluster.engine: ray
+        cluster = cluster() if callable(cluster) else None
         release(backend)          # the judge stage's guard gets the memory
     summary = {**summarize(out, t0), "shard": f"{i}/{n}"}
+    if cluster:
+        summary["cluster"] = cluster
     if reused:
         summary["reused_from_shards"] = reused
     return summary

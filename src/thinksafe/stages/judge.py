@@ -58,8 +58,9 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     labels = Counter(r.verdict.label for r in out)
     from thinksafe.compute import verdict_input_tokens    # counted by the guard while judging
     from thinksafe.runtime import release
+    cluster = guard.cluster_summary() if callable(getattr(guard, "cluster_summary", None)) else None
     release(guard)
-    return {"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
+    return {**({"cluster": cluster} if cluster else {}),"judged": len(out), **{f"verdict_{k}": v for k, v in sorted(labels.items())},
             "truncated_inputs": sum(r.verdict.truncated_tokens > 0 for r in out),
             "acceptance_by_round": rounds, "seconds": round(time.time() - t0, 1), **gaps,
             "guard_input_tokens": verdict_input_tokens([r.verdict for r in out], guard,
