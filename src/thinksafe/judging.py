@@ -38,39 +38,34 @@ def judge_records(guard, records: list[Record], out_path: Path | None, desc: str
         return old is not None and old.verdict is not None and \
             old.meta.get(JUDGED_SHA, judged_hash(old)) == want[rid]
     todo = [r for r in records if not fresh(r.id)]
+    new: dict[str, Record] = {}
+
+    def keep(part: list[Record], verdicts) -> None:
+        """The verdicts of one part: checked, recorded, appended to ``out_path`` as they come."""
+        if len(verdicts) != len(part):
+            raise DataError(f"guard returned {len(verdicts)} verdicts for {len(part)} records")
+        judged = [replace(r, verdict=v, meta={**r.meta, JUDGED_SHA: want[r.id]}) for r, v in zip(part, verdicts)]
+        new.update({r.id: r for r in judged})
+        if out_path:
+            append_jsonl(out_path, [r.to_json() for r in judged])
+
     if todo and getattr(guard, "distributed", False):       # cluster.engine: ray (thinksafe.cluster)
         size = chunk or guard.chunk_size()
         units = [todo[s:s + size] for s in range(0, len(todo), size)]
-        new: dict[str, Record] = {}
         for k, verdicts in guard.judge_units([[(r.prompt, r.completion.text) for r in u] for u in units],
                                              desc, len(records), len(records) - len(todo), show):
-            part = units[k]
-            if len(verdicts) != len(part):
-                raise DataError(f"guard returned {len(verdicts)} verdicts for {len(part)} records")
-            judged = [replace(r, verdict=v, meta={**r.meta, JUDGED_SHA: want[r.id]})
-                      for r, v in zip(part, verdicts)]
-            new.update({r.id: r for r in judged})
-            if out_path:
-                append_jsonl(out_path, [r.to_json() for r in judged])
+            keep(units[k], verdicts)
         allrec = {**done, **new}
         return [allrec[r.id] for r in records]
     # vLLM batches continuously inside a call: hand it a chunk sized by its scheduler. A lazily
     # loaded guard is only asked (and so loaded) when there is something to judge.
     backend = getattr(guard, "backend", None) if todo else None
     chunk = chunk or getattr(backend, "chunk_hint", None) or max(4 * getattr(backend, "batch_size", 32), 1)
-    new: dict[str, Record] = {}
     with progress_bar(desc, len(records), show) as advance:
         advance(len(records) - len(todo))
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
-            verdicts = guard.judge([(r.prompt, r.completion.text) for r in part], progress=advance)
-            if len(verdicts) != len(part):
-                raise DataError(f"guard returned {len(verdicts)} verdicts for {len(part)} records")
-            judged = [replace(r, verdict=v, meta={**r.meta, JUDGED_SHA: want[r.id]})
-                      for r, v in zip(part, verdicts)]
-            new.update({r.id: r for r in judged})
-            if out_path:
-                append_jsonl(out_path, [r.to_json() for r in judged])
+            keep(part, guard.judge([(r.prompt, r.completion.text) for r in part], progress=advance))
     allrec = {**done, **new}
     return [allrec[r.id] for r in records]
 
