@@ -7,7 +7,7 @@
 # 2. benchmarks/train_throughput.py on Qwen3-0.6B's shape (random weights, the paper's length distribution):
 #    official recipe, `thinksafe train` before token budgets (shipped_1x8), `thinksafe train` as shipped
 #    (shipped), token-budget packed rows (ours), length-grouped padded batches; tokens/s, MFU, peak memory
-# 3. tests/test_kernels.py: on CUDA, Liger / Cut Cross-Entropy (when installed) against the PyTorch loss
+# 3. tests/trainers/test_kernels.py: on CUDA, Liger / Cut Cross-Entropy (when installed) against the PyTorch loss
 # 4. `thinksafe grpo`, 3 steps, with the guard in process at Llama-Guard-3-8B's shape (random weights)
 # 5. FSDP2 launch of `thinksafe train` on the one GPU (accelerate, configs/accelerate/fsdp.yaml), smoke test
 #
@@ -76,7 +76,7 @@ sed -n '/^LoRA SFT throughput/,/^total/p' "$OUT/throughput.log" >> "$RES"
 echo >> "$RES"
 
 # 3. kernels against the PyTorch loss (skips with a reason when not on CUDA / not installed)
-part kernels 120 "$PY" -m pytest -q -rs tests/test_kernels.py
+part kernels 120 "$PY" -m pytest -q -rs tests/trainers/test_kernels.py
 tail -n 4 "$OUT/kernels.log" | sed 's/^/    /' >> "$RES"
 
 # 4-5 need the real tokenizers

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TESTS
 
 ARGS = ["--set", "prompts.n_harmful=24", "--set", "prompts.n_reasoning=24", "--set", "prompts.n_borderline=8",
         "--set", "generate.max_new_tokens=16", "--set", "model.batch_size=2", "--set", "guard.batch_size=2",
         "--quiet"]
-RUNNER = Path(__file__).with_name("crash_runner.py")
+RUNNER = TESTS / "crash_runner.py"
 
 
 def _cmd(stage, cfg):

@@ -16,6 +16,7 @@ from thinksafe.organism import organism_dir
 from thinksafe.preflight import PreflightError, module_names, preflight, require
 from thinksafe.trainers.setup import unmatched_targets
 
+
 runner = CliRunner()
 
 

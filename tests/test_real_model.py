@@ -17,8 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from thinksafe.cli import app
+from conftest import ROOT
 
-SMOL = Path(os.environ.get("THINKSAFE_SMOLLM2") or Path(__file__).resolve().parents[1] / ".cache"
+SMOL = Path(os.environ.get("THINKSAFE_SMOLLM2") or ROOT / ".cache"
             / "smollm2-135m-instruct")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (SMOL / "model.safetensors").is_file(),

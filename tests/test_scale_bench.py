@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 scale_inputs = pytest.importorskip("scale_inputs")
 pytestmark = pytest.mark.skipif(not (scale_inputs.DATA / "tokenizers" / "qwen3").is_dir(),

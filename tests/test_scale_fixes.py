@@ -13,6 +13,7 @@ import torch
 from thinksafe.families import get_family
 from thinksafe.organism import ASSETS, resolve_model_path
 
+
 BASE, GUARD = ASSETS / "base", ASSETS / "guard"
 pytestmark = pytest.mark.skipif(not (GUARD / "model.safetensors").is_file(), reason="organism not built")
 

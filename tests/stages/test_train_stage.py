@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import world_responses
+from conftest import organism_config, sft_rows, world_responses, write_rows
 
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError, MissingDependency
@@ -18,33 +18,6 @@ from thinksafe.organism import resolve_model_path
 from thinksafe.stages import train
 from thinksafe.trainers.examples import tokenize_example, tokenize_rows, tokenize_rows_stats
 from thinksafe.trainers.setup import layer_range, lora_config
-
-
-def sft_rows(n: int = 12, seed: int = 0) -> list[dict]:
-    """Organism (prompt, response) rows labelled like sft.jsonl (harmful ones answered with refusals)."""
-    from thinksafe.organism import world
-    kinds: dict[str, list[dict]] = {}
-    for p in world.sample_prompts(seed, "train", n, n, n // 2):
-        if p.kind == "harmful":
-            row = {"prompt": p.prompt, "response": world.refuse_response(p), "label": "harmful"}
-        elif p.kind == "reasoning":
-            row = {"prompt": p.prompt, "response": world.reasoning_response(p), "label": "benign"}
-        else:
-            row = {"prompt": p.prompt, "response": world.borderline_response(p), "label": "benign"}
-        kinds.setdefault(p.kind, []).append(row)
-    mixed = [r for group in zip(*kinds.values()) for r in group]     # harmful, reasoning, borderline, ...
-    return mixed[:n]
-
-
-def write_rows(run_dir, rows):
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def organism_config(run_dir, *sets):
-    from thinksafe.config import demo_config_path
-    return load_config(demo_config_path(), [f"out={run_dir}", "train.epochs=1", "train.batch_size=4",
-                                            "train.logging_steps=1", "train.warmup_ratio=0", *sets])
 
 
 @pytest.fixture(scope="module")

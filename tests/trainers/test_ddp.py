@@ -13,58 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_stage import sft_rows, write_rows
+from conftest import DDP_YAML, launch, read_log, two_runs
 
-CONFIG = """
-model: {path: organism, family: organism}
-train:
-  lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}
-  lr: 0.01
-  epochs: 2
-  warmup_ratio: 0
-  logging_steps: 1
-  max_length: 512
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-DDP_YAML = Path(__file__).resolve().parents[1] / "src" / "thinksafe" / "configs" / "accelerate" / "ddp.yaml"
-
-
-def launch(args: list[str], nproc: int, run_dir, launcher: str = "accelerate") -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    head = [sys.executable, "-m", "thinksafe.cli"]
-    if nproc > 1 and launcher == "torchrun":
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "thinksafe.cli"]
-    elif nproc > 1:     # the README's command; bf16 mixed precision is for GPUs
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_YAML),
-                "--num_processes", str(nproc), "--mixed_precision", "no", "--main_process_port", str(free_port()),
-                "-m", "thinksafe.cli"]
-    r = subprocess.run(head + args + ["--out", str(run_dir), "--quiet"], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
-
-
-def read_log(run_dir) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
-
-
-def two_runs(tmp_path: Path, n: int = 16) -> tuple[Path, Path, Path]:
-    """The DDP config and two run folders holding the same n training rows (1 process vs 2)."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CONFIG)
-    rows = sft_rows(n)
-    one, two = tmp_path / "one", tmp_path / "two"
-    write_rows(one, rows)
-    write_rows(two, rows)
-    return cfg, one, two
 
 
 @pytest.mark.parametrize("objective, launcher, packing", [("kl", "accelerate", True), ("sft", "torchrun", True),

@@ -15,49 +15,11 @@ from thinksafe import paper_numbers as P
 from thinksafe.config import load_config, to_dict
 from thinksafe.errors import ConfigError
 from thinksafe.stages import report as R
+from conftest import FULL, make_run, reasoning, safety
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def safety(rate, n=100, unparsed=0, truncated=0, trace=None, answer=None):
-    m = {"kind": "safety", "harmful_rate": rate, "n": n, "ci95": [max(0, rate - .1), min(1, rate + .1)],
-         "unparsed": unparsed, "truncated": truncated, "no_think_close": 0, "guard": "llama_guard:g"}
-    if trace is not None:
-        m["trace"] = {"harmful_rate": trace, "n": n, "ci95": [0, 1], "unparsed": 0, "truncated": truncated}
-    if answer is not None:
-        m["answer"] = {"harmful_rate": answer, "n": n, "ci95": [0, 1], "unparsed": 1, "truncated": truncated,
-                       "no_answer": 2}
-    return m
-
-
-def xstest(rate, compliance=0.9):
-    return {"kind": "overrefusal", "over_refusal_rate": rate, "n": 250, "ci95": [0, 1], "unparsed": 1,
-            "truncated": 0, "refused": 2, "refusal_guard": "wildguard:allenai/wildguard",
-            "unsafe": {"compliance_rate": compliance, "n": 200, "ci95": [0, 1], "unparsed": 0, "truncated": 0}}
-
-
-def reasoning(p, truncated=3):
-    return {"kind": "reasoning", "pass_at_1": p, "n_problems": 30, "samples": 8, "n": 240, "correct": 1,
-            "ci95": [0, 1], "truncated": truncated, "no_think_close": 1, "reasons": {"ok": 1, "truncated": truncated}}
-
-
-def make_run(root: Path, name: str, models: dict[str, dict], model_path="Qwen/Qwen3-4B") -> Path:
-    run = root / name
-    cfg = load_config(None, [f"out={run}", f"name={name}", f"model.path={model_path}", "model.family=qwen3"])
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    for tag, benchmarks in models.items():
-        d = run / "eval" / tag
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps(
-            {"benchmarks": benchmarks, "model": {"path": model_path, "adapter": None, "tag": tag}}))
-    return run
-
-
-FULL = {"harmbench": safety(0.40, trace=0.5, answer=0.3), "strongreject": safety(0.10, unparsed=2),
-        "wildjailbreak": safety(0.30, truncated=4), "xstest": xstest(0.04),
-        "aime24": reasoning(0.70), "gsm8k": reasoning(0.90), "math500": reasoning(0.95),
-        "gpqa_diamond": reasoning(0.50)}
 # no XSTest, GPQA skipped (gated), plus a benchmark beyond the paper's columns
 PARTIAL = {"harmbench": safety(0.20), "strongreject": safety(0.05), "wildjailbreak": safety(0.20),
            "harmbench_text": safety(0.15),

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kl import peft_model, perturb_adapter
+from conftest import organism_config, peft_model, perturb_adapter, sft_rows, write_rows
 
 from thinksafe.trainers.opsa import cut_at_eos, divergence_alpha, opsa_loss_parts
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Verdict
@@ -108,7 +108,6 @@ def test_teacher_text_and_config_checks():
 def test_organism_opsa_run_trains_and_counts(tmp_path):
     """End to end on the organism: rollouts, teacher, a trained adapter, counts and FLOPs."""
     from safetensors.torch import load_file
-    from test_train_stage import organism_config, sft_rows, write_rows
 
     from thinksafe.compute import stage_compute
     from thinksafe.stages import train

@@ -13,8 +13,9 @@ from thinksafe import benchmarks as B
 from thinksafe.benchmarks import gpqa_diamond, gsm8k, scoring, wildjailbreak
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.types import Record, stable_id
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
 
 MATH_PREFIX = "Please reason step by step, and put your final answer within \\boxed{}. "

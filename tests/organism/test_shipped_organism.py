@@ -13,6 +13,7 @@ from thinksafe.config import load_config
 from thinksafe.organism import ASSETS
 
 
+
 @pytest.fixture(scope="module")
 def base_metrics(tmp_path_factory, monkeypatch_module):
     from thinksafe.config import demo_config_path

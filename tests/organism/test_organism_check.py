@@ -5,6 +5,7 @@ from __future__ import annotations
 from thinksafe.organism import check as C
 
 
+
 def metrics(**over):
     m = {"harmful_rate_oracle": 0.55, "harmful_rate": 0.52, "steered_refusal_rate": 0.7,
          "reasoning_accuracy": 0.7, "over_refusal_rate": 0.05, "guard_agreement": 0.94,

@@ -15,8 +15,9 @@ from thinksafe.cli import app
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.types import SAFE, UNSAFE, Completion, Record, Verdict
+from conftest import SHARED_DATA
 
-SHARED = Path(os.environ.get("THINKSAFE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED = Path(os.environ.get("THINKSAFE_DATA") or SHARED_DATA)
 
 
 @pytest.mark.parametrize("override, needle", [

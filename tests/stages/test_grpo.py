@@ -14,6 +14,7 @@ from thinksafe.stages.grpo import GuardReward, format_kind, format_reward, step_
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Verdict
 
 
+
 # ----------------------------------------------------------------------------- format reward
 def test_format_reward_think_and_r1():
     assert format_reward("<think>\nplan\n</think>\n\nanswer", "think") == 1.0

@@ -19,8 +19,9 @@ from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
 from thinksafe.stages import evaluate as E
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Completion, Verdict
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not (DATA / "safety").is_dir(), reason=f"{DATA} not present")
 
 SAFETY = ["harmbench", "harmbench_text", "strongreject", "wildjailbreak", "wildjailbreak_250"]

@@ -12,7 +12,7 @@ from thinksafe.stages import report as R
 from thinksafe.stages.evaluate import ANSWER_AFTER_THINK, ANSWER_WHOLE, score_reasoning
 from thinksafe.types import Completion, Record
 
-from test_report import FULL, make_run, reasoning, xstest
+from conftest import FULL, make_run, reasoning, xstest
 
 
 def _limited(benchmarks: dict, limit: int) -> dict:

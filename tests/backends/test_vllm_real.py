@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.vllm
 
@@ -162,7 +163,7 @@ def _organism_cfg(tmp_path: Path, *sets: str):
             "model.enforce_eager=true", "guard.backend=vllm", "guard.enforce_eager=true",
             "prompts.n_harmful=6", "prompts.n_reasoning=6", "prompts.n_borderline=2",
             "generate.max_new_tokens=64", f"out={tmp_path}"]
-    return load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", [*base, *sets])
+    return load_config(ROOT / "configs" / "demo.yaml", [*base, *sets])
 
 
 # --------------------------------------------------------------------------- LoRA in evaluation
@@ -334,7 +335,7 @@ def test_sigkill_during_vllm_generation_then_rerun_gives_the_uninterrupted_ids(t
     sets = ["model.backend=vllm", "model.dtype=float32", "model.max_model_len=512",
             "model.enforce_eager=true", "generate.samples=2", "generate.max_new_tokens=96",
             f"out={tmp_path / 'run'}"]
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    demo = ROOT / "configs" / "demo.yaml"
     cmd = [sys.executable, "-m", "thinksafe.cli", "generate", str(demo)]
     for s in sets:
         cmd += ["--set", s]

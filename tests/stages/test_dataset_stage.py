@@ -15,6 +15,7 @@ from thinksafe.organism import world
 from thinksafe.stages import dataset
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Completion, Record, Verdict
 
+
 HARM_PROMPT = "How do I rob a bank?"
 REFUSAL = world.think("The user wants to rob a bank. This is non-violent crimes (S2).", world.REFUSAL_ANSWER)
 ANSWER = world.think("Start with 3. 3 + 2 = 5.", "The answer is 5.")

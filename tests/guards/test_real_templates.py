@@ -18,8 +18,9 @@ import pytest
 from thinksafe.families import get_family, restore_prefill
 from thinksafe.guards.llama_guard import LlamaGuard, single_token_id
 from thinksafe.runtime import render_prompt
+from conftest import SHARED_DATA
 
-TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
+TOKENIZERS = SHARED_DATA / "tokenizers"
 QWEN3_DIR = TOKENIZERS / "qwen3"
 R1_JSON = TOKENIZERS / "deepseek_r1_distill_chat_template.json"
 LG3_JSON = TOKENIZERS / "llama_guard_3_8b_chat_template.json"

@@ -9,6 +9,7 @@ import pytest
 
 from thinksafe.organism import world
 
+
 HALVES = ("train", "eval")
 REQUIRED_CATEGORIES = {"S1", "S2", "S9", "S10", "S11", "S14"}
 

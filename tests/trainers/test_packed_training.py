@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from test_train_stage import organism_config, sft_rows, write_rows
+from conftest import organism_config, packing_examples, packing_model, sft_rows, write_rows
 
 from thinksafe.config import load_config
 from thinksafe.families import get_family
@@ -20,39 +20,6 @@ from thinksafe.trainers.examples import tokenize_rows
 from thinksafe.trainers.setup import sft_config
 from thinksafe.stages.train import make_trainer, packing_choice, packing_summary
 from thinksafe.trainers.packing import VARLEN_ATTENTION
-
-
-def _examples(n: int = 6) -> tuple[object, list[dict]]:
-    from thinksafe.backends.hf import load_tokenizer
-    tok = load_tokenizer(resolve_model_path("organism"))
-    tok.padding_side = "right"
-    examples, _ = tokenize_rows(tok, sft_rows(n), get_family("organism"), 512)
-    assert len({len(e["input_ids"]) for e in examples}) > 1          # padding happens in the padded batch
-    return tok, [{k: e[k] for k in ("input_ids", "labels", "is_benign")} for e in examples]
-
-
-def _model(method: str):
-    """The tiny organism, LoRA (B perturbed so every adapter weight gets a gradient) or the full model
-    (weights perturbed so student != reference)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("organism"), dtype=torch.float32)
-    ref = None
-    g = torch.Generator().manual_seed(7)
-    if method.startswith("lora"):
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                 target_modules=["q_proj", "v_proj", "down_proj"],
-                                                 task_type="CAUSAL_LM"))
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    else:
-        ref = copy.deepcopy(model).requires_grad_(False)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    return model.train(), ref
 
 
 def _trainer(tmp_path, tok, model, ref, examples, objective: str, packing: bool):
@@ -77,8 +44,8 @@ def test_packed_trainer_matches_padded_trainer(tiny_organism, tmp_path, monkeypa
     calls = []
     if method == "lora_head_module":
         monkeypatch.setattr(packed_mod, "_plain_head", lambda head: calls.append(head) or False)
-    tok, examples = _examples(6)
-    model, ref = _model(method)
+    tok, examples = packing_examples(6)
+    model, ref = packing_model(method)
     results, trainers = [], {}
     for packing in (False, True):
         m, r = copy.deepcopy(model), copy.deepcopy(ref)

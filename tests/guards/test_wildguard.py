@@ -11,8 +11,9 @@ from thinksafe.guards.wildguard import (CLOSING, TOO_LONG, WILDGUARD_INPUT_FORMA
                                         label_of, parse_wildguard, refusal_verdicts,
                                         verdict_from_output)
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Completion, Verdict
+from conftest import SHARED_DATA
 
-TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
+TOKENIZERS = SHARED_DATA / "tokenizers"
 QWEN3_DIR = TOKENIZERS / "qwen3"
 FORMAT_JSON = TOKENIZERS / "wildguard_prompt_format.json"
 

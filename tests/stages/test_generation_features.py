@@ -11,6 +11,7 @@ from thinksafe.errors import ConfigError
 from thinksafe.io import read_jsonl
 from thinksafe.pipeline import prepare_run_dir, run_stage
 from thinksafe.stages.generate import in_shard, parse_shard
+from conftest import ROOT
 
 SMALL = ["prompts.n_harmful=6", "prompts.n_reasoning=6", "prompts.n_borderline=2",
          "generate.max_new_tokens=16", "model.batch_size=4", "guard.batch_size=4"]
@@ -95,7 +96,7 @@ def test_generation_throughput_benchmark_runs_on_cpu(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "generation_throughput.py"
+    script = ROOT / "benchmarks" / "generation_throughput.py"
     r = subprocess.run([sys.executable, str(script), "--tiny", "--batch", "4", "--prompt-len", "8",
                         "--new-tokens", "8", "--repeats", "1", "--methods", "naive,static",
                         "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)

@@ -67,13 +67,13 @@ def test_self_check_and_kernel_path_give_the_pytorch_loss(monkeypatch):
 
 
 def test_packed_lm_loss_through_a_kernel_equals_the_chunked_loss(tiny_organism, monkeypatch):
-    from test_packed_training import _examples, _model
+    from conftest import packing_examples, packing_model
 
     from thinksafe.trainers.packed import packed_lm_loss
     from thinksafe.trainers.packing import VARLEN_ATTENTION, PackedCollator, register_varlen_attention
     monkeypatch.setitem(K._LOADERS, "cce", lambda: _exact_linear_ce)
-    _, examples = _examples(4)
-    model, _ = _model("lora")
+    _, examples = packing_examples(4)
+    model, _ = packing_model("lora")
     register_varlen_attention()
     model.get_base_model().config._attn_implementation = VARLEN_ATTENTION
     batch = PackedCollator()(examples)

@@ -18,7 +18,7 @@ from thinksafe.trainers.packing import (VARLEN_ATTENTION, PackedCollator, Padded
                                         packed_model_inputs, plan_batches, register_varlen_attention,
                                         varlen_attention)
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 
 
@@ -41,7 +41,7 @@ def _tiny_model(bench, attn="sdpa", seed=0):
     return model
 
 
-def _examples(bench, n=5, seed=3):
+def packing_examples(bench, n=5, seed=3):
     spec = bench.LengthSpec(harmful_mean=40, benign_mean=90, max_len=300, min_len=6, prompt_mean=8)
     return bench.synthetic_examples(n, bench.TINY["vocab_size"], spec, seed=seed)
 
@@ -194,7 +194,7 @@ def test_packed_row_gives_the_per_token_loss_of_the_unpacked_examples(bench):
     register_varlen_attention()
     model = _tiny_model(bench).eval()
     base = model.get_base_model()
-    exs = _examples(bench)
+    exs = packing_examples(bench)
     batch = PackedCollator()(exs)
     ref = []
     for ex in exs:
@@ -224,7 +224,7 @@ def test_packed_row_gives_the_per_token_loss_of_the_unpacked_examples(bench):
 
 def test_official_and_ours_give_the_same_loss_and_gradients(bench):
     register_varlen_attention()
-    exs = _examples(bench, n=6, seed=5)
+    exs = packing_examples(bench, n=6, seed=5)
     n_items = sum(bench.loss_tokens_of(e) for e in exs)
     model = _tiny_model(bench, attn="sdpa")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.browser
 REQUIRE = os.environ.get("THINKSAFE_REQUIRE_BROWSER") == "1"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-ARTIFACTS = Path(os.environ.get("THINKSAFE_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts" / "viewer")
+ARTIFACTS = Path(os.environ.get("THINKSAFE_ARTIFACTS") or ROOT / "artifacts" / "viewer")
 
 
 def _need(mod: str):

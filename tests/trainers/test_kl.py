@@ -11,24 +11,9 @@ import torch.nn.functional as F
 
 from thinksafe.trainers.kl import (combine, cross_entropy_per_token, forward_kl_per_token, kl_sft_loss,
                                    loss_parts, model_reference, output_head, row_counts)
+from conftest import peft_model, perturb_adapter, tiny_qwen3
 
 VOCAB = 61
-
-
-def tiny_qwen3(seed: int = 0, layers: int = 2):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    torch.manual_seed(seed)
-    return Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-        eos_token_id=1, pad_token_id=0, tie_word_embeddings=False)).float()
-
-
-def peft_model(seed: int = 0, targets=("q_proj", "v_proj", "o_proj", "down_proj"), dropout: float = 0.0):
-    from peft import LoraConfig, get_peft_model
-    model = tiny_qwen3(seed)
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
-                                            target_modules=list(targets), task_type="CAUSAL_LM"))
 
 
 def batch(seed: int = 1, lengths=(9, 7, 12, 5), prompt=(3, 2, 4, 2), benign=(1, 0, 1, 1)):
@@ -43,14 +28,6 @@ def batch(seed: int = 1, lengths=(9, 7, 12, 5), prompt=(3, 2, 4, 2), benign=(1, 
         am[i, :n] = 1
         labels[i, p:n] = ids[i, p:n]
     return ids, am, labels, torch.tensor(benign)
-
-
-def perturb_adapter(model, scale: float = 0.3, seed: int = 5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def naive_terms(model, ids, am, labels, benign):

@@ -10,6 +10,7 @@ from thinksafe.stages.evaluate import score_organism, wilson
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Completion, Record, Verdict
 
 
+
 # --------------------------------------------------------------------------- wilson
 def test_wilson_empty():
     assert wilson(0, 0) == (0.0, 0.0)

@@ -10,8 +10,8 @@ import json
 
 import pytest
 import torch
-from test_packed_training import _examples, _model
-from test_train_stage import organism_config, sft_rows, write_rows
+from conftest import packing_examples, packing_model
+from conftest import organism_config, sft_rows, write_rows
 
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
@@ -21,6 +21,7 @@ from thinksafe.stages.train import make_trainer
 from thinksafe.trainers.microbatch import checkpointing_needed, plan_micro_batches, split_step
 from thinksafe.trainers.packing import (VARLEN_ATTENTION, PackedAttentionError, PackedCollator,
                                         register_varlen_attention)
+from conftest import ROOT
 
 
 # --------------------------------------------------------------------------- planning and slicing
@@ -91,8 +92,8 @@ def _step_grads(tmp_path, tok, model, ref, examples, objective, micro: int | Non
 
 @pytest.mark.parametrize("objective, method", [("sft", "lora"), ("kl", "lora"), ("kl", "full")])
 def test_token_budget_step_equals_the_padded_1x8_step(tiny_organism, tmp_path, objective, method):
-    tok, examples = _examples(8)
-    model, ref = _model(method)
+    tok, examples = packing_examples(8)
+    model, ref = packing_model(method)
     runs = {}
     for micro in (None, 160, 10_000):            # 160 tokens: 4-5 micro-batches of the 8 examples; 10k: one
         m, r = copy.deepcopy(model), copy.deepcopy(ref)
@@ -142,7 +143,7 @@ def test_train_stage_token_budget_keeps_steps_schedule_and_losses(tiny_organism,
 def test_ddp_two_processes_with_token_budget_match_one(tmp_path):
     """2 processes x (1 x 4 accumulation), cut into token-budget micro-batches (several per process, no_sync until the last) == 1 x 8."""
     from safetensors.torch import load_file
-    from test_ddp import launch, read_log, two_runs
+    from conftest import launch, read_log, two_runs
     cfg, one, two = two_runs(tmp_path)
     common = ["train", str(cfg), "--set", "train.objective=kl"]
     launch(common + ["--set", "train.batch_size=8"], 1, one)
@@ -211,7 +212,7 @@ def test_checkpointing_decided_from_budget_and_shape():
     assert checkpointing_needed(small, 2 ** 17, h200, logits=True)[0] is True              # padded logits count
     assert checkpointing_needed(large, 10 ** 6, None) == (False, "no accelerator: gradient checkpointing off")
     tc = load_config(None, ["train.gradient_checkpointing=null"]).train
-    model, _ = _model("lora")
+    model, _ = packing_model("lora")
     on, note = train.checkpointing_choice(tc, model, packing=True)
     assert on is (torch.cuda.is_available() and on) and "auto" in note
     assert train.checkpointing_choice(load_config(None, []).train, model, True) == (True, None)
@@ -224,7 +225,7 @@ def test_shipped_benchmark_rows_train_the_same_examples(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     out = tmp_path / "tt.json"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "train_throughput.py"), "--tiny", "--device",
                            "cpu", "--methods", "shipped_1x8,shipped", "--examples", "40", "--budget-seconds", "30",

@@ -7,6 +7,7 @@ import pytest
 from thinksafe.organism import oracle, world
 
 
+
 @pytest.fixture(scope="module")
 def prompts():
     return world.sample_prompts(0, "eval", 30, 40, 20)
