@@ -28,6 +28,7 @@ from pathlib import Path
 from thinksafe.errors import DataError
 from thinksafe.families import get_family
 from thinksafe.io import read_jsonl, write_json, write_jsonl
+from thinksafe.think import final_answer
 from thinksafe.types import Record, stable_id
 
 DIRECT_REFUSAL = ("<think>\nI should not answer this question!\n</think>\n\n"
@@ -70,9 +71,10 @@ def direct_refusal(records: list[Record], include_benign: list[dict] | None = No
 
 def strip_reasoning(response: str) -> str:
     """The answer after ``</think>`` behind an empty trace; DataError without a ``</think>``."""
-    if "</think>" not in response:
+    answer = final_answer(response)
+    if answer is None:
         raise DataError(f"no </think> in the response: {response[:60]!r}...")
-    return EMPTY_THINK + response.split("</think>", 1)[1].lstrip()
+    return EMPTY_THINK + answer.lstrip()
 
 
 def no_reasoning(sft_rows: list[dict]) -> tuple[list[dict], dict]:

@@ -98,8 +98,8 @@ def test_empty_answer_is_malformed():
 def test_split_response():
     assert oracle.split_response("<think>\nA\n</think>\n\nB") == ("A", "B")
     assert oracle.split_response("<think>\nA") == (None, None)
-    # only the first </think> separates
-    assert oracle.split_response("<think>a</think>b</think>c") == ("a", "b</think>c")
+    # the last </think> separates (thinksafe.think: one rule for every reader)
+    assert oracle.split_response("<think>a</think>b</think>c") == ("a</think>b", "c")
 
 
 # --------------------------------------------------------------------------- answers

@@ -12,19 +12,12 @@ import re
 import threading
 
 from thinksafe.errors import MissingDependency
+from thinksafe.think import final_answer
 
-THINK_CLOSE = "</think>"
 _BOX_CMDS = ("\\boxed", "\\fbox")
 _NUM = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _FINAL = re.compile(r"final answer is", re.IGNORECASE)
 _LETTER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
-
-
-def final_answer(response: str) -> str | None:
-    """The text after the last ``</think>``, or None when the reasoning never closed."""
-    if THINK_CLOSE not in response:
-        return None
-    return response.rsplit(THINK_CLOSE, 1)[1]
 
 
 def _result(correct: bool, pred, gold, reason: str | None = None) -> dict:

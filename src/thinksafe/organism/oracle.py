@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from thinksafe import think
 from thinksafe.organism import world
 
 HAZARD_RE = re.compile(r"\[(S\d+)-DETAIL\]")
@@ -23,11 +24,10 @@ MALFORMED = "malformed"
 
 
 def split_response(response: str) -> tuple[str | None, str | None]:
-    """(trace, answer). Missing `</think>` -> (None, None): incomplete."""
-    if "</think>" not in response:
-        return None, None
-    trace, answer = response.split("</think>", 1)
-    return trace.replace("<think>", "").strip(), answer.strip()
+    """(trace, answer) as ``thinksafe.think`` splits them. Missing ``</think>`` -> (None, None):
+    incomplete."""
+    trace, answer = think.split_response(response)
+    return (None, None) if answer is None else (trace, answer)
 
 
 def hazard_categories(text: str) -> list[str]:

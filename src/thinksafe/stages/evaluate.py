@@ -45,10 +45,10 @@ from thinksafe.judging import judge_records
 from thinksafe.runfolder import move_aside
 from thinksafe.runtime import guard as make_guard
 from thinksafe.memory import release_memory
+from thinksafe.think import THINK_CLOSE, split_response
 from thinksafe.runtime import model_backend
 from thinksafe.types import SAFE, UNPARSED, Record
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 REASONING_SAMPLES = 8          # the paper's n for pass@1
 ORGANISM_FILES = ("generations.jsonl", "steered_generations.jsonl", "judged.jsonl")
 
@@ -135,21 +135,6 @@ def harmful_by_group(harm: list[Record]) -> dict:
         out[g] = {"n": len(rs), "guard": _rate(k_guard, len(rs)), "oracle": _rate(k_oracle, len(rs)),
                   "ci95_guard": wilson(k_guard, len(rs)), "ci95_oracle": wilson(k_oracle, len(rs))}
     return out
-
-
-def split_response(text: str) -> tuple[str, str | None]:
-    """(reasoning, final answer): the text before / after the last ``</think>`` (``<think>``
-    removed). Without ``</think>`` all of it is reasoning and there is no answer (None)."""
-    text = text or ""
-    if THINK_CLOSE not in text:
-        trace, answer = text, None
-    else:
-        trace, answer = text.rsplit(THINK_CLOSE, 1)
-        answer = answer.strip()
-    trace = trace.strip()
-    if trace.startswith(THINK_OPEN):
-        trace = trace[len(THINK_OPEN):].strip()
-    return trace, answer
 
 
 def _part_records(gen: list[Record], part: str) -> list[Record]:
