@@ -10,7 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from thinksafe.cli import app, demo_config_path
+from thinksafe.cli import app
+from thinksafe.config import demo_config_path
 from thinksafe.config import load_config, to_dict
 from thinksafe.organism import organism_dir
 from thinksafe.preflight import PreflightError, module_names, preflight, require
@@ -179,12 +180,12 @@ def test_error_printer_keeps_square_brackets(monkeypatch):
     import typer
     from rich.console import Console
 
-    from thinksafe import cli
+    from thinksafe.cli import common as cli
     from thinksafe.errors import MissingDependency
     out = io.StringIO()
     monkeypatch.setattr(cli, "console", Console(file=out, soft_wrap=True))
 
-    @cli._friendly
+    @cli.friendly
     def boom():
         raise MissingDependency("vllm is not installed: pip install 'thinksafe[vllm]'")
     with pytest.raises(typer.Exit):

@@ -232,11 +232,11 @@ def test_merge_matches_base_plus_adapter(lora_run, tmp_path, organism_tok):
 def test_merge_cli(lora_run, tmp_path):
     run_dir, _ = lora_run
     out = tmp_path / "m"
-    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(run_dir / "adapter"), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(run_dir / "adapter"), "--to", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").is_file() and (out / "merge_info.json").is_file()
-    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(tmp_path / "nothing"), "--out",
+    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(tmp_path / "nothing"), "--to",
                         str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no LoRA adapter" in r.stderr
 
