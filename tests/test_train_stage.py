@@ -103,10 +103,12 @@ def test_layer_range_maps_to_peft():
     assert lc.layers_to_transform == [3]
     assert lora_config(load_config(None, ["train.lora.target_modules=all-linear"]).train.lora).target_modules \
         == "all-linear"
-    for bad in ("[2, 1]", "[0, 5]", "[1]", "[a, b]", "3"):
-        c = load_config(None, [f"train.lora.layers={bad}"]).train.lora
-        with pytest.raises(ConfigError):
-            layer_range(c, 4)
+    for bad in ("[2, 1]", "[1]", "[a, b]", "3"):                # wrong on any model: when the config loads
+        with pytest.raises(ConfigError, match="train.lora.layers"):
+            load_config(None, [f"train.lora.layers={bad}"])
+    c = load_config(None, ["train.lora.layers=[0, 5]"]).train.lora
+    with pytest.raises(ConfigError, match="end <= 4"):                   # wrong on this model
+        layer_range(c, 4)
 
 
 def test_bad_settings_fail_before_training(tmp_path):

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from thinksafe.errors import ConfigError, MissingDependency
-
-LM_HEAD_LOSSES = ("auto", "torch", "liger", "cce")
+from thinksafe.validation import LM_HEAD_LOSSES
 KERNEL_ORDER = ("liger", "cce")
 INSTALL = {"liger": "pip install liger-kernel", "cce": "pip install cut-cross-entropy",
            "flash_attn": "pip install flash-attn --no-build-isolation"}
