@@ -112,6 +112,15 @@ def _valid(key: str) -> str:
     return ""
 
 
+def _comment(comments: dict[tuple[str, str], str], cls: type, name: str) -> str:
+    """The comment of a field where it is declared: the class itself, else the shared settings class
+    it inherits the field from (``Sampling``, ``VLLMEngine``)."""
+    for klass in cls.__mro__:
+        if (klass.__name__, name) in comments:
+            return comments[(klass.__name__, name)]
+    return ""
+
+
 def sections(cfg_mod=None) -> list[tuple[str, type]]:
     """("", RunConfig) for the top-level keys, then (section path, dataclass) for each section,
     nested ones (train.lora) after their parent."""
@@ -155,7 +164,7 @@ def render() -> str:
             key = f"{prefix}.{f.name}" if prefix else f.name
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             rows.append(f"| `{key}` | `{_type_text(typ)}` | `{_yaml(default)}` | {_valid(key)} | "
-                        f"{_cell(comments.get((cls.__name__, f.name), ''))} |")
+                        f"{_cell(_comment(comments, cls, f.name))} |")
         if not rows:
             continue
         lines += [f"## `{prefix}`" if prefix else "## Top level", ""]

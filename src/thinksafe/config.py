@@ -26,8 +26,27 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
 
 
+# Settings declared once and shared by several sections (the YAML keys stay in each section).
 @dataclass(frozen=True)
-class ModelConfig:
+class Sampling:
+    """Sampling settings of a section that generates; None = the model family's preset."""
+    temperature: float | None = None   # None = the family's preset
+    top_p: float | None = None      # None = the family's preset
+    top_k: int | None = None        # None = the family's preset
+
+
+@dataclass(frozen=True)
+class VLLMEngine:
+    """The vLLM engine's settings of a section that loads a model (unused by the transformers backend)."""
+    tensor_parallel_size: int = 1   # vLLM only
+    max_model_len: int | None = None  # vLLM only
+    gpu_memory_utilization: float = 0.9  # vLLM only
+    enforce_eager: bool = False     # vLLM only: no torch.compile / CUDA graphs (starts faster, runs slower)
+
+
+# Section classes are named ...Settings where PEFT or TRL has a ...Config class of the same name.
+@dataclass(frozen=True)
+class ModelSettings(VLLMEngine):
     path: str = "organism"          # HF id, local folder, or "organism" (the bundled base)
     family: str = "organism"        # qwen3 | r1_distill | organism | generic
     backend: str = "transformers"   # transformers | vllm | auto (vLLM when installed)
@@ -35,14 +54,12 @@ class ModelConfig:
     dtype: str = "auto"             # auto (bfloat16 on CUDA, else float32) | float32 | bfloat16 | float16
     device: str = "auto"            # auto (cuda when available, else cpu) | cuda | cpu
     generation: str = "generate"    # transformers only: generate | static (static KV cache) | continuous
-    tensor_parallel_size: int = 1   # vLLM only
-    max_model_len: int | None = None  # vLLM only
-    gpu_memory_utilization: float = 0.9  # vLLM only
-    enforce_eager: bool = False     # vLLM only: no torch.compile / CUDA graphs (starts faster, runs slower)
 
 
 @dataclass(frozen=True)
-class GuardConfig:
+class GuardConfig(VLLMEngine):
+    """The guard's own engine settings (vLLM), not the model's: the model's engine is freed before the
+    guard loads."""
     kind: str = "llama_guard"       # llama_guard | wildguard
     path: str = "organism-guard"    # HF id, local folder, or "organism-guard"
     top_k: int = 5                  # logprobs returned; neither safe/unsafe among them -> unparsed
@@ -54,10 +71,7 @@ class GuardConfig:
     server_model: str | None = None  # the name the server serves the guard under (None = guard.path)
     server_timeout: float = 120.0   # seconds per request
     backend: str | None = None      # transformers | vllm | auto; None = model.backend
-    tensor_parallel_size: int = 1   # vLLM only: the guard's own engine settings, not the model's
     max_model_len: int | None = None  # vLLM only; None = max_input_tokens + 64
-    gpu_memory_utilization: float = 0.9  # vLLM only (the model's engine is freed before the guard loads)
-    enforce_eager: bool = False     # vLLM only, as model.enforce_eager
 
 
 @dataclass(frozen=True)
@@ -74,12 +88,9 @@ class PromptsConfig:
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Sampling):
     steering: str = "prefix"        # prefix | suffix | none | a template containing {prompt}
     samples: int = 1                # completions per prompt
-    temperature: float | None = None   # None = the family's preset
-    top_p: float | None = None      # None = the family's preset
-    top_k: int | None = None        # None = the family's preset
     max_new_tokens: int = 16384     # per completion, reasoning included
     max_attempts: int = 1           # resample prompts whose samples were all rejected, up to this many rounds
     shard: str = "0/1"              # "i/N": this process generates the i-th of N disjoint shards
@@ -94,7 +105,7 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraSettings:
     r: int = 32                     # -> peft.LoraConfig (paper: r 32, alpha 16, dropout 0.05)
     alpha: int = 16
     dropout: float = 0.05
@@ -104,7 +115,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 1e-5
     epochs: float = 3.0
     batch_size: int = 8             # per GPU: batch_size * grad_accum * GPUs examples per optimiser step
@@ -136,7 +147,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
+class GRPOSettings:
     """`thinksafe grpo`: the GRPO baseline (TRL GRPOTrainer, LoRA from train.lora; paper defaults)."""
     num_generations: int = 8        # completions per prompt (the group)
     beta: float = 0.04              # KL coefficient against the reference (0 = no reference pass)
@@ -172,7 +183,8 @@ class GRPOConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Sampling):
+    """Sampling: the paper's 0.6 / 0.95 / 20 (Qwen3; top_k off for the others) are the families' presets."""
     # "organism", "paper" (the paper's 8), or names from thinksafe.benchmarks (+ "wildjailbreak_250")
     benchmarks: list[str] = field(default_factory=lambda: ["organism"])
     n_harmful: int = 120            # organism only
@@ -182,9 +194,6 @@ class EvaluateConfig:
                                     # over 8, as the paper), 1 on the organism; safety is always 1
     max_new_tokens: int = 16384     # safety benchmarks and the organism (paper: 16384)
     reasoning_max_new_tokens: int | None = None  # None = max_new_tokens (paper: 32768)
-    temperature: float | None = None   # None = the family's preset (paper: 0.6)
-    top_p: float | None = None         # None = the family's preset (paper: 0.95)
-    top_k: int | None = None           # None = the family's preset (paper: 20 for Qwen3, else off)
     data_dir: str | None = None     # benchmark files; None = $THINKSAFE_DATA, else shared/data
     limit: int | None = None        # only the first N prompts of each benchmark (smoke runs)
     split_judge: bool = True        # also judge the reasoning and the final answer on their own
@@ -215,9 +224,9 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
-class OPSAConfig:
+class OPSAConfig(Sampling):
     """``train.objective: opsa`` (on-policy self-distillation, thinksafe.trainers.opsa). Read (and keyed)
-    only when that objective is chosen."""
+    only when that objective is chosen. temperature / top_p / top_k: the rollouts' sampling."""
     context: str = "prefix"         # the teacher's privileged context: a steering template name
                                     # (prefix | suffix | opsa) or a template containing {prompt}
     context_on: str = "harmful"     # harmful = only harmful prompts get the context (benign: the base
@@ -226,9 +235,6 @@ class OPSAConfig:
                                     # | jsd = generalized JSD with jsd_alpha (TRL's convention)
     jsd_alpha: float = 0.5
     max_new_tokens: int | None = None   # rollout length; None = generate.max_new_tokens
-    temperature: float | None = None    # rollout sampling; None = the family's preset
-    top_p: float | None = None
-    top_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +264,7 @@ class RunConfig:
     name: str = "run"               # the run's name in reports
     seed: int = 0                   # prompts, sampling, training (LoRA init, data order) and evaluation
     out: str = "runs/run"           # the run folder (--out overrides it)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
     guard: GuardConfig = field(default_factory=GuardConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -266,7 +272,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
     opsa: OPSAConfig = field(default_factory=OPSAConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
