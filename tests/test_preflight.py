@@ -14,7 +14,8 @@ from thinksafe.cli import app
 from thinksafe.config import demo_config_path
 from thinksafe.config import load_config, to_dict
 from thinksafe.organism import organism_dir
-from thinksafe.preflight import PreflightError, module_names, preflight, require
+from thinksafe.preflight import PreflightError, preflight, require
+from thinksafe.preflight.models import module_names
 from thinksafe.trainers.setup import unmatched_targets
 
 runner = CliRunner()
@@ -133,7 +134,7 @@ def test_hub_errors_online_are_one_line(demo_cfg, monkeypatch):
     def auth_check(self, repo_id, repo_type=None, **kw):
         raise raised[repo_id]
     monkeypatch.setattr(huggingface_hub.HfApi, "auth_check", auth_check)
-    monkeypatch.setattr("thinksafe.preflight.hub_cached", lambda *a, **k: None)
+    monkeypatch.setattr("thinksafe.preflight.models.hub_cached", lambda *a, **k: None)
     cfg = load_config(demo_cfg, ["model.path=Qwen/Qwen3-0.6b", "guard.path=meta-llama/Llama-Guard-3-8B",
                                  "evaluate.benchmarks=[organism,xstest]",
                                  "evaluate.refusal_guard_path=allenai/wildguard"])

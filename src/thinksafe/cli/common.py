@@ -126,7 +126,8 @@ def log(line: str) -> None:
 def checked(cfg, stages):
     """Preflight (nothing written yet), then a context in which a failure leaves the run folder
     as it was."""
-    from thinksafe.preflight import require, unchanged_on_failure
+    from thinksafe.preflight import require
+    from thinksafe.preflight.rollback import unchanged_on_failure
     require(cfg, stages)
     return unchanged_on_failure(Path(cfg.out))
 
