@@ -54,7 +54,7 @@ RANGES: dict[str, tuple] = {
     "grpo.max_completion_length": _GE1, "grpo.max_flops": _GT0, "grpo.check_every": _GE0,
     "grpo.stop_at_harmful": _PROB, "grpo.save_steps": _GE1, "grpo.logging_steps": _GE1,
     "grpo.validation_fraction": (0, False, 1, False), "grpo.validation_n": _GE1,
-    "opsa.jsd_alpha": (0, False, 1, False), "opsa.max_new_tokens": _GE1, "opsa.temperature": _GE0,
+    "opsa.max_new_tokens": _GE1, "opsa.temperature": _GE0,
     "opsa.top_p": _UNIT, "opsa.top_k": _GE0,
     "steer.n_harmful": _GE1, "steer.n_benign": _GE1, "steer.max_false_refusal": _PROB,
     "cluster.replicas": _GE1, "cluster.cpus_per_replica": _GE0, "cluster.gpus_per_replica": _GE0,
@@ -171,7 +171,8 @@ def problems(cfg, section: str | None = None) -> list[str]:
     out += [_in_choices(k, _get(cfg, k)) for k in CHOICES if mine([k])]
     for keys, rule in RULES:
         if mine(keys):
-            [_get(cfg, k) for k in keys]
+            for k in keys:
+                _get(cfg, k)           # a rule's keys name fields too
             out.append(rule(cfg))
     return [p for p in out if p]
 
