@@ -138,3 +138,19 @@ def test_demo_and_organism_check_take_out_and_seed_from_the_config(monkeypatch, 
     assert seen == {"show": True}                      # measure's own defaults: CHECK_OUT, the config's seed
     CliRunner().invoke(app, ["organism", "check", "--out", str(tmp_path), "--seed", "3"])
     assert seen == {"show": True, "out": str(tmp_path), "seed": 3}
+
+
+def test_organism_build_takes_its_folder_and_world_seed(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from thinksafe.cli import app
+    from thinksafe.organism import build as B
+    seen = {}
+    monkeypatch.setattr(B, "build", lambda target, spec, log, teacher_spec, check:
+                        seen.update(target=target, seed=spec.seed, teacher_seed=teacher_spec.seed) or {"seconds": 0})
+    assert CliRunner().invoke(app, ["organism", "build", "--tiny", "--folder", str(tmp_path),
+                                    "--world-seed", "7"]).exit_code == 0
+    assert seen == {"target": tmp_path, "seed": 7, "teacher_seed": 7}
+    assert CliRunner().invoke(app, ["organism", "build", "--tiny", "--folder", str(tmp_path)]).exit_code == 0
+    assert seen["seed"] == B.TINY.seed                      # the spec's own seed when none is given
+    assert CliRunner().invoke(app, ["organism", "build", "--seed", "7"]).exit_code == 2   # no such option
