@@ -1,8 +1,8 @@
 """The configuration reference, generated from ``src/thinksafe/config.py``.
 
 Keys, types and defaults come from the dataclasses themselves, the descriptions from the comments
-beside each field (and the class docstrings), the valid values from ``RANGES`` / ``CHOICES`` of ``thinksafe.validation``: one
-source, nothing copied by hand. Used two ways:
+beside each field (and the class docstrings), the valid values from ``RANGES`` / ``CHOICES`` of
+``thinksafe.validation``: one source, nothing copied by hand. Used two ways:
 
 - as a mkdocs hook (``hooks:`` in mkdocs.yml): the page ``reference/config.md`` is added to the site
   at build time, so it cannot fall behind config.py;

@@ -148,7 +148,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class GRPOSettings:
-    """`thinksafe grpo`: the GRPO baseline (TRL GRPOTrainer, LoRA from train.lora; paper defaults)."""
+    """`thinksafe grpo`: the GRPO baseline (TRL GRPOTrainer, LoRA from train.lora; paper defaults). Its
+    sampling is TRL's (temperature 0.7, top_p 1, top_k off), not a family's preset, so it declares its own."""
     num_generations: int = 8        # completions per prompt (the group)
     beta: float = 0.04              # KL coefficient against the reference (0 = no reference pass)
     epsilon: float = 0.2            # clipping range
