@@ -12,7 +12,7 @@ Recipes (``--methods``):
   grouped_padded  length-grouped padded batches of <= token-budget tokens, no checkpointing, transformers'
                   loss (the 7.1x row of shared/reference/gpu_measurements.md).
   ours            padding-free packed rows of <= token-budget tokens (best-fit decreasing), varlen causal
-                  attention within each example (thinksafe.trainers.packing), chunked linear+CE that never
+                  attention within each example (thinksafe.trainers.varlen), chunked linear+CE that never
                   builds full logits and skips prompt positions (thinksafe.trainers.loss), checkpointing
                   only if a step does not fit (auto: retried after an out-of-memory error).
   ours_compile    ours + torch.compile of each decoder layer (regional; attention stays eager), rows padded
@@ -68,8 +68,8 @@ import transformers
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from thinksafe.trainers.loss import causal_lm_parts, chunked_cross_entropy
-from thinksafe.trainers.packing import (PackedCollator, PaddedCollator, get_varlen_backend, plan_batches,
-                                        register_varlen_attention, select_varlen_backend)
+from thinksafe.trainers.packing import PackedCollator, PaddedCollator, plan_batches
+from thinksafe.trainers.varlen import get_varlen_backend, register_varlen_attention, select_varlen_backend
 
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
@@ -225,7 +225,7 @@ def packing_context(batch: dict):
 @torch.compiler.disable
 def _context_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
                        **kwargs):
-    from thinksafe.trainers.packing import varlen_attention_forward
+    from thinksafe.trainers.varlen import varlen_attention_forward
     if "packed_seq_lens" not in kwargs and _PACKING:
         kwargs = {**kwargs, **_PACKING}
     return varlen_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

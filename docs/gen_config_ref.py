@@ -1,8 +1,8 @@
 """The configuration reference, generated from ``src/thinksafe/config.py``.
 
 Keys, types and defaults come from the dataclasses themselves, the descriptions from the comments
-beside each field (and the class docstrings), the valid values from ``RANGES`` / ``CHOICES``: one
-source, nothing copied by hand. Used two ways:
+beside each field (and the class docstrings), the valid values from ``RANGES`` / ``CHOICES`` of
+``thinksafe.validation``: one source, nothing copied by hand. Used two ways:
 
 - as a mkdocs hook (``hooks:`` in mkdocs.yml): the page ``reference/config.md`` is added to the site
   at build time, so it cannot fall behind config.py;
@@ -103,11 +103,21 @@ def _cell(text: str) -> str:
     return text
 
 
-def _valid(cfg_mod, key: str) -> str:
-    if key in cfg_mod.RANGES:
-        return cfg_mod._range_text(*cfg_mod.RANGES[key])
-    if key in cfg_mod.CHOICES:
-        return "one of " + ", ".join("null" if a is None else str(a).lower() for a in cfg_mod.CHOICES[key])
+def _valid(key: str) -> str:
+    v = importlib.import_module("thinksafe.validation")
+    if key in v.RANGES:
+        return v.range_text(key)
+    if key in v.CHOICES:
+        return "one of " + v.choice_text(key)
+    return ""
+
+
+def _comment(comments: dict[tuple[str, str], str], cls: type, name: str) -> str:
+    """The comment of a field where it is declared: the class itself, else the shared settings class
+    it inherits the field from (``Sampling``, ``VLLMEngine``)."""
+    for klass in cls.__mro__:
+        if (klass.__name__, name) in comments:
+            return comments[(klass.__name__, name)]
     return ""
 
 
@@ -138,7 +148,8 @@ def render() -> str:
         "",
         "Every key a run config (YAML, or `--set key.sub=value`) accepts, with its default. "
         "Generated from `src/thinksafe/config.py`: the descriptions are the comments beside each "
-        "field there, the valid ranges are `RANGES` / `CHOICES`, checked when a config loads. "
+        "field there, the valid values are `RANGES` / `CHOICES` of `src/thinksafe/validation.py`, checked "
+        "(with the rules that tie values together) when a config loads. "
         "An unknown key is an error with a did-you-mean hint. How configs are read: "
         "[Configuration](../configuration.md).",
         "",
@@ -152,8 +163,8 @@ def render() -> str:
                 continue
             key = f"{prefix}.{f.name}" if prefix else f.name
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            rows.append(f"| `{key}` | `{_type_text(typ)}` | `{_yaml(default)}` | {_valid(cfg_mod, key)} | "
-                        f"{_cell(comments.get((cls.__name__, f.name), ''))} |")
+            rows.append(f"| `{key}` | `{_type_text(typ)}` | `{_yaml(default)}` | {_valid(key)} | "
+                        f"{_cell(_comment(comments, cls, f.name))} |")
         if not rows:
             continue
         lines += [f"## `{prefix}`" if prefix else "## Top level", ""]

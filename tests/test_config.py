@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,75 @@ def test_model_configs_reproduce_the_paper_settings(name):
     assert cfg.train.lr == 1e-5 and cfg.train.epochs == 3
     assert cfg.train.batch_size * cfg.train.grad_accum == 8
     assert cfg.guard.path == "meta-llama/Llama-Guard-3-8B"
+
+
+# ----------------------------------------------------------------------------- one validation pass
+def _dotted_fields(cls=None, prefix="") -> set[str]:
+    import dataclasses
+
+    from thinksafe.config import RunConfig
+    out = set()
+    for f in dataclasses.fields(cls or RunConfig):
+        typ = typing.get_type_hints(cls or RunConfig)[f.name]
+        if dataclasses.is_dataclass(typ):
+            out |= _dotted_fields(typ, f"{prefix}{f.name}.")
+        else:
+            out.add(prefix + f.name)
+    return out
+
+
+def test_every_validation_key_names_a_real_field():
+    from thinksafe import validation as V
+    fields_ = _dotted_fields()
+    keys = [*V.RANGES, *V.CHOICES, *(k for keys, _ in V.RULES for k in keys)]
+    assert len(keys) > 80
+    assert not [k for k in keys if k not in fields_]
+
+
+def test_a_misspelt_validation_key_is_an_error(monkeypatch):
+    from thinksafe import validation as V
+    monkeypatch.setitem(V.RANGES, "train.lerning_rate", V.RANGES["train.lr"])
+    with pytest.raises(ConfigError, match="'train.lerning_rate', which is no config field"):
+        load_config(None)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.method=lorra", "train.method must be one of lora, full, got 'lorra'. Did you mean 'lora'?"),
+    ("train.objective=dpo", "train.objective must be one of sft, kl, opsa, got 'dpo'"),
+    ("train.truncation=left", "train.truncation must be one of drop, cut, got 'left'"),
+    ("train.report_to=mlflow", "train.report_to must be one of none, wandb, tensorboard, got 'mlflow'"),
+    ("train.lm_head_loss=fast", "train.lm_head_loss must be one of auto, torch, liger, cce, got 'fast'"),
+    ("train.kl_chunk_size=0", "train.kl_chunk_size must be >= 1 (or null = by memory), got 0"),
+    ("train.micro_batch_tokens=0", "train.micro_batch_tokens must be >= 1 (or null = off), got 0"),
+    ("train.save_steps=-1", "train.save_steps must be >= 0 (0 = once per epoch), got -1"),
+    ("train.lora.layers=[2, 1]", "train.lora.layers: need 0 <= start < end, got [2, 1]"),
+    ("train.lora.layers=3", "train.lora.layers must be [start, end] (two integers, end excluded)"),
+    ("grpo.num_generations=1", "grpo.num_generations must be >= 2 (advantages are relative to the group)"),
+    ("grpo.num_generations=5", "(8 x 8 x 1) must be a multiple of grpo.num_generations (5)"),
+    ("grpo.stop_at_harmful=0.1", "grpo.stop_at_harmful needs grpo.check_every > 0"),
+    ("grpo.validation=nowhere.jsonl", "grpo.validation must be auto, organism, heldout or a prompt file"),
+    ("grpo.vllm_mode=remote", "grpo.vllm_mode must be one of colocate, server"),
+])
+def test_training_rules_are_checked_when_the_config_loads(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+
+
+def test_layers_are_checked_only_for_lora():
+    assert load_config(None, ["train.method=full", "train.lora.layers=[2, 1]"]).train.method == "full"
+
+
+def test_every_broken_rule_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.lr=0", "train.method=lorra", "grpo.stop_at_harmful=0.5"])
+    assert [p.split(" ", 1)[0] for p in e.value.problems] == ["train.lr", "train.method", "grpo.stop_at_harmful"]
+
+
+def test_a_section_on_its_own_meets_the_same_rules():
+    import dataclasses
+
+    from thinksafe.trainers.setup import check_train_config
+    tc = dataclasses.replace(load_config(None).train, truncation="left")
+    with pytest.raises(ConfigError, match="train.truncation must be one of drop, cut"):
+        check_train_config(tc)

@@ -10,10 +10,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from thinksafe.cli import app, demo_config_path
+from thinksafe.cli import app
+from thinksafe.config import demo_config_path
 from thinksafe.config import load_config, to_dict
 from thinksafe.organism import organism_dir
-from thinksafe.preflight import PreflightError, module_names, preflight, require
+from thinksafe.preflight import PreflightError, preflight, require
+from thinksafe.preflight.models import module_names
 from thinksafe.trainers.setup import unmatched_targets
 
 
@@ -48,7 +50,6 @@ LATE = [
     (["evaluate.benchmarks=[organism,gsm8k8]"], "evaluate.benchmarks", "Did you mean 'gsm8k'"),
     (["evaluate.benchmarks=[organism,gsm8k]", "evaluate.data_dir=/no/such/data"], "evaluate.data_dir",
      "does not exist"),
-    (["train.method=lorra"], "train.method", "Did you mean 'lora'"),
     (["train.lora.target_modules=[q_proj,vproj]"], "train.lora.target_modules", "'vproj' matches no module"),
     (["evaluate.benchmarks=[organism,xstest]", "evaluate.refusal_guard_kind=llama_guard",
       "evaluate.refusal_guard_path=organism-guard"], "evaluate.refusal_guard_kind", "no refusal verdict"),
@@ -69,6 +70,16 @@ def test_each_late_mistake_fails_before_anything_is_written(demo_cfg, tmp_path, 
     assert not (tmp_path / "run").exists()          # nothing written, not even the folder
 
 
+@pytest.mark.parametrize("command", ["judge", "train", "run", "check"])
+def test_a_config_mistake_is_the_same_error_for_every_command(demo_cfg, tmp_path, command):
+    """Checked once, when the config loads: judge (which reads no train.*) refuses it like train."""
+    r = _cli(command, demo_cfg, "--set", "train.method=lorra", "--set", "grpo.stop_at_harmful=0.2")
+    assert r.exit_code == 2, r.output
+    assert _errors(r) == ["error: train.method must be one of lora, full, got 'lorra'. Did you mean 'lora'?",
+                          "error: grpo.stop_at_harmful needs grpo.check_every > 0"], r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_data_dir_of_a_pip_installed_user(demo_cfg, tmp_path, monkeypatch):
     """No evaluate.data_dir and no shared/ (THINKSAFE_DATA points nowhere): the dataset stage's
     decontamination and the evaluation need the files; the key is named before generate runs."""
@@ -80,15 +91,16 @@ def test_missing_data_dir_of_a_pip_installed_user(demo_cfg, tmp_path, monkeypatc
 
 
 def test_every_problem_is_reported_at_once(demo_cfg):
-    cfg = load_config(demo_cfg, ["guard.path=/no/such", "train.method=lorra", "evaluate.benchmarks=[gsm8k8]"])
+    cfg = load_config(demo_cfg, ["guard.path=/no/such", "train.lora.target_modules=[q_proj,vproj]",
+                                 "evaluate.benchmarks=[gsm8k8]"])
     with pytest.raises(PreflightError) as e:
         require(cfg, ["generate", "judge", "dataset", "train", "evaluate", "report"])
     keys = [p.split(":", 1)[0] for p in e.value.problems]
-    assert keys == ["evaluate.benchmarks", "guard.path", "train.method"]
+    assert keys == ["evaluate.benchmarks", "guard.path", "train.lora.target_modules"]
 
 
 def test_a_stage_is_checked_only_for_what_it_needs(demo_cfg):
-    cfg = load_config(demo_cfg, ["train.method=lorra", "evaluate.refusal_guard_path=/no/such"])
+    cfg = load_config(demo_cfg, ["train.lora.target_modules=[q_proj,vproj]", "evaluate.refusal_guard_path=/no/such"])
     assert preflight(cfg, ["judge"]).ok              # judge reads neither train nor evaluate
     assert not preflight(cfg, ["train"]).ok
     bad_guard = load_config(demo_cfg, ["guard.path=/no/such"])
@@ -123,7 +135,7 @@ def test_hub_errors_online_are_one_line(demo_cfg, monkeypatch):
     def auth_check(self, repo_id, repo_type=None, **kw):
         raise raised[repo_id]
     monkeypatch.setattr(huggingface_hub.HfApi, "auth_check", auth_check)
-    monkeypatch.setattr("thinksafe.preflight.hub_cached", lambda *a, **k: None)
+    monkeypatch.setattr("thinksafe.preflight.models.hub_cached", lambda *a, **k: None)
     cfg = load_config(demo_cfg, ["model.path=Qwen/Qwen3-0.6b", "guard.path=meta-llama/Llama-Guard-3-8B",
                                  "evaluate.benchmarks=[organism,xstest]",
                                  "evaluate.refusal_guard_path=allenai/wildguard"])
@@ -180,12 +192,12 @@ def test_error_printer_keeps_square_brackets(monkeypatch):
     import typer
     from rich.console import Console
 
-    from thinksafe import cli
+    from thinksafe.cli import common as cli
     from thinksafe.errors import MissingDependency
     out = io.StringIO()
     monkeypatch.setattr(cli, "console", Console(file=out, soft_wrap=True))
 
-    @cli._friendly
+    @cli.friendly
     def boom():
         raise MissingDependency("vllm is not installed: pip install 'thinksafe[vllm]'")
     with pytest.raises(typer.Exit):

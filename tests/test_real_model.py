@@ -87,11 +87,11 @@ def test_trained_adapter_merges_and_lowers_perplexity_on_its_data(smol_run, tmp_
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["examples"] == n and summary["trainable_params"] > 0
     merged = tmp_path / "merged"
-    _invoke("merge", str(run), "--out", str(merged), quiet=False)
+    _invoke("merge", str(run), "--to", str(merged), quiet=False)
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
     ppl = {}
     for name, model in (("base", SMOL), ("merged", merged)):
         out = tmp_path / f"ppl-{name}.jsonl"
-        _invoke("perplexity", str(sft), "--model", str(model), "--family", "generic", "--out", str(out))
+        _invoke("perplexity", str(sft), "--model", str(model), "--family", "generic", "--output-file", str(out))
         ppl[name] = json.loads((tmp_path / f"ppl-{name}.summary.json").read_text())["perplexity"]
     assert ppl["merged"] < ppl["base"], ppl

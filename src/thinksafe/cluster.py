@@ -21,6 +21,8 @@ What the driver (the process that runs the stage) does:
 - one progress line for all replicas (records done/total, tokens/s, replicas up/lost, units
   retried); the stage summary's ``cluster`` entry (replicas, busy seconds each, device-seconds)
   feeds the compute accounting.
+
+This module is the replica pool; ``cluster_clients`` holds the model and guard the stages call.
 """
 
 from __future__ import annotations
@@ -30,10 +32,8 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 from thinksafe.errors import MissingDependency, ThinksafeError
-from thinksafe.io import append_jsonl
 
 EXTRA = "pip install 'thinksafe[ray]'"
 IN_FLIGHT = 2                   # units queued on each replica (the next one is there when one ends)
@@ -293,7 +293,7 @@ def _cause(e: BaseException) -> str:
 
 
 @contextmanager
-def _progress(desc: str, total: int, pool: Pool, show: bool, unit: str = "tok/s"):
+def progress(desc: str, total: int, pool: Pool, show: bool, unit: str = "tok/s"):
     """One line for every replica: done/total, throughput, replicas up/lost."""
     if not show:
         yield lambda n, tokens=0: None
@@ -310,107 +310,3 @@ def _progress(desc: str, total: int, pool: Pool, show: bool, unit: str = "tok/s"
             rate = counted[0] / max(time.time() - t0, 1e-9)
             prog.update(task, advance=n, info=f"{rate:,.0f} {unit} · {pool.status()}")
         yield advance
-
-
-# ============================================================================== the model
-class RayGenerator:
-    """What ``runtime.model_backend`` returns with ``cluster.engine: ray``: no model in the
-    driver; ``generation.generate_records`` hands it the records (``distributed``)."""
-
-    distributed = True
-    name = "ray"
-
-    def __init__(self, cfg, adapter: str | None = None, build=None):
-        require_ray()
-        self.cfg, self.adapter = cfg, adapter
-        self.batch_size = cfg.model.batch_size
-        self.pool = Pool(cfg, "model", adapter, build)
-
-    def unit_size(self, n_todo: int, chunk: int | None) -> int:
-        local = chunk or max(self.batch_size * 2, 1)          # = generate_records' own chunk
-        backend = self.cfg.model.backend
-        if backend == "auto":                                  # as backends.make_backend decides it
-            import importlib.util
-            try:
-                backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
-            except (ValueError, ImportError):
-                backend = "transformers"
-        if backend in ("transformers", "hf"):
-            return local
-        # vLLM seeds every prompt itself: larger units keep its continuous batching busy
-        return max(local, -(-n_todo // (self.cfg.cluster.replicas * 4)))
-
-    def generate_records(self, records, todo, done, cfg, steer: str, out_path: Path | None,
-                         max_new_tokens: int, desc: str, show: bool, chunk: int | None, generate_records):
-        """Generate ``todo`` on the replicas; rows appended to ``out_path`` unit by unit."""
-        size = self.unit_size(len(todo), chunk)
-        units = [todo[s:s + size] for s in range(0, len(todo), size)]
-        new: dict = {}
-        with _progress(desc or "generate", len(records), self.pool, show) as advance:
-            advance(len(records) - len(todo))
-            for k, out in self.pool.run("generate", units, (cfg, steer, max_new_tokens, generate_records)):
-                fresh = [r for r in out if r.id not in new and r.id not in done]
-                if out_path:
-                    append_jsonl(out_path, [r.to_json() for r in fresh])
-                new.update({r.id: r for r in fresh})
-                self.pool.records += len(fresh)
-                tokens = sum(r.completion.completion_tokens for r in fresh)
-                self.pool.tokens += tokens
-                advance(len(fresh), tokens)
-                if after_unit_hook:
-                    after_unit_hook(self.pool, k)
-        allrec = {**done, **new}
-        return [allrec[r.id] for r in records]
-
-    def cluster_summary(self) -> dict:
-        return self.pool.summary()
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-# ============================================================================== the guard
-class RayGuard:
-    """What ``runtime.guard`` returns with ``cluster.engine: ray``: verdicts from guard replicas
-    (``judging.judge_records`` hands it the chunks, ``distributed``)."""
-
-    distributed = True
-
-    def __init__(self, cfg, build=None):
-        require_ray()
-        self.cfg = cfg
-        self.pool = Pool(cfg, "guard", build=build)
-
-    def chunk_size(self) -> int:
-        local = max(4 * self.cfg.guard.batch_size, 1)
-        backend = self.cfg.guard.backend or self.cfg.model.backend
-        return local if backend == "transformers" else max(local, 2048)
-
-    def judge_units(self, units: list[list[tuple[str, str]]], desc: str, total: int, already: int,
-                    show: bool):
-        """Yield ``(k, verdicts)`` per unit of (prompt, response) pairs as replicas finish them."""
-        with _progress(desc, total, self.pool, show, unit="pairs/s") as advance:
-            advance(already)
-            for k, verdicts in self.pool.run("judge", units):
-                yield k, verdicts
-                self.pool.records += len(verdicts)
-                advance(len(verdicts), len(verdicts))
-                if after_unit_hook:
-                    after_unit_hook(self.pool, k)
-
-    def judge(self, pairs, progress=None):
-        """The plain guard protocol (callers that do not chunk): one pass over the replicas."""
-        size = self.chunk_size()
-        units = [list(pairs[s:s + size]) for s in range(0, len(pairs), size)]
-        out: list = [None] * len(units)
-        for k, verdicts in self.pool.run("judge", units):
-            out[k] = verdicts
-            if progress:
-                progress(len(verdicts))
-        return [v for part in out for v in part]
-
-    def cluster_summary(self) -> dict:
-        return self.pool.summary()
-
-    def close(self) -> None:
-        self.pool.close()

@@ -1,4 +1,5 @@
-"""One frozen dataclass per stage; ``load_config(path, overrides)`` with did-you-mean errors.
+"""One frozen dataclass per stage; ``load_config(path, overrides)`` with did-you-mean errors, then the
+one validation pass (``thinksafe.validation``: ranges, choices, rules between values).
 
 Precedence: ``--set key=value`` > YAML > dataclass defaults. The CLI declares no defaults of its own.
 """
@@ -16,6 +17,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from thinksafe.errors import ConfigError
+from thinksafe.validation import validate
 
 
 def demo_config_path() -> Path:
@@ -24,8 +26,27 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("thinksafe") / "configs" / "demo.yaml"))
 
 
+# Settings declared once and shared by several sections (the YAML keys stay in each section).
 @dataclass(frozen=True)
-class ModelConfig:
+class Sampling:
+    """Sampling settings of a section that generates; None = the model family's preset."""
+    temperature: float | None = None   # None = the family's preset
+    top_p: float | None = None      # None = the family's preset
+    top_k: int | None = None        # None = the family's preset
+
+
+@dataclass(frozen=True)
+class VLLMEngine:
+    """The vLLM engine's settings of a section that loads a model (unused by the transformers backend)."""
+    tensor_parallel_size: int = 1   # vLLM only
+    max_model_len: int | None = None  # vLLM only
+    gpu_memory_utilization: float = 0.9  # vLLM only
+    enforce_eager: bool = False     # vLLM only: no torch.compile / CUDA graphs (starts faster, runs slower)
+
+
+# Section classes are named ...Settings where PEFT or TRL has a ...Config class of the same name.
+@dataclass(frozen=True)
+class ModelSettings(VLLMEngine):
     path: str = "organism"          # HF id, local folder, or "organism" (the bundled base)
     family: str = "organism"        # qwen3 | r1_distill | organism | generic
     backend: str = "transformers"   # transformers | vllm | auto (vLLM when installed)
@@ -33,14 +54,12 @@ class ModelConfig:
     dtype: str = "auto"             # auto (bfloat16 on CUDA, else float32) | float32 | bfloat16 | float16
     device: str = "auto"            # auto (cuda when available, else cpu) | cuda | cpu
     generation: str = "generate"    # transformers only: generate | static (static KV cache) | continuous
-    tensor_parallel_size: int = 1   # vLLM only
-    max_model_len: int | None = None  # vLLM only
-    gpu_memory_utilization: float = 0.9  # vLLM only
-    enforce_eager: bool = False     # vLLM only: no torch.compile / CUDA graphs (starts faster, runs slower)
 
 
 @dataclass(frozen=True)
-class GuardConfig:
+class GuardConfig(VLLMEngine):
+    """The guard's own engine settings (vLLM), not the model's: the model's engine is freed before the
+    guard loads."""
     kind: str = "llama_guard"       # llama_guard | wildguard
     path: str = "organism-guard"    # HF id, local folder, or "organism-guard"
     top_k: int = 5                  # logprobs returned; neither safe/unsafe among them -> unparsed
@@ -52,10 +71,7 @@ class GuardConfig:
     server_model: str | None = None  # the name the server serves the guard under (None = guard.path)
     server_timeout: float = 120.0   # seconds per request
     backend: str | None = None      # transformers | vllm | auto; None = model.backend
-    tensor_parallel_size: int = 1   # vLLM only: the guard's own engine settings, not the model's
     max_model_len: int | None = None  # vLLM only; None = max_input_tokens + 64
-    gpu_memory_utilization: float = 0.9  # vLLM only (the model's engine is freed before the guard loads)
-    enforce_eager: bool = False     # vLLM only, as model.enforce_eager
 
 
 @dataclass(frozen=True)
@@ -72,12 +88,9 @@ class PromptsConfig:
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Sampling):
     steering: str = "prefix"        # prefix | suffix | none | a template containing {prompt}
     samples: int = 1                # completions per prompt
-    temperature: float | None = None   # None = the family's preset
-    top_p: float | None = None      # None = the family's preset
-    top_k: int | None = None        # None = the family's preset
     max_new_tokens: int = 16384     # per completion, reasoning included
     max_attempts: int = 1           # resample prompts whose samples were all rejected, up to this many rounds
     shard: str = "0/1"              # "i/N": this process generates the i-th of N disjoint shards
@@ -92,7 +105,7 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraSettings:
     r: int = 32                     # -> peft.LoraConfig (paper: r 32, alpha 16, dropout 0.05)
     alpha: int = 16
     dropout: float = 0.05
@@ -102,7 +115,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 1e-5
     epochs: float = 3.0
     batch_size: int = 8             # per GPU: batch_size * grad_accum * GPUs examples per optimiser step
@@ -134,8 +147,9 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
-    """`thinksafe grpo`: the GRPO baseline (TRL GRPOTrainer, LoRA from train.lora; paper defaults)."""
+class GRPOSettings:
+    """`thinksafe grpo`: the GRPO baseline (TRL GRPOTrainer, LoRA from train.lora; paper defaults). Its
+    sampling is TRL's (temperature 0.7, top_p 1, top_k off), not a family's preset, so it declares its own."""
     num_generations: int = 8        # completions per prompt (the group)
     beta: float = 0.04              # KL coefficient against the reference (0 = no reference pass)
     epsilon: float = 0.2            # clipping range
@@ -170,7 +184,8 @@ class GRPOConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Sampling):
+    """Sampling: the paper's 0.6 / 0.95 / 20 (Qwen3; top_k off for the others) are the families' presets."""
     # "organism", "paper" (the paper's 8), or names from thinksafe.benchmarks (+ "wildjailbreak_250")
     benchmarks: list[str] = field(default_factory=lambda: ["organism"])
     n_harmful: int = 120            # organism only
@@ -180,9 +195,6 @@ class EvaluateConfig:
                                     # over 8, as the paper), 1 on the organism; safety is always 1
     max_new_tokens: int = 16384     # safety benchmarks and the organism (paper: 16384)
     reasoning_max_new_tokens: int | None = None  # None = max_new_tokens (paper: 32768)
-    temperature: float | None = None   # None = the family's preset (paper: 0.6)
-    top_p: float | None = None         # None = the family's preset (paper: 0.95)
-    top_k: int | None = None           # None = the family's preset (paper: 20 for Qwen3, else off)
     data_dir: str | None = None     # benchmark files; None = $THINKSAFE_DATA, else shared/data
     limit: int | None = None        # only the first N prompts of each benchmark (smoke runs)
     split_judge: bool = True        # also judge the reasoning and the final answer on their own
@@ -213,9 +225,9 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
-class OPSAConfig:
+class OPSAConfig(Sampling):
     """``train.objective: opsa`` (on-policy self-distillation, thinksafe.trainers.opsa). Read (and keyed)
-    only when that objective is chosen."""
+    only when that objective is chosen. temperature / top_p / top_k: the rollouts' sampling."""
     context: str = "prefix"         # the teacher's privileged context: a steering template name
                                     # (prefix | suffix | opsa) or a template containing {prompt}
     context_on: str = "harmful"     # harmful = only harmful prompts get the context (benign: the base
@@ -224,9 +236,6 @@ class OPSAConfig:
                                     # | jsd = generalized JSD with jsd_alpha (TRL's convention)
     jsd_alpha: float = 0.5
     max_new_tokens: int | None = None   # rollout length; None = generate.max_new_tokens
-    temperature: float | None = None    # rollout sampling; None = the family's preset
-    top_p: float | None = None
-    top_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -256,7 +265,7 @@ class RunConfig:
     name: str = "run"               # the run's name in reports
     seed: int = 0                   # prompts, sampling, training (LoRA init, data order) and evaluation
     out: str = "runs/run"           # the run folder (--out overrides it)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
     guard: GuardConfig = field(default_factory=GuardConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -264,7 +273,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
     opsa: OPSAConfig = field(default_factory=OPSAConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -350,77 +359,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         _set(data, key.strip(), raw)
-    return check_ranges(_build(RunConfig, data, ""))
-
-
-# Valid ranges, checked when a config loads (``check_ranges``): a declarative table beside the
-# frozen dataclasses rather than a validation library, so that fields added to the dataclasses
-# keep working unchanged and a range is added here in one line. None values are not checked.
-# (low, low inclusive, high, high inclusive); None = unbounded.
-_GE0, _GE1, _GT0 = (0, True, None, False), (1, True, None, False), (0, False, None, False)
-_UNIT, _PROB = (0, False, 1, True), (0, True, 1, True)
-RANGES: dict[str, tuple] = {
-    "model.batch_size": _GE1, "model.tensor_parallel_size": _GE1, "model.max_model_len": _GE1,
-    "model.gpu_memory_utilization": _UNIT,
-    "guard.top_k": _GE1, "guard.max_input_tokens": _GE1, "guard.batch_size": _GE1, "guard.server_timeout": _GT0,
-    "prompts.n_harmful": _GE0, "prompts.limit": _GE1, "prompts.n_reasoning": _GE0, "prompts.n_borderline": _GE0,
-    "generate.samples": _GE1, "generate.temperature": _GE0, "generate.top_p": _UNIT, "generate.top_k": _GE0,
-    "generate.max_new_tokens": _GE1, "generate.max_attempts": _GE1,
-    "dataset.ngram": _GE1,
-    "train.lora.r": _GE1, "train.lora.alpha": _GT0, "train.lora.dropout": (0, True, 1, False),
-    "train.lr": _GT0, "train.epochs": _GT0, "train.batch_size": _GE1, "train.grad_accum": _GE1,
-    "train.warmup_ratio": _PROB, "train.max_grad_norm": _GT0, "train.max_length": _GE1,
-    "train.logging_steps": _GE1, "train.kl_chunk_size": _GE1, "train.ce_chunk_size": _GE1,
-    "evaluate.n_harmful": _GE0, "evaluate.n_reasoning": _GE0, "evaluate.n_borderline": _GE0,
-    "evaluate.samples": _GE1, "evaluate.max_new_tokens": _GE1, "evaluate.reasoning_max_new_tokens": _GE1,
-    "evaluate.temperature": _GE0, "evaluate.top_p": _UNIT, "evaluate.top_k": _GE0, "evaluate.limit": _GE0,
-    "evaluate.refusal_guard_max_input_tokens": _GE1,
-    "compare.no_steering_samples": _GE1, "compare.external_limit": _GE0, "compare.grpo_budget": _GT0,
-    "compare.grpo_target_slack": _GE0,
-    "grpo.num_generations": (2, True, None, False), "grpo.beta": _GE0, "grpo.epsilon": _GT0, "grpo.lr": _GT0,
-    "grpo.warmup_ratio": _PROB, "grpo.epochs": _GT0, "grpo.max_steps": _GE1, "grpo.batch_size": _GE1,
-    "grpo.grad_accum": _GE1, "grpo.temperature": _GT0, "grpo.top_p": _UNIT, "grpo.top_k": _GE0,
-    "grpo.max_completion_length": _GE1, "grpo.max_flops": _GT0, "grpo.check_every": _GE0,
-    "grpo.stop_at_harmful": _PROB, "grpo.save_steps": _GE1, "grpo.logging_steps": _GE1,
-    "grpo.validation_fraction": (0, False, 1, False), "grpo.validation_n": _GE1,
-    "cluster.replicas": _GE1, "cluster.cpus_per_replica": _GE0, "cluster.gpus_per_replica": _GE0,
-    "cluster.max_restarts": _GE0, "cluster.unit_attempts": _GE1,
-}
-CHOICES: dict[str, tuple] = {
-    "prompts.default_label": (None, "harmful", "benign"),
-    "dataset.decontaminate": (True, False, "best_effort"),
-    "cluster.engine": ("local", "ray"),
-}
-
-
-def _range_text(lo, lo_in, hi, hi_in) -> str:
-    if hi is None:
-        return f"{'>=' if lo_in else '>'} {lo}"
-    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+    return validate(_build(RunConfig, data, ""))
 
 
 def check_ranges(cfg: Any) -> Any:
-    """Every value of ``RANGES`` / ``CHOICES`` in range, else a ConfigError naming it."""
-    def get(path: str):
-        node = cfg
-        for k in path.split("."):
-            if not hasattr(node, k):
-                return None          # a field this version does not have
-            node = getattr(node, k)
-        return node
-    for path, (lo, lo_in, hi, hi_in) in RANGES.items():
-        v = get(path)
-        if v is None or isinstance(v, bool):
-            continue
-        ok = (v >= lo if lo_in else v > lo) and (hi is None or (v <= hi if hi_in else v < hi))
-        if not ok:
-            raise ConfigError(f"{path} must be {_range_text(lo, lo_in, hi, hi_in)}, got {v!r}")
-    for path, allowed in CHOICES.items():
-        v = get(path)
-        if not any(v is a or (isinstance(a, str) and v == a) for a in allowed):
-            shown = ", ".join("null" if a is None else str(a).lower() for a in allowed)
-            raise ConfigError(f"{path} must be one of {shown}, got {v!r}")
-    return cfg
+    """``validation.validate``: the call site of stages/compare.py, which builds its per-method configs
+    without ``load_config``."""
+    return validate(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

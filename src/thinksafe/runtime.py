@@ -29,7 +29,7 @@ def sampling(cfg_gen, family: Family, seed: int, max_new_tokens: int | None = No
 def model_backend(cfg, adapter: str | None = None):
     from thinksafe.backends import make_backend
     if getattr(getattr(cfg, "cluster", None), "engine", "local") == "ray":    # replicas, no model here
-        from thinksafe.cluster import RayGenerator
+        from thinksafe.cluster_clients import RayGenerator
         return RayGenerator(cfg, adapter, build=model_backend)    # replicas: engine local
     m = cfg.model
     return make_backend(m.backend, resolve_model_path(m.path), adapter=adapter,
@@ -48,7 +48,7 @@ def guard(cfg):
     from thinksafe.guards import make_guard
     g = cfg.guard
     if getattr(getattr(cfg, "cluster", None), "engine", "local") == "ray" and not g.server_url:
-        from thinksafe.cluster import RayGuard
+        from thinksafe.cluster_clients import RayGuard
         return RayGuard(cfg, build=guard)
     if g.server_url:                # served (vLLM's OpenAI-compatible server), health-checked here
         from thinksafe.backends.server import ServerBackend

@@ -175,11 +175,11 @@ def adapter(base_path, tmp_path_factory):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from thinksafe.config import LoraConfig
+    from thinksafe.config import LoraSettings
     from thinksafe.trainers.setup import lora_config
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    cfg = lora_config(LoraConfig(), model)
+    cfg = lora_config(LoraSettings(), model)
     cfg.init_lora_weights = False
     peft = get_peft_model(model, cfg)
     with torch.no_grad():

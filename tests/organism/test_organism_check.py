@@ -67,11 +67,11 @@ def test_measure_a_build_and_record_its_check(tiny_organism, tmp_path):
 def test_check_cli_strict_exit_code(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from thinksafe import cli
+    from thinksafe.cli import app
     full = {**metrics(), "n": {}, "unparsed": 0, "truncated": 0, "ci95": {}, "by_form": {}}
     for m, code in ((full, 0), ({**full, "reasoning_accuracy": 1.0}, 1)):
         monkeypatch.setattr(C, "measure", lambda *a, _m=m, **k: _m)
-        r = CliRunner().invoke(cli.app, ["organism", "check", "--strict", "--out", str(tmp_path)])
+        r = CliRunner().invoke(app, ["organism", "check", "--strict", "--out", str(tmp_path)])
         assert r.exit_code == code, r.output
         assert "design targets" in r.output and "S14" in r.output
         assert ("MISSED" in r.output) == bool(code)
@@ -84,15 +84,15 @@ def test_verify_compares_behaviour_and_reports_bytes(tiny_organism, tmp_path):
     import typer
     import pytest
 
-    from thinksafe import cli
+    from thinksafe.cli.organism import verify_against
     folder, _ = tiny_organism
     ref = tmp_path / "ref"
     shutil.copytree(folder, ref)
     rec = C.summary(metrics())
     (ref / "organism.json").write_text(json.dumps({"check": rec}))
-    cli._verify_against(folder, ref, {"check": rec})                      # same behaviour, same bytes
+    verify_against(folder, ref, {"check": rec})                      # same behaviour, same bytes
     with pytest.raises(typer.Exit):
-        cli._verify_against(folder, ref, {"check": C.summary(metrics(harmful_rate_oracle=0.2))})
+        verify_against(folder, ref, {"check": C.summary(metrics(harmful_rate_oracle=0.2))})
     (ref / "organism.json").write_text("{}")
     with pytest.raises(typer.BadParameter, match="no organism check"):
-        cli._verify_against(folder, ref, {"check": rec})
+        verify_against(folder, ref, {"check": rec})

@@ -435,7 +435,7 @@ def test_cli_evaluate_then_report(tmp_path, data_dir, script, monkeypatch):
     real = E.evaluate_model
     monkeypatch.setattr(E, "evaluate_model", lambda *a, **k: real(
         *a, **k, backend=FakeBackend(script), guard=FakeGuard(), refusal_guard=FakeRefusalGuard()))
-    monkeypatch.setattr("thinksafe.preflight._check_model", lambda *a, **k: None)   # fakes: no weights
+    monkeypatch.setattr("thinksafe.preflight.models.check_model", lambda *a, **k: None)   # fakes: no weights
     cfg = tmp_path / "c.yaml"
     run = tmp_path / "run"
     cfg.write_text(f"name: fake\nout: {run}\nmodel: {{path: Qwen/Qwen3-8B, family: qwen3}}\n"

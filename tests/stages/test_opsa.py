@@ -75,7 +75,7 @@ def test_settings_and_rollout_cut():
 
 
 def test_train_key_changes_only_when_opsa_is_used(tmp_path):
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     from thinksafe.config import load_config
     from thinksafe.pipeline import BY_NAME, config_values
     st = BY_NAME["train"]
@@ -157,7 +157,7 @@ def test_pick_rule():
 
 
 def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     from thinksafe.config import load_config
     from thinksafe.stages.compare import _set_key, check, method_overrides, sub_config
     cfg = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]"])

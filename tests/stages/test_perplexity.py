@@ -105,7 +105,7 @@ def test_cli(sets, tmp_path):
     paths, _ = sets
     out = tmp_path / "cli.jsonl"
     r = CliRunner().invoke(app, ["perplexity", str(paths["own"]), "--model", "organism", "--family", "organism",
-                                 "--out", str(out), "--quiet", "--limit", "3"])
+                                 "--output-file", str(out), "--quiet", "--limit", "3"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["scored"] == 3
     assert len(out.read_text().splitlines()) == 3

@@ -76,10 +76,12 @@ def test_layer_range_maps_to_peft():
     assert lc.layers_to_transform == [3]
     assert lora_config(load_config(None, ["train.lora.target_modules=all-linear"]).train.lora).target_modules \
         == "all-linear"
-    for bad in ("[2, 1]", "[0, 5]", "[1]", "[a, b]", "3"):
-        c = load_config(None, [f"train.lora.layers={bad}"]).train.lora
-        with pytest.raises(ConfigError):
-            layer_range(c, 4)
+    for bad in ("[2, 1]", "[1]", "[a, b]", "3"):                # wrong on any model: when the config loads
+        with pytest.raises(ConfigError, match="train.lora.layers"):
+            load_config(None, [f"train.lora.layers={bad}"])
+    c = load_config(None, ["train.lora.layers=[0, 5]"]).train.lora
+    with pytest.raises(ConfigError, match="end <= 4"):                   # wrong on this model
+        layer_range(c, 4)
 
 
 def test_bad_settings_fail_before_training(tmp_path):
@@ -205,11 +207,11 @@ def test_merge_matches_base_plus_adapter(lora_run, tmp_path, organism_tok):
 def test_merge_cli(lora_run, tmp_path):
     run_dir, _ = lora_run
     out = tmp_path / "m"
-    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(run_dir / "adapter"), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(run_dir / "adapter"), "--to", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").is_file() and (out / "merge_info.json").is_file()
-    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(tmp_path / "nothing"), "--out",
+    r = subprocess.run([sys.executable, "-m", "thinksafe.cli", "merge", str(tmp_path / "nothing"), "--to",
                         str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no LoRA adapter" in r.stderr
 

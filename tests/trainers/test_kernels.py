@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import thinksafe.trainers.kernels as K
-import thinksafe.trainers.packing as P
+import thinksafe.trainers.varlen as P
 from thinksafe.errors import ConfigError, MissingDependency
 from thinksafe.trainers.loss import chunked_cross_entropy
 
@@ -70,7 +70,8 @@ def test_packed_lm_loss_through_a_kernel_equals_the_chunked_loss(tiny_organism, 
     from conftest import packing_examples, packing_model
 
     from thinksafe.trainers.packed import packed_lm_loss
-    from thinksafe.trainers.packing import VARLEN_ATTENTION, PackedCollator, register_varlen_attention
+    from thinksafe.trainers.packing import PackedCollator
+    from thinksafe.trainers.varlen import VARLEN_ATTENTION, register_varlen_attention
     monkeypatch.setitem(K._LOADERS, "cce", lambda: _exact_linear_ce)
     _, examples = packing_examples(4)
     model, _ = packing_model("lora")

@@ -19,8 +19,8 @@ from thinksafe.stages import train
 from thinksafe.trainers.setup import check_train_config, sft_config
 from thinksafe.stages.train import make_trainer
 from thinksafe.trainers.microbatch import checkpointing_needed, plan_micro_batches, split_step
-from thinksafe.trainers.packing import (VARLEN_ATTENTION, PackedAttentionError, PackedCollator,
-                                        register_varlen_attention)
+from thinksafe.trainers.packing import PackedCollator
+from thinksafe.trainers.varlen import VARLEN_ATTENTION, PackedAttentionError, register_varlen_attention
 from conftest import ROOT
 
 

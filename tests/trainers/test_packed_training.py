@@ -19,7 +19,7 @@ from thinksafe.stages import train
 from thinksafe.trainers.examples import tokenize_rows
 from thinksafe.trainers.setup import sft_config
 from thinksafe.stages.train import make_trainer, packing_choice, packing_summary
-from thinksafe.trainers.packing import VARLEN_ATTENTION
+from thinksafe.trainers.varlen import VARLEN_ATTENTION
 
 
 def _trainer(tmp_path, tok, model, ref, examples, objective: str, packing: bool):

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from thinksafe.trainers.loss import chunked_cross_entropy
-from thinksafe.trainers.packing import (VARLEN_ATTENTION, PackedCollator, PaddedCollator, TokenBudgetBatchSampler,
-                                        packed_model_inputs, plan_batches, register_varlen_attention,
-                                        varlen_attention)
+from thinksafe.trainers.packing import (PackedCollator, PaddedCollator, TokenBudgetBatchSampler, packed_model_inputs,
+                                        plan_batches)
+from thinksafe.trainers.varlen import VARLEN_ATTENTION, register_varlen_attention, varlen_attention
 
 from conftest import ROOT
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
@@ -174,7 +174,7 @@ def _varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_
 def test_torch_varlen_call_matches_the_sdpa_loop_for_both_signatures(monkeypatch, fake):
     """The CUDA path (torch.nn.attention.varlen) cannot run here; check how it is called, with stand-ins
     for the two public signatures (torch 2.10: is_causal, no scale/GQA; >= 2.11: window_size, scale, GQA)."""
-    import thinksafe.trainers.packing as P
+    import thinksafe.trainers.varlen as P
     monkeypatch.setattr(P, "_torch_varlen", lambda: fake)
     torch.manual_seed(0)
     lens = [5, 1, 9, 3]

@@ -169,10 +169,10 @@ def test_search_finds_non_ascii_text_written_either_way(tmp_path):
 def test_view_binds_localhost_by_default():
     import inspect
 
-    from thinksafe import cli
+    from thinksafe.cli import tools
     from thinksafe.viewer import server
     assert inspect.signature(server.serve).parameters["host"].default == "127.0.0.1"
-    assert inspect.signature(cli.view).parameters["host"].default == "127.0.0.1"
+    assert inspect.signature(tools.view).parameters["host"].default == "127.0.0.1"
 
 
 def _index(files):

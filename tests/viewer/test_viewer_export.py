@@ -138,8 +138,8 @@ def test_cli_export(tmp_path, monkeypatch):
     run = make_run(tmp_path / "run")
     hub = FakeHub()
     monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
-    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "o"), "--push-to-hub", "me/r"])
+    r = CliRunner().invoke(app, ["export", str(run), "--to", str(tmp_path / "o"), "--push-to-hub", "me/r"])
     assert r.exit_code == 0, r.output[-500:]
     assert (tmp_path / "o" / "dataset" / "README.md").is_file() and [c[1] for c in hub.calls][:2] == ["me/r", "me/r"]
-    r = CliRunner().invoke(app, ["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")])
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "missing"), "--to", str(tmp_path / "o2")])
     assert r.exit_code == 2

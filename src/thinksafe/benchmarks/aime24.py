@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from thinksafe.benchmarks import data_file, head, require
-from thinksafe.benchmarks.math500 import MATH_INSTRUCTION, math_prompt  # noqa: F401
+from thinksafe.benchmarks.math500 import math_prompt
 from thinksafe.benchmarks.scoring import score_math
 from thinksafe.prompts import read_rows
 from thinksafe.types import Record, stable_id

@@ -58,16 +58,21 @@ def compare_behaviour(new: dict, ref: dict, tol: float = VERIFY_TOLERANCE) -> li
             if pn.get(k) is not None and pr.get(k) is not None and abs(pn[k] - pr[k]) > tol]
 
 
-def measure(folder, out, seed: int = 0, show: bool = False, sets: tuple[str, ...] = ()) -> dict:
+CHECK_OUT = "runs/organism-check"   # the check's run folder unless one is given
+
+
+def measure(folder, out=CHECK_OUT, seed: int | None = None, show: bool = False,
+            sets: tuple[str, ...] = ()) -> dict:
     """The base evaluation of the organism in ``folder`` (its base/ and guard/) with the demo
-    config's held-out sizes: ``score_organism``'s metrics."""
+    config's held-out sizes and (unless ``seed``) its seed: ``score_organism``'s metrics."""
     from pathlib import Path
 
     from thinksafe.config import demo_config_path, load_config
     from thinksafe.pipeline import prepare_run_dir
     from thinksafe.stages.evaluate import evaluate_model
     folder = Path(folder).resolve()
-    cfg = load_config(demo_config_path(), [f"out={out}", f"seed={seed}", f"model.path={folder / 'base'}",
+    seeded = [f"seed={seed}"] if seed is not None else []
+    cfg = load_config(demo_config_path(), [f"out={out}", *seeded, f"model.path={folder / 'base'}",
                                            f"guard.path={folder / 'guard'}", *sets])
     return evaluate_model(cfg, prepare_run_dir(cfg), "base", show=show)
 

@@ -42,6 +42,7 @@ from thinksafe.io import read_jsonl, write_json
 from thinksafe.organism import resolve_model_path
 from thinksafe.runtime import family_of, render_prompt
 from thinksafe.types import UNPARSED
+from thinksafe.validation import check_section
 
 OUTPUT, STEPS, CURVE, SUMMARY = "adapter", "grpo_steps.jsonl", "grpo_checks.jsonl", "grpo_summary.json"
 FORMATS = ("auto", "think", "r1", "none")
@@ -151,9 +152,6 @@ def step_flops(counts: dict, n: int, n_guard: int | None, n_lora: int, beta: flo
 
 
 # =============================================================================== checks
-VALIDATIONS = ("auto", "organism", "heldout")
-
-
 def validation_kind(cfg) -> str:
     v = cfg.grpo.validation
     if v == "auto":
@@ -219,17 +217,9 @@ def harmful_rate_now(model, tok, cfg, guard, records) -> float:
 
 # =============================================================================== the stage
 def check_grpo_config(g) -> None:
-    if g.num_generations < 2:
-        raise ConfigError("grpo.num_generations must be >= 2 (advantages are relative to the group)")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if (g.batch_size * g.grad_accum * world) % g.num_generations:
-        raise ConfigError(f"grpo.batch_size x grpo.grad_accum x processes ({g.batch_size} x {g.grad_accum} x "
-                          f"{world}) must be a multiple of grpo.num_generations ({g.num_generations})")
-    if g.stop_at_harmful is not None and g.check_every <= 0:
-        raise ConfigError("grpo.stop_at_harmful needs grpo.check_every > 0")
-    if g.validation not in VALIDATIONS and not Path(g.validation).is_file():
-        raise ConfigError(f"grpo.validation must be {', '.join(VALIDATIONS)} or a prompt file, "
-                          f"got {g.validation!r} (no such file)")
+    """The ``grpo`` rules of ``thinksafe.validation`` (run when a config loads), for a grpo section on
+    its own (the call sites of this stage and of compare)."""
+    check_section("grpo", g)
 
 
 def _grpo_args(cfg, out_dir: Path, use_bf16: bool):

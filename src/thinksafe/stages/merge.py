@@ -1,6 +1,6 @@
 """merge: fold a trained LoRA adapter into its base model -> one standalone model folder.
 
-``thinksafe merge RUN_DIR_OR_ADAPTER --out DIR`` writes DIR with the merged weights in safetensors,
+``thinksafe merge RUN_DIR_OR_ADAPTER --to DIR`` writes DIR with the merged weights in safetensors,
 config, generation config and the tokenizer (the adapter folder's copy, else the base's): a folder
 that vLLM, lm-eval or ``AutoModelForCausalLM.from_pretrained`` load without PEFT (the paper merges
 before evaluating). The base is, in order: ``--base``, the run folder's ``config.yaml``
@@ -51,7 +51,7 @@ def base_model_of(adapter: Path, run_dir: Path | None, base: str | None = None) 
 
 
 def merge(path: str | Path, out: str | Path, base: str | None = None, dtype: str = "auto",
-          force: bool = False) -> dict:
+          overwrite: bool = False) -> dict:
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -61,8 +61,8 @@ def merge(path: str | Path, out: str | Path, base: str | None = None, dtype: str
     t0 = time.time()
     adapter, run_dir = find_adapter(path)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out} is not empty; choose another --out or pass --force")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty; choose another --to or pass --overwrite")
     if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     base_path = base_model_of(adapter, run_dir, base)

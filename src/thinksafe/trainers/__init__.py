@@ -6,7 +6,8 @@ Submodules are imported on use (they pull in torch / TRL):
 - ``thinksafe.trainers.packed``: the trainers for ``train.packing`` (the default): each micro-batch
   packed into one row, attention within each example, chunked LM-head cross-entropy (sft) or
   ThinkSafe+KL on the packed row (kl).
-- ``thinksafe.trainers.packing``: batch planning, the packed collator and the varlen attention.
+- ``thinksafe.trainers.packing``: batch planning and the packed collator.
+- ``thinksafe.trainers.varlen``: the attention that stays inside each packed example.
 - ``thinksafe.trainers.loss``: the chunked linear + cross-entropy.
 - ``thinksafe.trainers.microbatch``: token-budget micro-batches inside the paper's optimiser step
   (``train.micro_batch_tokens``) and the automatic gradient-checkpointing decision.

@@ -7,8 +7,7 @@ from __future__ import annotations
 from thinksafe.errors import ConfigError, TemplateError
 from thinksafe.families import Family
 from thinksafe.runtime import render_prompt
-
-TRUNCATIONS = ("drop", "cut")
+from thinksafe.validation import TRUNCATIONS
 
 
 def tokenize_example(tokenizer, prompt: str, response: str, family: Family) -> dict:

@@ -7,7 +7,7 @@
   loss of :mod:`thinksafe.trainers.loss` (CPU, and the fallback).
 * Packed attention: FlashAttention's ``flash_attn_varlen_func`` (the ``flash-attn`` package), next to
   torch's own varlen FlashAttention (``torch.nn.attention.varlen``); chosen in
-  :func:`thinksafe.trainers.packing.select_varlen_backend`.
+  :func:`thinksafe.trainers.varlen.select_varlen_backend`.
 
 ``auto`` picks the first of liger, cce that imports, on CUDA only, and keeps it only if it gives the
 chunked PyTorch loss and gradient on a small random problem (:func:`select_lm_head_loss`); otherwise the
@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from thinksafe.errors import ConfigError, MissingDependency
-
-LM_HEAD_LOSSES = ("auto", "torch", "liger", "cce")
+from thinksafe.validation import LM_HEAD_LOSSES
 KERNEL_ORDER = ("liger", "cce")
 INSTALL = {"liger": "pip install liger-kernel", "cce": "pip install cut-cross-entropy",
            "flash_attn": "pip install flash-attn --no-build-isolation"}

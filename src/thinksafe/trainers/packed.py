@@ -5,7 +5,7 @@ sampler, so the batches (and the effective batch batch_size × grad_accum × pro
 padded training. Only the layout changes: :class:`~thinksafe.trainers.packing.PackedCollator`
 concatenates the examples into one row with no padding, ``position_ids`` restarting at 0 per example,
 and the first label of each example ignored (nothing is predicted across a boundary). The base model
-attends with :data:`~thinksafe.trainers.packing.VARLEN_ATTENTION` — causal attention inside each
+attends with :data:`~thinksafe.trainers.varlen.VARLEN_ATTENTION` — causal attention inside each
 example (torch's varlen FlashAttention on CUDA, an exact per-example SDPA loop elsewhere) — while the
 trainer holds the model; ``train()`` puts the original implementation back when it ends.
 
@@ -35,8 +35,8 @@ from thinksafe.trainers.kl import (KLTrainer, _redirect, backbone, causal_lm, cr
                                    softcap_of)
 from thinksafe.trainers.loss import chunked_cross_entropy
 from thinksafe.trainers.microbatch import MicroBatchTraining
-from thinksafe.trainers.packing import (IGNORE_INDEX, VARLEN_ATTENTION, PackedCollator, packed_model_inputs,
-                                        register_varlen_attention, select_varlen_backend)
+from thinksafe.trainers.packing import IGNORE_INDEX, PackedCollator, packed_model_inputs
+from thinksafe.trainers.varlen import VARLEN_ATTENTION, register_varlen_attention, select_varlen_backend
 
 
 def packing_unsupported(config) -> str | None:

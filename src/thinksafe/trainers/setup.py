@@ -1,5 +1,5 @@
 """What every training stage (``train``, ``opsa``, ``grpo``) sets up the same way: output names, the
-accepted values of ``train.*``, the LoRA config, TRL's SFTConfig, the progress bar and the main process.
+LoRA config, TRL's SFTConfig, the progress bar and the main process.
 Nothing here imports a stage."""
 
 from __future__ import annotations
@@ -8,26 +8,9 @@ import os
 from pathlib import Path
 
 from thinksafe.errors import ConfigError, MissingDependency
-from thinksafe.trainers.examples import TRUNCATIONS
+from thinksafe.validation import check_section, layer_range
 
 OUTPUT, FULL_OUTPUT = "adapter", "model"
-METHODS, OBJECTIVES, REPORTERS = ("lora", "full"), ("sft", "kl", "opsa"), ("none", "wandb", "tensorboard")
-
-
-def layer_range(lc, num_layers: int | None = None) -> list[int] | None:
-    """``train.lora.layers: [start, end]`` -> the decoder layer indices start..end-1 (end excluded)."""
-    if lc.layers is None:
-        return None
-    v = lc.layers
-    if (not isinstance(v, (list, tuple)) or len(v) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
-        raise ConfigError(f"train.lora.layers must be [start, end] (two integers, end excluded), got {v!r}")
-    start, end = v
-    top = num_layers if num_layers is not None else end
-    if not 0 <= start < end <= top:
-        limit = f" and end <= {num_layers} (the model's layers)" if num_layers is not None else ""
-        raise ConfigError(f"train.lora.layers: need 0 <= start < end{limit}, got {v!r}")
-    return list(range(start, end))
 
 
 def linear_module_names(model) -> list[str]:
@@ -70,22 +53,9 @@ def lora_config(lc, model=None):
 
 
 def check_train_config(tc) -> None:
-    for key, value, allowed in (("method", tc.method, METHODS), ("objective", tc.objective, OBJECTIVES),
-                                ("truncation", tc.truncation, TRUNCATIONS), ("report_to", tc.report_to, REPORTERS)):
-        if value not in allowed:
-            raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, got {value!r}")
-    for key in ("kl_chunk_size", "ce_chunk_size"):
-        if getattr(tc, key) is not None and getattr(tc, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1 (or null = by memory), got {getattr(tc, key)}")
-    from thinksafe.trainers.kernels import LM_HEAD_LOSSES
-    if getattr(tc, "lm_head_loss", "auto") not in LM_HEAD_LOSSES:
-        raise ConfigError(f"train.lm_head_loss must be one of {', '.join(LM_HEAD_LOSSES)}, got {tc.lm_head_loss!r}")
-    if getattr(tc, "micro_batch_tokens", None) is not None and tc.micro_batch_tokens < 1:
-        raise ConfigError(f"train.micro_batch_tokens must be >= 1 (or null = off), got {tc.micro_batch_tokens}")
-    if not isinstance(tc.save_steps, int) or isinstance(tc.save_steps, bool) or tc.save_steps < 0:
-        raise ConfigError(f"train.save_steps must be an integer >= 0 (0 = once per epoch), got {tc.save_steps!r}")
-    if tc.method == "lora":
-        layer_range(tc.lora)
+    """The ``train`` rules of ``thinksafe.validation`` (run when a config loads), for a train section
+    on its own (the train stage's call site)."""
+    check_section("train", tc)
 
 
 def check_reporter(report_to: str) -> None:

@@ -97,11 +97,9 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
 
 
 def dataset_card(run: Path, n_rows: int, license: str = "other") -> str:
-    from thinksafe import steering
     cfg = _cfg(run)
     stats = _json(run / "dataset_stats.json") or {}
     manifest = _json(run / "manifest.json") or {}
-    judge = _stage(manifest, "judge").get("summary") or {}
     src = cfg.prompts.source
     meta = {"license": license, "language": ["en"], "pretty_name": f"THINKSAFE SFT set ({cfg.name})",
             "tags": ["safety", "reasoning", "refusal", "thinksafe", "synthetic"],
@@ -113,18 +111,29 @@ def dataset_card(run: Path, n_rows: int, license: str = "other") -> str:
             "dataset_info": {"features": [{"name": k, "dtype": "string"} for k in
                                           ("id", "prompt", "response", "label", "category", "steering")],
                              "splits": [{"name": "train", "num_examples": n_rows}]}}
-    template = steering.resolve(cfg.generate.steering)
     L = [_fm(meta), f"# THINKSAFE SFT set: {cfg.name}", "",
          "Self-generated safety-alignment data (THINKSAFE): the model answered its own training prompts, "
          "harmful prompts steered to refuse; a guard judged each (original prompt, full response) and only "
          "complete, guard-safe samples were kept. The `prompt` column is the ORIGINAL prompt, never the "
-         "steering text; `response` is the model's full response (reasoning and answer).", "",
-         "## How it was made", "",
+         "steering text; `response` is the model's full response (reasoning and answer).", ""]
+    L += _how_it_was_made(cfg, _stage(manifest, "judge").get("summary") or {})
+    L += _drops(stats, n_rows)
+    L += _compute(manifest)
+    L += ["", "Made with `thinksafe export`; numbers from the run's `dataset_stats.json` and "
+          "`manifest.json`.", ""]
+    return "\n".join(L)
+
+
+def _how_it_was_made(cfg, judge: dict) -> list[str]:
+    from thinksafe import steering
+    src = cfg.prompts.source
+    L = ["## How it was made", "",
          f"- **Model**: `{cfg.model.path}` (chat-template family `{cfg.model.family}`, backend "
          f"`{cfg.model.backend}`)",
          f"- **Prompts**: `{src}` — {cfg.prompts.n_harmful} harmful, {cfg.prompts.n_reasoning} reasoning, "
          f"{cfg.prompts.n_borderline} borderline requested; seed {cfg.seed}",
          f"- **Steering** (harmful prompts only): `{cfg.generate.steering}`"]
+    template = steering.resolve(cfg.generate.steering)
     if template:
         L += ["", "```", template, "```", ""]
     L += ["- **Sampling**: " + ", ".join(f"{k} {v}" for k, v in _sampling(cfg).items()),
@@ -133,8 +142,13 @@ def dataset_card(run: Path, n_rows: int, license: str = "other") -> str:
              else "the guard's parsed output") +
           f"; an unparsed verdict counts as unsafe (fail closed); inputs over {cfg.guard.max_input_tokens} "
           f"tokens cut from the end of the response ({judge.get('truncated_inputs', 0)} were)", ""]
-    L += ["## Acceptance and drops", "",
-          f"{stats.get('kept', n_rows)} of {stats.get('total', '?')} generated samples kept.", ""]
+    return L
+
+
+def _drops(stats: dict, n_rows: int) -> list[str]:
+    """Acceptance and drops (by reason, label and group), and the decontamination."""
+    L = ["## Acceptance and drops", "",
+         f"{stats.get('kept', n_rows)} of {stats.get('total', '?')} generated samples kept.", ""]
     drops = stats.get("dropped") or {}
     L += _table(["reason", "dropped"], [[k, v] for k, v in sorted(drops.items())] or [["(none)", 0]])
     L += ["", "Acceptance by label: " + ", ".join(f"{k} {v:.3f}" for k, v in (stats.get("acceptance") or {}).items()),
@@ -151,16 +165,16 @@ def dataset_card(run: Path, n_rows: int, license: str = "other") -> str:
               f"{dec.get('dropped', 0)} samples dropped."]
     else:
         L += ["Not enabled for this run."]
-    L += ["", "## Compute", ""]
+    return L
+
+
+def _compute(manifest: dict) -> list[str]:
     rows = []
     for s in ("generate", "judge"):
         c = _stage(manifest, s).get("compute") or {}
         rows.append([s, c.get("seconds"), c.get("device"), c.get("tokens_generated"),
                      f"{c['flops']:.3g}" if c.get("flops") is not None else None])
-    L += _table(["stage", "seconds", "device", "tokens generated", "FLOPs"], rows)
-    L += ["", "Made with `thinksafe export`; numbers from the run's `dataset_stats.json` and "
-          "`manifest.json`.", ""]
-    return "\n".join(L)
+    return ["", "## Compute", "", *_table(["stage", "seconds", "device", "tokens generated", "FLOPs"], rows)]
 
 
 def eval_rows(run: Path) -> tuple[list[str], list[list]]:

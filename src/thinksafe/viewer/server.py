@@ -73,56 +73,52 @@ def _lists(params, names) -> dict[str, list[str]]:
     return {k: [v for v in params.getlist(k) if v] for k in names if params.getlist(k)}
 
 
-def make_app(runs: list[Run]):
-    from starlette.applications import Starlette
-    from starlette.responses import FileResponse, JSONResponse, Response
-    from starlette.routing import Route
+class Api:
+    """The viewer's endpoints over ``runs``: each takes a request and returns what the page gets (a
+    JSON-able object, or a ``(file, media type)`` pair). KeyError -> 404, ValueError -> 400,
+    Forbidden -> 403."""
 
-    def j(obj, status: int = 200):
-        return JSONResponse(clean(obj), status_code=status)
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
 
-    def run_of(request) -> Run:
+    def run_of(self, request) -> Run:
         try:
-            return runs[int(request.path_params["run"])]
+            return self.runs[int(request.path_params["run"])]
         except (ValueError, IndexError):
             raise KeyError("no such run") from None
 
-    def guarded(fn):
-        async def handler(request):
-            try:
-                return fn(request)
-            except Forbidden:
-                return j({"error": "forbidden"}, 403)
-            except KeyError as e:
-                return j({"error": str(e).strip("'")}, 404)
-            except ValueError as e:
-                return j({"error": str(e)}, 400)
-        return handler
+    def side(self, spec: str):
+        """'run:tag' -> (Run, tag)."""
+        rn, _, tag = (spec or "").partition(":")
+        try:
+            return self.runs[int(rn)], tag
+        except (ValueError, IndexError):
+            raise KeyError(f"no such model {spec}") from None
 
-    def asset(request):
+    def asset(self, request) -> tuple[Path, str]:
         name = request.path_params.get("name", "")
         if name not in ASSETS:
             raise KeyError("not found")
         f, media = ASSETS[name]
-        return FileResponse(STATIC / f, media_type=media)
+        return STATIC / f, media
 
-    def api_runs(request):
-        return j([{"run": i, "name": r.name, "path": str(r.path), "models": r.eval_models()}
-                  for i, r in enumerate(runs)])
+    def runs_list(self, request) -> list[dict]:
+        return [{"run": i, "name": r.name, "path": str(r.path), "models": r.eval_models()}
+                for i, r in enumerate(self.runs)]
 
-    def api_run(request):
-        return j(run_of(request).info())
+    def run(self, request) -> dict:
+        return self.run_of(request).info()
 
-    def api_file(request):
-        r = run_of(request)
+    def file(self, request) -> tuple[Path, str]:
+        r = self.run_of(request)
         full = safe_path(r.path, request.path_params["path"])
         media = IMAGE_TYPES.get(full.suffix.lower())
         if media is None or not full.is_file():
             raise KeyError("not found")
-        return FileResponse(full, media_type=media)
+        return full, media
 
-    def api_samples(request):
-        r, q = run_of(request), request.query_params
+    def samples(self, request) -> dict:
+        r, q = self.run_of(request), request.query_params
         idx = r.data()
         filters = _lists(q, [*SAMPLE_FACETS, "hidden"])
         base = idx.select({}, q.get("q") or None, _sample_text)     # the search, once
@@ -134,29 +130,20 @@ def make_app(runs: list[Run]):
         if sort not in ("order", "id", *idx.columns):
             raise ValueError(f"cannot sort by {sort}")
         rows = idx.sort(rows, sort, q.get("desc") == "1")
-        off, lim = int(q.get("offset") or 0), min(int(q.get("limit") or 50), PAGE_MAX)
-        return j({"total": len(rows), "all": len(idx), "offset": off, "torn_lines_skipped": idx.skipped_torn,
-                  "facets": facets,
-                  "rows": [idx.row(i) for i in rows[off:off + lim]]})
+        off, lim = _page(q)
+        return {"total": len(rows), "all": len(idx), "offset": off, "torn_lines_skipped": idx.skipped_torn,
+                "facets": facets, "rows": [idx.row(i) for i in rows[off:off + lim]]}
 
-    def api_sample(request):
-        s = run_of(request).sample(request.path_params["rid"])
+    def sample(self, request) -> dict:
+        s = self.run_of(request).sample(request.path_params["rid"])
         if s is None:
             raise KeyError("no such sample")
-        return j(s)
+        return s
 
-    def side(spec: str):
-        """'run:tag' -> (Run, tag)."""
-        rn, _, tag = (spec or "").partition(":")
-        try:
-            return runs[int(rn)], tag
-        except (ValueError, IndexError):
-            raise KeyError(f"no such model {spec}") from None
-
-    def api_eval(request):
+    def eval(self, request) -> dict:
         q = request.query_params
         bench = q.get("bench") or "organism"
-        (ra, ta), (rb, tb) = side(q.get("a")), side(q.get("b"))
+        (ra, ta), (rb, tb) = self.side(q.get("a")), self.side(q.get("b"))
         ia, ib = ra.eval_index(ta, bench), rb.eval_index(tb, bench)
         pos_b = {rid: i for i, rid in enumerate(ib.ids)}
         pairs = [(i, pos_b.get(rid)) for i, rid in enumerate(ia.ids)]
@@ -164,46 +151,80 @@ def make_app(runs: list[Run]):
         kinds = [k for k in q.getlist("kind") if k]
         if kinds:
             pairs = [(a, b) for a, b in pairs if ia.columns["kind"].get(a) in kinds]
-        counts: dict[str, int] = {}
-        for a, b in pairs:
-            oa = ia.columns["outcome"].get(a)
-            ob = ib.columns["outcome"].get(b) if b is not None else None
-            for name, (x, y) in CHANGES.items():
-                if (oa, ob) == (x, y):
-                    counts[name] = counts.get(name, 0) + 1
-        changed = q.get("changed") or ""
-        if changed in CHANGES:
-            x, y = CHANGES[changed]
-            pairs = [(a, b) for a, b in pairs if b is not None and ia.columns["outcome"].get(a) == x
-                     and ib.columns["outcome"].get(b) == y]
-        elif changed == "any":
-            pairs = [(a, b) for a, b in pairs if b is not None and
-                     ia.columns["outcome"].get(a) != ib.columns["outcome"].get(b)]
-        elif changed:
-            raise ValueError(f"unknown change {changed}")
-        off, lim = int(q.get("offset") or 0), min(int(q.get("limit") or 50), PAGE_MAX)
-        return j({"total": len(pairs), "changes": counts, "bench": bench, "kinds": all_kinds,
-                  "metrics": {"a": ra.eval_metrics(ta, bench), "b": rb.eval_metrics(tb, bench)},
-                  "rows": [{"id": ia.ids[a], "a": ia.row(a), "b": ib.row(b) if b is not None else None}
-                           for a, b in pairs[off:off + lim]]})
+        counts, pairs = _changes(ia, ib, pairs, q.get("changed") or "")
+        off, lim = _page(q)
+        return {"total": len(pairs), "changes": counts, "bench": bench, "kinds": all_kinds,
+                "metrics": {"a": ra.eval_metrics(ta, bench), "b": rb.eval_metrics(tb, bench)},
+                "rows": [{"id": ia.ids[a], "a": ia.row(a), "b": ib.row(b) if b is not None else None}
+                         for a, b in pairs[off:off + lim]]}
 
-    def api_eval_item(request):
+    def eval_item(self, request) -> dict:
         q = request.query_params
         bench, rid = q.get("bench") or "organism", q.get("id") or ""
         out = {"id": rid, "bench": bench}
         for k in ("a", "b"):
-            r, tag = side(q.get(k))
+            r, tag = self.side(q.get(k))
             idx = r.eval_index(tag, bench)
             i = idx.position(rid)
             out[k] = None if i is None else eval_detail(r, idx, i, tag)
-        return j(out)
+        return out
 
-    routes = [Route("/", guarded(asset)), Route("/static/{name}", guarded(asset)),
-              Route("/api/runs", guarded(api_runs)), Route("/api/run/{run}", guarded(api_run)),
-              Route("/api/run/{run}/file/{path:path}", guarded(api_file)),
-              Route("/api/run/{run}/samples", guarded(api_samples)),
-              Route("/api/run/{run}/sample/{rid}", guarded(api_sample)),
-              Route("/api/eval", guarded(api_eval)), Route("/api/eval/item", guarded(api_eval_item))]
+
+def _page(q) -> tuple[int, int]:
+    return int(q.get("offset") or 0), min(int(q.get("limit") or 50), PAGE_MAX)
+
+
+def _changes(ia, ib, pairs: list, changed: str) -> tuple[dict[str, int], list]:
+    """How many pairs moved from each outcome to each other (``CHANGES``), and the pairs that made
+    the ``changed`` move ("any": any move; "": all pairs)."""
+    counts: dict[str, int] = {}
+    for a, b in pairs:
+        oa = ia.columns["outcome"].get(a)
+        ob = ib.columns["outcome"].get(b) if b is not None else None
+        for name, (x, y) in CHANGES.items():
+            if (oa, ob) == (x, y):
+                counts[name] = counts.get(name, 0) + 1
+    if changed in CHANGES:
+        x, y = CHANGES[changed]
+        pairs = [(a, b) for a, b in pairs if b is not None and ia.columns["outcome"].get(a) == x
+                 and ib.columns["outcome"].get(b) == y]
+    elif changed == "any":
+        pairs = [(a, b) for a, b in pairs if b is not None and
+                 ia.columns["outcome"].get(a) != ib.columns["outcome"].get(b)]
+    elif changed:
+        raise ValueError(f"unknown change {changed}")
+    return counts, pairs
+
+
+def make_app(runs: list[Run]):
+    from starlette.applications import Starlette
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    api = Api(runs)
+
+    def j(obj, status: int = 200):
+        return JSONResponse(clean(obj), status_code=status)
+
+    def guarded(fn, file: bool = False):
+        async def handler(request):
+            try:
+                out = fn(request)
+            except Forbidden:
+                return j({"error": "forbidden"}, 403)
+            except KeyError as e:
+                return j({"error": str(e).strip("'")}, 404)
+            except ValueError as e:
+                return j({"error": str(e)}, 400)
+            return FileResponse(out[0], media_type=out[1]) if file else j(out)
+        return handler
+
+    routes = [Route("/", guarded(api.asset, file=True)), Route("/static/{name}", guarded(api.asset, file=True)),
+              Route("/api/runs", guarded(api.runs_list)), Route("/api/run/{run}", guarded(api.run)),
+              Route("/api/run/{run}/file/{path:path}", guarded(api.file, file=True)),
+              Route("/api/run/{run}/samples", guarded(api.samples)),
+              Route("/api/run/{run}/sample/{rid}", guarded(api.sample)),
+              Route("/api/eval", guarded(api.eval)), Route("/api/eval/item", guarded(api.eval_item))]
 
     async def not_found(request, exc):
         return Response(json.dumps({"error": "not found"}), status_code=404, media_type="application/json")

@@ -1,0 +1,3 @@
+from thinksafe.cli import main
+
+main()
