@@ -371,6 +371,8 @@ def _check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
     """Every benchmark name known and its data file present and readable (a gated one absent: a
     note, it is skipped and recorded); the resolved names."""
     from thinksafe.benchmarks import default_data_dir
+    from thinksafe.benchmarks.sources import NotFetched, no_download
+    from thinksafe.benchmarks.sources import cache_root as cached_root
     from thinksafe.evalsets import GATED, load_benchmark, resolve_benchmarks
     e = cfg.evaluate
     try:
@@ -393,25 +395,24 @@ def _check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
             return names
     else:
         data_dir = default_data_dir()
-        if not data_dir.exists():
-            src = "THINKSAFE_DATA" if os.environ.get("THINKSAFE_DATA") else "the default"
-            msg = (f"not set, and {src} {data_dir} does not exist; set evaluate.data_dir to the folder "
-                   f"holding safety/ and reasoning/ (needed by {', '.join(real)})")
-            if best_effort:
-                pf.notes.append(f"evaluate.data_dir: {msg}; decontamination is best_effort")
-            else:
-                pf.problem("evaluate.data_dir", msg)
-            return names
+        if not data_dir.exists():       # files absent locally are fetched from their pinned sources
+            data_dir = f"{data_dir} (absent: benchmark files are fetched, checksum-verified, " \
+                       f"into {cached_root()})"
     pf.plan.append(("evaluate.data_dir", str(data_dir)))
     responses = tokens = 0
     for name in real:
         try:
-            n = len(load_benchmark(name, e.data_dir, e.limit if evaluating else 1))
+            with no_download():         # the preflight reads the cache, downloads nothing
+                n = len(load_benchmark(name, e.data_dir, e.limit if evaluating else 1))
+        except NotFetched as err:
+            pf.notes.append(str(err))
+            continue
         except ThinksafeError as err:
             if name in GATED or best_effort:
                 pf.notes.append(f"evaluate.benchmarks: {name} will be skipped (and recorded): {err}")
             else:
-                pf.problem("evaluate.data_dir", f"benchmark {name}: {err}")
+                msg = str(err)
+                pf.problem("evaluate.data_dir", msg if msg.startswith(f"benchmark {name}:") else f"benchmark {name}: {msg}")
             continue
         reasoning = _kind(name) == "reasoning"
         k = n * ((e.samples or 8) if reasoning else 1)
