@@ -56,11 +56,11 @@ def _wire(model, tok_ids: dict[int, int], default_next: int, hidden: int) -> Non
         emb.zero_()
         emb[:, 0] = 1.0                                  # every other token: dimension 0
         head.zero_()
-        head[default_next, 0] = 1.0
+        head[default_next, 0] = 50.0                     # logit 200: sampling picks it too
         for d, (a, b) in enumerate(tok_ids.items(), start=1):
             assert d < hidden
             emb[a, 0], emb[a, d] = 0.0, 1.0
-            head[b, d] = 1.0
+            head[b, d] = 50.0
         for name, p in model.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.mul_(1e-3)
