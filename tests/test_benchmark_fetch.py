@@ -158,7 +158,8 @@ def test_a_checksum_mismatch_is_one_line_naming_the_benchmark_exit_2(tmp_path, m
         server.close()
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert r.exit_code == 2, r.output
-    assert len(errors) == 1 and errors[0].startswith("error: DataError: benchmark strongreject: checksum mismatch for "), r.output
+    assert len(errors) == 1, r.output
+    assert errors[0].startswith("error: DataError: benchmark strongreject: checksum mismatch for "), r.output
     assert "Traceback" not in r.output
     assert not S.cached_path(S.SOURCES["strongreject"]).exists()     # nothing unverified is cached
 

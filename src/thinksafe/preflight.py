@@ -412,7 +412,8 @@ def _check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
                 pf.notes.append(f"evaluate.benchmarks: {name} will be skipped (and recorded): {err}")
             else:
                 msg = str(err)
-                pf.problem("evaluate.data_dir", msg if msg.startswith(f"benchmark {name}:") else f"benchmark {name}: {msg}")
+                named = msg.startswith(f"benchmark {name}:")      # the fetch's own lines name it
+                pf.problem("evaluate.data_dir", msg if named else f"benchmark {name}: {msg}")
             continue
         reasoning = _kind(name) == "reasoning"
         k = n * ((e.samples or 8) if reasoning else 1)
