@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -191,9 +192,12 @@ def test_a_fresh_pip_install_evaluates_on_fetched_benchmarks(tmp_path):
     from this environment, nothing from an index), run from a folder with no shared/ anywhere:
     evaluate fetches the files from the (localhost) mirror, verifies and caches them; a second run
     offline, with the mirror gone, reads the cache; the report names each file's source and sha256."""
-    wheels = tmp_path / "wheels"
+    pkg, wheels = tmp_path / "pkg", tmp_path / "wheels"       # built from a copy: nothing written here
+    shutil.copytree(REPO / "src", pkg / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, pkg / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                    "-q", "-w", str(wheels), str(REPO)], check=True, cwd=tmp_path)
+                    "-q", "-w", str(wheels), str(pkg)], check=True, cwd=tmp_path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)      # pip from ensurepip
     site = next((venv / "lib").glob("python3*/site-packages"))
