@@ -248,3 +248,14 @@ def test_a_fresh_pip_install_evaluates_on_fetched_benchmarks(tmp_path):
                          rf"`{s.sha256[:16]}` \| matches the recorded sha256 \| fetched and cached \|", report), report
     summary = json.loads((work / "run2" / "summary.json").read_text())
     assert summary["benchmark_data"]["gsm8k"]["sha256"] == S.SOURCES["gsm8k"].sha256
+
+
+def test_a_file_url_mirror(tmp_path, monkeypatch):
+    """THINKSAFE_BENCHMARK_MIRROR may be a file:// folder (an internal copy on a shared disk)."""
+    mirror = _mirror(tmp_path / "mirror")
+    monkeypatch.setenv(S.MIRROR_ENV, mirror.as_uri())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("THINKSAFE_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert B.load("aime24", None, 2) == B.load("aime24", SHARED, 2)
+    assert S.cached_path(S.SOURCES["aime24"]).is_file()
