@@ -259,3 +259,17 @@ def test_a_file_url_mirror(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert B.load("aime24", None, 2) == B.load("aime24", SHARED, 2)
     assert S.cached_path(S.SOURCES["aime24"]).is_file()
+
+
+def test_offline_with_an_empty_cache_is_one_line_for_all_benchmarks(tmp_path, monkeypatch):
+    from thinksafe.config import load_config
+    from thinksafe.preflight import preflight
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("THINKSAFE_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(_demo(tmp_path, "organism,harmbench,xstest,gsm8k"),
+                      ["evaluate.refusal_guard_path=organism-guard", "evaluate.refusal_guard_kind=wildguard"])
+    problems = [p for p in preflight(cfg, ["evaluate"]).problems if p.startswith("evaluate.data_dir")]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("evaluate.data_dir: 3 benchmark files are not in the cache (") and \
+        "(harmbench, xstest, gsm8k)" in problems[0], problems

@@ -371,7 +371,7 @@ def _check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
     """Every benchmark name known and its data file present and readable (a gated one absent: a
     note, it is skipped and recorded); the resolved names."""
     from thinksafe.benchmarks import default_data_dir
-    from thinksafe.benchmarks.sources import NotFetched, no_download
+    from thinksafe.benchmarks.sources import NotCached, NotFetched, no_download
     from thinksafe.benchmarks.sources import cache_root as cached_root
     from thinksafe.evalsets import GATED, load_benchmark, resolve_benchmarks
     e = cfg.evaluate
@@ -400,12 +400,19 @@ def _check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
                        f"into {cached_root()})"
     pf.plan.append(("evaluate.data_dir", str(data_dir)))
     responses = tokens = 0
+    not_cached: list[tuple[str, str]] = []
     for name in real:
         try:
             with no_download():         # the preflight reads the cache, downloads nothing
                 n = len(load_benchmark(name, e.data_dir, e.limit if evaluating else 1))
         except NotFetched as err:
             pf.notes.append(str(err))
+            continue
+        except NotCached as err:
+            if best_effort:
+                pf.notes.append(f"evaluate.benchmarks: {name} will be skipped (and recorded): {err}")
+            else:
+                not_cached.append((name, str(err)))
             continue
         except ThinksafeError as err:
             if name in GATED or best_effort:
@@ -419,6 +426,13 @@ def _check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
         k = n * ((e.samples or 8) if reasoning else 1)
         responses += k
         tokens += k * ((e.reasoning_max_new_tokens or e.max_new_tokens) if reasoning else e.max_new_tokens)
+    if len(not_cached) == 1:
+        pf.problem("evaluate.data_dir", not_cached[0][1])
+    elif not_cached:                    # one line for them all (offline, an empty cache)
+        pf.problem("evaluate.data_dir", f"{len(not_cached)} benchmark files are not in the cache "
+                   f"({cached_root() / 'thinksafe-benchmarks'}) and HF_HUB_OFFLINE is set "
+                   f"({', '.join(n for n, _ in not_cached)}); unset it to fetch them from their pinned "
+                   "sources, or set evaluate.data_dir to a folder holding safety/ and reasoning/")
     if evaluating and responses:
         pf.plan.append(("evaluation", f"{responses:,} responses per model evaluated (base, and the trained "
                                       f"one), at most {tokens:,} tokens each"))

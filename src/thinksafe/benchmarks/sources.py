@@ -119,6 +119,10 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+class NotCached(DataError):
+    """Offline (``HF_HUB_OFFLINE``) and the file is not in the cache."""
+
+
 class NotFetched(DataError):
     """Raised inside ``no_download()`` where a file would be downloaded."""
 
@@ -152,7 +156,7 @@ def fetch(src: Source) -> Path:
                             "without HF_HUB_OFFLINE")
     url = src.url()
     if offline():
-        raise DataError(f"benchmark {src.benchmark}: not in the cache ({dest}) and HF_HUB_OFFLINE is set; "
+        raise NotCached(f"benchmark {src.benchmark}: not in the cache ({dest}) and HF_HUB_OFFLINE is set; "
                         f"unset it to fetch {url}, or set evaluate.data_dir to a folder holding {src.file}")
     if _NO_DOWNLOAD.get():
         raise NotFetched(f"benchmark {src.benchmark}: will be fetched from {url} on first use")
