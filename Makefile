@@ -55,7 +55,8 @@ test-main: $(STAMP) browser
 	THINKSAFE_SMOLLM2=$(SMOLLM2) THINKSAFE_REQUIRE_DOCS=1 THINKSAFE_REQUIRE_BROWSER=1 THINKSAFE_REQUIRE_RAY=1 $(BIN)/python -m pytest -q -m 'not vllm'
 
 test-vllm: $(VSTAMP)
-	THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q -m vllm
+	-$(VBIN)/python tests/fetch_smollm2.py $(SMOLLM2)
+	THINKSAFE_SMOLLM2=$(SMOLLM2) THINKSAFE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VBIN)/python -m pytest -q -m vllm
 
 organism: $(STAMP)
 	$(BIN)/thinksafe organism build

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,55 @@ def test_bad_engine_is_refused():
         load_config(None, ["cluster.engine=slurm"])
 
 
+def _check_per_replica(c: dict, run: Path, stage: str) -> None:
+    """Per-replica rows and tokens add up to the stage's, each replica's rate is its own count
+    over its own busy seconds."""
+    assert set(c["replica_records"]) == set(c["replica_busy_seconds"]) == {"0", "1"}, c
+    assert sum(c["replica_records"].values()) == c["records"] > 0
+    if stage == "generate":
+        rows = read_jsonl(run / "generated.jsonl")
+        assert sum(c["replica_tokens"].values()) == sum(r["completion"]["completion_tokens"] for r in rows) > 0
+    rate = "replica_tokens_per_second" if stage == "generate" else "replica_records_per_second"
+    count = "replica_tokens" if stage == "generate" else "replica_records"
+    for i, r in c[rate].items():
+        busy = c["replica_busy_seconds"][i]               # rounded to 0.01 s in the summary
+        assert c[count][i] / (busy + 0.005) - 0.1 <= r <= c[count][i] / max(busy - 0.005, 1e-9) + 0.1, c
+
+
+def test_progress_line_shows_each_replicas_tokens_per_second(monkeypatch):
+    """The one progress view: done/total, overall tok/s, replicas up and each replica's own tok/s
+    (from the rows it returned). No cluster needed: a pool as the Ray run leaves it."""
+    import io
+    import types
+
+    import rich.progress
+    from rich.console import Console
+    buf = io.StringIO()
+    console = Console(file=buf, width=250, force_terminal=False)
+    monkeypatch.setattr(rich.progress, "get_console", lambda: console)
+    pool = cluster.Pool.__new__(cluster.Pool)
+    pool.c = types.SimpleNamespace(replicas=2)
+    pool.actors, pool.busy, pool.lost, pool.retried = {0: None, 1: None}, {0: 2.0, 1: 4.0}, 0, 0
+    pool.records = pool.tokens = 0
+    pool.replica_records, pool.replica_tokens = {}, {}
+    with cluster._progress("generate", 6, pool, True) as advance:
+        for replica, rows, tokens in ((0, 2, 300), (1, 2, 200), (0, 2, 100)):
+            pool.last_replica = replica
+            pool.credit(rows, tokens)
+            advance(rows, tokens)
+    line = buf.getvalue().strip().splitlines()[-1]
+    assert "6/6" in line and "replicas 2/2 up · r0 200, r1 50 tok/s" in line, line
+    assert (pool.records, pool.tokens) == (6, 600)
+    s = cluster.Pool.summary.__get__(pool)
+    pool._resources, pool.started, pool.units = {"num_cpus": 1, "num_gpus": 0}, 2, 3
+    pool.c = types.SimpleNamespace(replicas=2, address="local")
+    pool.kind, pool.startup_seconds, pool.run_seconds = "model", 0.0, 0.0
+    summary = s()
+    assert summary["replica_tokens"] == {"0": 400, "1": 200}
+    assert summary["replica_tokens_per_second"] == {"0": 200.0, "1": 50.0}
+    assert summary["replica_records"] == {"0": 4, "1": 2}
+
+
 # ----------------------------------------------------------------------------- a real Ray cluster
 @pytest.mark.ray
 @needs_ray
@@ -105,6 +155,7 @@ def test_generate_judge_evaluate_on_ray_match_local(tiny_organism, ray_cluster, 
         s = _stage(name, ray_)
         assert s["cluster"]["replicas_started"] == 2 and s["cluster"]["replicas_lost"] == 0
         assert all(v > 0 for v in s["cluster"]["replica_busy_seconds"].values()), s["cluster"]
+        _check_per_replica(s["cluster"], tmp_path / "ray", name)
     for f in ("generated.jsonl", "judged.jsonl"):
         a, b = read_jsonl(tmp_path / "local" / f), read_jsonl(tmp_path / "ray" / f)
         assert Counter(r["id"] for r in b).most_common(1)[0][1] == 1

@@ -81,12 +81,14 @@ def test_a_config_mistake_is_the_same_error_for_every_command(demo_cfg, tmp_path
 
 
 def test_missing_data_dir_of_a_pip_installed_user(demo_cfg, tmp_path, monkeypatch):
-    """No evaluate.data_dir and no shared/ (THINKSAFE_DATA points nowhere): the dataset stage's
-    decontamination and the evaluation need the files; the key is named before generate runs."""
+    """No evaluate.data_dir and no shared/ (THINKSAFE_DATA points nowhere): the files would be
+    fetched, but offline with an empty cache they cannot be; the key is named before generate runs."""
     monkeypatch.setenv("THINKSAFE_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     r = _cli("run", demo_cfg, "--set", "evaluate.benchmarks=[organism,gsm8k]")
     assert r.exit_code == 2
-    assert any(e.startswith("error: evaluate.data_dir: not set") for e in _errors(r)), r.output
+    assert any(e.startswith("error: evaluate.data_dir: benchmark gsm8k: not in the cache")
+               for e in _errors(r)), r.output
     assert not (tmp_path / "run").exists()
 
 

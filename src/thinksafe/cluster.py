@@ -51,14 +51,17 @@ def take_ledger() -> dict | None:
         return None
     if len(pools) == 1:
         return pools[0]
-    out = {**pools[0], "pools": [p.get("kind") for p in pools], "replica_busy_seconds": {}}
+    per_replica = ("replica_busy_seconds", "replica_records", "replica_tokens", "replica_tokens_per_second",
+                   "replica_records_per_second")
+    out = {**pools[0], "pools": [p.get("kind") for p in pools], **{k: {} for k in per_replica}}
     for k in ("replicas_started", "replicas_lost", "units", "units_retried", "records", "device_seconds",
               "startup_seconds", "run_seconds"):
         out[k] = round(sum(p.get(k) or 0 for p in pools), 2)
     out["replicas"] = max(p.get("replicas") or 0 for p in pools)
     for n, p in enumerate(pools):
-        for i, sec in (p.get("replica_busy_seconds") or {}).items():
-            out["replica_busy_seconds"][f"{n}:{p.get('kind')}:{i}"] = sec
+        for key in per_replica:
+            for i, v in (p.get(key) or {}).items():
+                out[key][f"{n}:{p.get('kind')}:{i}"] = v
     if any(p.get("device_kind") == "gpu" for p in pools):
         out["device_kind"] = "gpu"
     return out
@@ -123,6 +126,9 @@ class Pool:
         self.started = self.lost = self.retried = self.units = 0
         self.busy: dict[int, float] = {}
         self.records = self.tokens = 0
+        self.replica_records: dict[int, int] = {}   # rows (and generated tokens) each replica returned
+        self.replica_tokens: dict[int, int] = {}
+        self.last_replica: int | None = None        # the replica of the unit ``run`` yielded last
         self._resources: dict | None = None
         self.startup_seconds = self.run_seconds = 0.0      # replicas starting; units in flight
         self.starting: dict = {}
@@ -252,6 +258,7 @@ class Pool:
                 continue
             self.busy[i] = self.busy.get(i, 0.0) + seconds
             self.units += 1
+            self.last_replica = i
             yield k, result
 
     def _replace(self, starting: dict) -> None:
@@ -262,6 +269,21 @@ class Pool:
         i = max(self.busy) + 1
         actor = self._spawn(i)
         starting[actor.pid.remote()] = (i, actor)
+
+    def credit(self, records: int, tokens: int = 0) -> None:
+        """Count the rows (and generated tokens) of the unit ``run`` yielded last, overall and for
+        the replica that returned them."""
+        self.records += records
+        self.tokens += tokens
+        i = self.last_replica
+        if i is not None:
+            self.replica_records[i] = self.replica_records.get(i, 0) + records
+            self.replica_tokens[i] = self.replica_tokens.get(i, 0) + tokens
+
+    def replica_rates(self, what: str = "tokens") -> dict[int, float]:
+        """Per replica: its tokens (or records) per second of its own busy time."""
+        counts = self.replica_tokens if what == "tokens" else self.replica_records
+        return {i: counts.get(i, 0) / sec for i, sec in sorted(self.busy.items()) if sec > 0 and i in counts}
 
     def live_pids(self) -> dict[int, int]:
         """Replica number -> process id of the live replicas (asks the ones not yet known)."""
@@ -278,13 +300,21 @@ class Pool:
                 "units_retried": self.retried, "records": self.records,
                 "gpus_per_replica": res.get("num_gpus"), "cpus_per_replica": res.get("num_cpus"),
                 "replica_busy_seconds": {str(i): round(s, 2) for i, s in sorted(self.busy.items())},
+                "replica_records": {str(i): n for i, n in sorted(self.replica_records.items())},
+                "replica_tokens": {str(i): n for i, n in sorted(self.replica_tokens.items())},
+                "replica_tokens_per_second": {str(i): round(r, 1) for i, r in self.replica_rates().items()},
+                "replica_records_per_second": {str(i): round(r, 2)
+                                               for i, r in self.replica_rates("records").items()},
                 "device_seconds": round(sum(self.busy.values()) * per_device, 2),
                 "startup_seconds": round(self.startup_seconds, 2), "run_seconds": round(self.run_seconds, 2),
                 "device_kind": "gpu" if res.get("num_gpus") else "cpu"}
 
-    def status(self) -> str:
+    def status(self, unit: str = "tok/s") -> str:
+        """Replicas up/lost and each replica's own rate (its rows or tokens per busy second)."""
+        rates = self.replica_rates("records" if unit == "pairs/s" else "tokens")
+        each = " · " + ", ".join(f"r{i} {r:,.0f}" for i, r in rates.items()) + f" {unit}" if rates else ""
         return (f"replicas {len(self.actors)}/{self.c.replicas} up"
-                + (f", {self.lost} lost, {self.retried} units retried" if self.lost else ""))
+                + (f", {self.lost} lost, {self.retried} units retried" if self.lost else "") + each)
 
 
 def _cause(e: BaseException) -> str:
@@ -308,5 +338,5 @@ def progress(desc: str, total: int, pool: Pool, show: bool, unit: str = "tok/s")
         def advance(n: int, tokens: int = 0) -> None:
             counted[0] += tokens
             rate = counted[0] / max(time.time() - t0, 1e-9)
-            prog.update(task, advance=n, info=f"{rate:,.0f} {unit} · {pool.status()}")
+            prog.update(task, advance=n, info=f"{rate:,.0f} {unit} · {pool.status(unit)}")
         yield advance

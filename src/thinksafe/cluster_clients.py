@@ -51,9 +51,8 @@ class RayGenerator:
                 if out_path:
                     append_jsonl(out_path, [r.to_json() for r in fresh])
                 new.update({r.id: r for r in fresh})
-                self.pool.records += len(fresh)
                 tokens = sum(r.completion.completion_tokens for r in fresh)
-                self.pool.tokens += tokens
+                self.pool.credit(len(fresh), tokens)
                 advance(len(fresh), tokens)
                 if cluster.after_unit_hook:
                     cluster.after_unit_hook(self.pool, k)
@@ -91,7 +90,7 @@ class RayGuard:
             advance(already)
             for k, verdicts in self.pool.run("judge", units):
                 yield k, verdicts
-                self.pool.records += len(verdicts)
+                self.pool.credit(len(verdicts))
                 advance(len(verdicts), len(verdicts))
                 if cluster.after_unit_hook:
                     cluster.after_unit_hook(self.pool, k)

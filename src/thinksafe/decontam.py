@@ -43,7 +43,8 @@ class Decontaminator:
 def evaluation_prompts(cfg) -> tuple[list[str], dict]:
     """Prompts of every configured evaluation benchmark (all of each, whatever ``evaluate.limit``)
     and what was found: ``{"benchmarks": {name: prompts}, "skipped": {...}, "unavailable": {...}}``."""
-    from thinksafe.evalsets import GATED, eval_records, load_benchmark, resolve_benchmarks
+    from thinksafe.evalsets import (GATED, benchmark_provenance, eval_records, load_benchmark,
+                                    resolve_benchmarks)
     mode = cfg.dataset.decontaminate
     if mode not in MODES:
         raise ConfigError(f"dataset.decontaminate must be true, false or best_effort, got {mode!r}")
@@ -64,5 +65,7 @@ def evaluation_prompts(cfg) -> tuple[list[str], dict]:
             info["unavailable"][name] = str(e)
             continue
         info["benchmarks"][name] = len(got)
+        if name != "organism":
+            info.setdefault("sources", {})[name] = benchmark_provenance(name, cfg.evaluate.data_dir)
         prompts += got
     return prompts, info

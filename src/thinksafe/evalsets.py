@@ -61,6 +61,12 @@ def load_benchmark(name: str, data_dir, limit: int | None) -> list[Record]:
     return B.load(name, data_dir, limit)
 
 
+def benchmark_provenance(name: str, data_dir) -> dict:
+    """The file benchmark ``name`` is read from: path, sha256, pinned source, checksum verdict."""
+    from thinksafe import benchmarks as B
+    return B.data_provenance(VIRTUAL[name][0] if name in VIRTUAL else name, data_dir)
+
+
 def eval_records(cfg) -> list[Record]:
     """The organism's held-out evaluation prompts (``evaluate.n_*``), expanded to samples."""
     e = cfg.evaluate

@@ -79,7 +79,10 @@ def pass_at_1(scores_by_problem: dict[str, list[bool]]) -> float:
 # ----------------------------------------------------------------- helpers for the modules
 def data_file(data_dir: str | Path | None, rel: str, what: str) -> Path:
     """Locate ``rel`` (e.g. ``safety/xstest_prompts.csv``): ``data_dir`` may be the data root,
-    a folder holding the file, or the file itself. Missing -> a DataError saying where it looked."""
+    a folder holding the file, or the file itself. With no ``data_dir`` and no file in the default
+    folder, the file is fetched from its pinned public source (``sources.SOURCES``: checked against
+    its sha256, cached under the HF cache). Missing -> a DataError saying where it looked."""
+    from thinksafe.benchmarks import sources
     base = Path(data_dir) if data_dir is not None else default_data_dir()
     if base.is_file():
         return base
@@ -87,8 +90,20 @@ def data_file(data_dir: str | Path | None, rel: str, what: str) -> Path:
     for p in tried:
         if p.is_file():
             return p
-    raise DataError(f"{what}: file not found (looked for {', '.join(map(str, tried))}); "
-                    f"pass data_dir or set THINKSAFE_DATA to the shared/data folder")
+    src = sources.BY_FILE.get(rel)
+    if data_dir is None and src is not None and src.fetchable:
+        return sources.fetch(src)
+    hint = ("leave evaluate.data_dir unset to fetch it from its pinned source"
+            if src is not None and src.fetchable else "pass data_dir or set THINKSAFE_DATA to the shared/data folder")
+    raise DataError(f"{what}: file not found (looked for {', '.join(map(str, tried))}); {hint}")
+
+
+def data_provenance(name: str, data_dir: str | Path | None) -> dict:
+    """Where benchmark ``name`` (a module name) is read from: file, sha256, source, checksum verdict."""
+    from thinksafe.benchmarks import sources
+    module = get(name)
+    path = module.find_file(data_dir) if hasattr(module, "find_file") else data_file(data_dir, module.FILE, name)
+    return sources.provenance(name, path)
 
 
 def head(items: list, limit: int | None) -> list:

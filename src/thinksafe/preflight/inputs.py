@@ -115,7 +115,8 @@ def check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
     """Every benchmark name known and its data file present and readable (a gated one absent: a
     note, it is skipped and recorded); the resolved names."""
     from thinksafe.benchmarks import default_data_dir
-    from thinksafe.evalsets import GATED, load_benchmark, resolve_benchmarks
+    from thinksafe.benchmarks.sources import cache_root as cached_root
+    from thinksafe.evalsets import resolve_benchmarks
     e = cfg.evaluate
     try:
         names = resolve_benchmarks(e.benchmarks)
@@ -137,31 +138,56 @@ def check_benchmarks(pf: Preflight, cfg, evaluating: bool) -> list[str]:
             return names
     else:
         data_dir = default_data_dir()
-        if not data_dir.exists():
-            src = "THINKSAFE_DATA" if os.environ.get("THINKSAFE_DATA") else "the default"
-            msg = (f"not set, and {src} {data_dir} does not exist; set evaluate.data_dir to the folder "
-                   f"holding safety/ and reasoning/ (needed by {', '.join(real)})")
-            if best_effort:
-                pf.notes.append(f"evaluate.data_dir: {msg}; decontamination is best_effort")
-            else:
-                pf.problem("evaluate.data_dir", msg)
-            return names
+        if not data_dir.exists():       # files absent locally are fetched from their pinned sources
+            data_dir = f"{data_dir} (absent: benchmark files are fetched, checksum-verified, " \
+                       f"into {cached_root()})"
     pf.plan.append(("evaluate.data_dir", str(data_dir)))
+    responses, tokens = count_benchmarks(pf, e, real, evaluating, best_effort)
+    if evaluating and responses:
+        pf.plan.append(("evaluation", f"{responses:,} responses per model evaluated (base, and the trained "
+                                      f"one), at most {tokens:,} tokens each"))
+    return names
+
+
+def count_benchmarks(pf: Preflight, e, real: list[str], evaluating: bool, best_effort: bool) -> tuple[int, int]:
+    """Read each benchmark (from its file or the cache: the preflight downloads nothing); (responses,
+    tokens) the evaluation will generate. Missing files are problems (one line for all when the cache
+    is empty offline); a gated one, or any under best_effort decontamination, a note."""
+    from thinksafe.benchmarks.sources import NotCached, NotFetched, no_download
+    from thinksafe.evalsets import GATED, load_benchmark
     responses = tokens = 0
+    not_cached: list[tuple[str, str]] = []
     for name in real:
         try:
-            n = len(load_benchmark(name, e.data_dir, e.limit if evaluating else 1))
+            with no_download():
+                n = len(load_benchmark(name, e.data_dir, e.limit if evaluating else 1))
+        except NotFetched as err:
+            pf.notes.append(str(err))
+            continue
+        except NotCached as err:
+            if best_effort:
+                pf.notes.append(f"evaluate.benchmarks: {name} will be skipped (and recorded): {err}")
+            else:
+                not_cached.append((name, str(err)))
+            continue
         except ThinksafeError as err:
             if name in GATED or best_effort:
                 pf.notes.append(f"evaluate.benchmarks: {name} will be skipped (and recorded): {err}")
             else:
-                pf.problem("evaluate.data_dir", f"benchmark {name}: {err}")
+                msg = str(err)
+                named = msg.startswith(f"benchmark {name}:")      # the fetch's own lines name it
+                pf.problem("evaluate.data_dir", msg if named else f"benchmark {name}: {msg}")
             continue
         reasoning = benchmark_kind(name) == "reasoning"
         k = n * ((e.samples or 8) if reasoning else 1)
         responses += k
         tokens += k * ((e.reasoning_max_new_tokens or e.max_new_tokens) if reasoning else e.max_new_tokens)
-    if evaluating and responses:
-        pf.plan.append(("evaluation", f"{responses:,} responses per model evaluated (base, and the trained "
-                                      f"one), at most {tokens:,} tokens each"))
-    return names
+    if len(not_cached) == 1:
+        pf.problem("evaluate.data_dir", not_cached[0][1])
+    elif not_cached:
+        from thinksafe.benchmarks.sources import cache_root
+        pf.problem("evaluate.data_dir", f"{len(not_cached)} benchmark files are not in the cache "
+                   f"({cache_root() / 'thinksafe-benchmarks'}) and HF_HUB_OFFLINE is set "
+                   f"({', '.join(n for n, _ in not_cached)}); unset it to fetch them from their pinned "
+                   "sources, or set evaluate.data_dir to a folder holding safety/ and reasoning/")
+    return responses, tokens

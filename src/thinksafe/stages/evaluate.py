@@ -38,7 +38,8 @@ from pathlib import Path
 
 from thinksafe.errors import DataError
 from thinksafe.evalsets import (GATED, PAPER_BENCHMARKS, VIRTUAL, eval_config, eval_records,  # noqa: F401
-                                kind_of, load_benchmark, resolve_benchmarks, store_of)
+                                benchmark_provenance, kind_of, load_benchmark,
+                                resolve_benchmarks, store_of)
 from thinksafe.generation import expand, generate_records
 from thinksafe.io import write_json, write_jsonl
 from thinksafe.judging import judge_records
@@ -460,7 +461,8 @@ def evaluate_model(cfg, run_dir: Path, tag: str, adapter: str | None = None, sho
 
     for name in records:
         meta = {"benchmark": name, "limit": e.limit,
-                "generated_tokens": sum(r.completion.completion_tokens for r in gen[name])}
+                "generated_tokens": sum(r.completion.completion_tokens for r in gen[name]),
+                "data": benchmark_provenance(name, e.data_dir)}
         if store_of(name) != name:
             meta["shares_generations_with"] = store_of(name)
         bench[name] = json.loads(json.dumps({**bench[name], **meta}))   # as saved: lists, not tuples

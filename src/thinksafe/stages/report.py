@@ -484,6 +484,11 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
         if paper:
             lines += [f"### Published: {paper} (paper, as printed)", "", published_markdown(paper), ""]
         lines += detail_markdown(real)
+        from thinksafe.benchmarks.sources import data_table
+        data_lines, data = data_table({name(r): r.benchmarks for r in real})
+        lines += data_lines
+        if data:
+            summary["benchmark_data"] = data
         write_csv(out_dir / "summary.csv", csv_rows(real))
 
     # pareto.png: the paper's axes when there are real results, else the organism's own
