@@ -138,7 +138,7 @@ def test_an_explicit_data_dir_is_never_replaced_by_a_fetch(served, tmp_path):
 
 
 def _demo(tmp_path: Path, benchmarks: str, limit: int = 2) -> Path:
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     data = yaml.safe_load(demo_config_path().read_text())
     data["out"] = str(tmp_path / "run")
     data["evaluate"].update({"benchmarks": benchmarks.split(","), "limit": limit, "samples": 1})
