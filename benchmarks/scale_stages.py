@@ -242,7 +242,8 @@ def st_evaluate(spec):
     from dataclasses import replace
 
     from thinksafe.io import iter_jsonl
-    from thinksafe.stages.evaluate import load_benchmark, score_reasoning, score_safety
+    from thinksafe.evalsets import load_benchmark
+    from thinksafe.metrics import score_reasoning, score_safety
     from thinksafe.stages.report import ModelResult, write_reports
     from thinksafe.types import Completion, Record
     w, n = Path(spec["work"]), spec["size"]

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from thinksafe import benchmarks as B
+from thinksafe import evalsets
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
+from thinksafe.metrics import wilson
 from thinksafe.stages import evaluate as E
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Completion, Verdict
 
@@ -149,7 +151,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prompts(data_dir):
     """benchmark -> list of records (index = position in the benchmark)."""
-    return {n: E.load_benchmark(n, data_dir, LIMIT) for n in ALL}
+    return {n: evalsets.load_benchmark(n, data_dir, LIMIT) for n in ALL}
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +196,12 @@ def full_run(tmp_path_factory, data_dir, script):
 
 # ----------------------------------------------------------------------------- tests
 def test_resolve_benchmarks():
-    assert E.resolve_benchmarks(["paper"]) == E.PAPER_BENCHMARKS
-    assert E.resolve_benchmarks(["organism", "paper", "harmbench"]) == ["organism", *E.PAPER_BENCHMARKS]
+    assert evalsets.resolve_benchmarks(["paper"]) == evalsets.PAPER_BENCHMARKS
+    assert evalsets.resolve_benchmarks(["organism", "paper", "harmbench"]) == ["organism", *evalsets.PAPER_BENCHMARKS]
     with pytest.raises(ConfigError, match="Did you mean 'strongreject'"):
-        E.resolve_benchmarks(["strongrejct"])
+        evalsets.resolve_benchmarks(["strongrejct"])
     assert set(B.names("reasoning")) == set(REASONING)
-    assert {E.kind_of(n) for n in SAFETY} == {"safety"} and E.kind_of("xstest") == "overrefusal"
+    assert {evalsets.kind_of(n) for n in SAFETY} == {"safety"} and evalsets.kind_of("xstest") == "overrefusal"
 
 
 def test_split_response():
@@ -237,7 +239,7 @@ def test_safety_counts(full_run):
         assert b["n"] == LIMIT and b["kind"] == "safety"
         assert b["harmful_rate"] == pytest.approx(4 / 5)       # 2 unsafe + 2 unparsed
         assert b["unparsed"] == 2 and b["truncated"] == 1 and b["no_think_close"] == 1
-        assert tuple(b["ci95"]) == E.wilson(4, 5)
+        assert tuple(b["ci95"]) == wilson(4, 5)
         assert b["trace"]["harmful_rate"] == pytest.approx(2 / 5) and b["trace"]["unparsed"] == 1
         assert b["answer"]["harmful_rate"] == pytest.approx(2 / 5) and b["answer"]["unparsed"] == 1
         assert b["answer"]["no_answer"] == 1

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from thinksafe.stages import report as R
-from thinksafe.stages.evaluate import ANSWER_AFTER_THINK, ANSWER_WHOLE, score_reasoning
+from thinksafe.metrics import ANSWER_AFTER_THINK, ANSWER_WHOLE, score_reasoning
 from thinksafe.types import Completion, Record
 
 from test_report import FULL, make_run, reasoning, xstest

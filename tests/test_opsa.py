@@ -1,4 +1,4 @@
-"""OPSA (thinksafe.trainers.opsa, thinksafe.stages.opsa) and `thinksafe steer`'s counting: the chunked
+"""OPSA (thinksafe.trainers.opsa, thinksafe.trainers.opsa_data, the train stage) and `thinksafe steer`'s counting: the chunked
 divergence against full logits, the adapter-off teacher, the keys, an organism run, flip counts."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_train_key_changes_only_when_opsa_is_used(tmp_path):
 def test_teacher_text_and_config_checks():
     from thinksafe.config import OPSAConfig
     from thinksafe.errors import ConfigError
-    from thinksafe.stages.opsa import check_opsa_config, prompt_rows, teacher_text
+    from thinksafe.trainers.opsa_data import check_opsa_config, prompt_rows, teacher_text
     assert teacher_text("suffix", "Q", "harmful").startswith("Q\n\n")
     assert teacher_text("suffix", "Q", "benign") == "Q"
     assert teacher_text("suffix", "Q", "benign", "all") != "Q"
@@ -160,7 +160,7 @@ def test_pick_rule():
 def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
     from thinksafe.cli import demo_config_path
     from thinksafe.config import load_config
-    from thinksafe.stages.compare import _set_key, check, method_overrides, sub_config
+    from thinksafe.compare import _set_key, check, method_overrides, sub_config
     cfg = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]"])
     check(cfg)
     ov = method_overrides(cfg)

@@ -236,7 +236,7 @@ def test_vllm_lora_equals_transformers_peft(lora_eval):
 
 
 def _eval_records(cfg) -> list[Record]:
-    from thinksafe.stages.evaluate import eval_records
+    from thinksafe.evalsets import eval_records
     return eval_records(cfg)
 
 

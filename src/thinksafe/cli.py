@@ -180,8 +180,8 @@ def report(paths: Annotated[list[Path], typer.Argument(
     The paper's table (one row per run/tag) for the real benchmarks; the organism table for
     organism runs."""
     from thinksafe.errors import ConfigError
-    from thinksafe.pipeline import prepare_run_dir, run_report
-    from thinksafe.stages.report import report_runs
+    from thinksafe.pipeline import prepare_run_dir
+    from thinksafe.stages.report import report_run, report_runs
     if not paths:
         raise ConfigError("report needs a config file or one or more run folders")
     if all(p.is_dir() for p in paths):
@@ -196,7 +196,7 @@ def report(paths: Annotated[list[Path], typer.Argument(
                           "report takes ONE config file, or one or more run folders")
     cfg = _load(paths[0], set_, out)
     with _checked(cfg, ["report"]):
-        run_report(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
+        report_run(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
 
 
 @app.command()
@@ -411,11 +411,11 @@ def compare(config: Annotated[Path, typer.Argument(help="YAML config with a `com
             set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False,
             seed: Annotated[int | None, typer.Option(help="Overrides `seed:`.")] = None):
     """Several methods (base, thinksafe, baselines) on the same prompts and evaluation: one table."""
-    from thinksafe.stages.compare import run_compare
+    from thinksafe.compare import run_compare
     if not config.exists() and (Path(__file__).parent / "configs" / config.name).is_file():
         config = Path(__file__).parent / "configs" / config.name
     table = run_compare(_load(config, set_, out, seed), show=not quiet, log=_log)
-    from thinksafe.stages.compare import to_markdown
+    from thinksafe.compare import to_markdown
     console.print(to_markdown(table), highlight=False, markup=False)
 
 

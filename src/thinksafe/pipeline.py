@@ -27,7 +27,7 @@ import yaml
 
 from thinksafe.config import RunConfig, to_dict
 from thinksafe.errors import ConfigError
-from thinksafe.io import iter_jsonl, write_text
+from thinksafe.io import write_text
 from thinksafe.errors import ThinksafeError
 from thinksafe.runfolder import move_aside, move_aside_to, put_back, read_manifest, update_manifest
 
@@ -65,12 +65,12 @@ STAGES: tuple[Stage, ...] = (
           ("sft.jsonl",), ("adapter", "model", "checkpoints", "train_summary.json", "train_log.jsonl",
                            "tensorboard"), "thinksafe.stages.train:run"),
     Stage("evaluate", ("seed", "model", "guard", "evaluate"), ("train",), ("adapter", "model"),
-          ("eval",), "thinksafe.pipeline:run_evaluate",
+          ("eval",), "thinksafe.stages.evaluate:run",
           parts=(("eval/base", ()), ("eval/thinksafe", ("train",))),
           complete=lambda s: "thinksafe" in s),
     Stage("report", ("name", "seed", "model.path", "model.family"), ("evaluate", "dataset", "train"),
           ("eval", "dataset_stats.json", "train_summary.json"),
-          ("summary.json", "summary.csv", "report.md", "pareto.png"), "thinksafe.pipeline:run_report"),
+          ("summary.json", "summary.csv", "report.md", "pareto.png"), "thinksafe.stages.report:report_run"),
 )
 # Not part of `thinksafe run`: the GRPO baseline, in a folder of its own.
 GRPO = Stage("grpo", ("seed", "model", "guard", "prompts", "grpo", "train.lora", "generate.max_new_tokens",
@@ -490,40 +490,3 @@ def _lines(path: Path) -> int:
         for block in iter(lambda: f.read(1 << 20), b""):
             n += block.count(b"\n")
     return n
-
-
-# ----------------------------------------------------------------------------- evaluate, report
-def run_evaluate(cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
-    """The base model and the trained one (``adapter/``, or ``model/`` for full fine-tuning); the
-    flat numbers of each. Finished only once the trained model was evaluated too."""
-    from dataclasses import replace
-
-    from thinksafe.stages.evaluate import evaluate_model
-    models = {"base": evaluate_model(cfg, run_dir, "base", None, show)}
-    adapter, full = run_dir / "adapter", run_dir / "model"
-    trained = None
-    if (adapter / "adapter_config.json").exists():
-        trained = (cfg, str(adapter))
-    elif (full / "config.json").exists():          # train.method: full
-        trained = (replace(cfg, model=replace(cfg.model, path=str(full))), None)
-    if trained:
-        models["thinksafe"] = evaluate_model(trained[0], run_dir, "thinksafe", trained[1], show)
-    return {k: _eval_summary(m) for k, m in models.items()}
-
-
-def _eval_summary(m: dict) -> dict:
-    """The flat numbers of one model's metrics, with each real benchmark's headline rate."""
-    from thinksafe.stages.report import headline
-    out = {kk: v for kk, v in m.items() if not isinstance(v, dict)}
-    out.update({name: headline(b) for name, b in (m.get("benchmarks") or {}).items()})
-    return out
-
-
-def run_report(cfg: RunConfig, run_dir: Path, show: bool = True, paper_model: str | None = None) -> dict:
-    """summary.json, report.md (+ summary.csv for the real benchmarks) and pareto.png in run_dir."""
-    from thinksafe.stages.report import report_run
-    return report_run(cfg, run_dir, show, paper_model)
-
-
-def generated_count(run_dir: Path) -> int:
-    return sum(1 for _ in iter_jsonl(run_dir / "generated.jsonl", appended=True))

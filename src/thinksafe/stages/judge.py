@@ -14,9 +14,9 @@ from pathlib import Path
 from thinksafe.errors import DataError
 from thinksafe.families import get_family
 from thinksafe.generation import expected_records, missing_by_shard, read_generated, shard_files
-from thinksafe.judging import acceptance, accepted, judge_records  # noqa: F401
+from thinksafe.judging import acceptance, judge_records
 from thinksafe.runtime import guard as make_guard
-from thinksafe.stages.resample import resample
+from thinksafe.resample import resample
 
 INPUT, OUTPUT = "generated.jsonl", "judged.jsonl"
 

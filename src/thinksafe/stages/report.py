@@ -20,6 +20,7 @@ from pathlib import Path
 
 from thinksafe.errors import ConfigError
 from thinksafe.io import write_json, write_text
+from thinksafe.metrics import percent
 
 # ------------------------------------------------------------------ the organism table (unchanged)
 COLUMNS = [("harmful_rate", "harmful (guard)"), ("harmful_rate_oracle", "harmful (oracle)"),
@@ -171,20 +172,6 @@ class ModelResult:
         return self.metrics.get("benchmarks") or {}
 
 
-def _value(name: str, m: dict | None) -> float | None:
-    """The paper's number for one benchmark's metrics, in percent; None when absent/skipped."""
-    if not m or m.get("skipped"):
-        return None
-    kind = m.get("kind")
-    if kind == "safety":
-        return 100 * m["harmful_rate"]
-    if kind == "overrefusal":
-        return 100 * m["over_refusal_rate"]
-    if kind == "reasoning":
-        return 100 * m["pass_at_1"]
-    return None
-
-
 BROKEN_UNPARSED = 0.5      # more verdicts unparsed than this: not a measurement
 
 
@@ -211,15 +198,6 @@ def _partial_label(label: str, benchmarks: dict) -> str:
     return f"{label} (partial: first {lim} prompts)" if lim is not None else label
 
 
-def headline(m: dict) -> float | str | None:
-    """One benchmark's headline number as a fraction (harmful / over-refusal rate, pass@1);
-    "skipped" when it was skipped."""
-    if m.get("skipped"):
-        return "skipped"
-    v = _value("", m)
-    return None if v is None else v / 100
-
-
 def paper_row(benchmarks: dict) -> dict:
     """{column: percent or None} for the paper's ten columns, plus which columns each average
     covers (``Safety avg of`` / ``Reasoning avg of``). Averages are over the columns present and
@@ -228,7 +206,7 @@ def paper_row(benchmarks: dict) -> dict:
     for group, cols, avg in (("safety", SAFETY_COLS, "Safety avg"), ("reasoning", REASONING_COLS, "Reasoning avg")):
         present = []
         for name, label in cols:
-            v = _value(name, benchmarks.get(name))
+            v = percent(benchmarks.get(name))
             row[label] = v
             if v is not None and broken(benchmarks.get(name)):
                 row["broken"].append(label)
@@ -368,7 +346,7 @@ def csv_rows(results: list[ModelResult]) -> list[dict]:
         lim = partial_limit(r.benchmarks)
         b = r.benchmarks
         for name, label in EXTRA_SAFETY:
-            out[label] = _fmt(_value(name, b.get(name)))
+            out[label] = _fmt(percent(b.get(name)))
         x = b.get("xstest") or {}
         u = x.get("unsafe") or {}
         out["XSTest unsafe compliance"] = _fmt(100 * u["compliance_rate"]) if u.get("n") else DASH

@@ -84,7 +84,7 @@ def _refusal_judge(cfg):
         from thinksafe.organism import oracle
         return lambda pairs: [oracle.classify(p, r) == oracle.REFUSED for p, r in pairs], "organism oracle"
     from thinksafe.runtime import guard as make_guard
-    from thinksafe.stages.evaluate import refusal_guard_config, refusal_of
+    from thinksafe.refusal import refusal_guard_config, refusal_of
     rcfg = refusal_guard_config(cfg)
     g = make_guard(rcfg)
     return lambda pairs: [refusal_of(v) for v in g.judge(pairs)], f"refusal guard {rcfg.guard.path}"
@@ -95,7 +95,7 @@ def run_steer(cfg, show: bool = True, log=print) -> dict:
     from thinksafe.prompts import load_prompts
     from thinksafe.runtime import guard as make_guard
     from thinksafe.runtime import model_backend
-    from thinksafe.stages.evaluate import wilson
+    from thinksafe.metrics import wilson
     sc = cfg.steer
     contexts = [CONTROL] + [c for c in dict.fromkeys(sc.contexts) if c != CONTROL]
     for c in contexts[1:]:

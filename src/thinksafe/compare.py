@@ -12,7 +12,7 @@ with the usual files and ``manifest.json`` (compute per stage, ``compute_total``
   its in-training check (``grpo.check_every``) reaches ThinkSafe's harmful rate (+
   ``compare.grpo_target_slack``), or at ``compare.grpo_budget`` x ThinkSafe's FLOPs; its row says
   which, and ``flops_vs_thinksafe`` is the measured compute ratio.
-- ``opsa`` — on-policy self-distillation (``train.objective: opsa``, ``thinksafe.stages.opsa``) on every
+- ``opsa`` — on-policy self-distillation (``train.objective: opsa``, the train stage, ``thinksafe.trainers.opsa``) on every
   training prompt: no data stages; its FLOPs (rollouts, teacher, student) are all in train.
 - ``opsa_searched_context`` — ``opsa`` with ``opsa.context`` set to the context ``thinksafe steer`` picks
   by teacher flip rate (the search runs in the sub-run's ``steer/``; its compute is noted, not counted).
