@@ -77,7 +77,8 @@ def test_settings_and_rollout_cut():
 def test_train_key_changes_only_when_opsa_is_used(tmp_path):
     from thinksafe.cli import demo_config_path
     from thinksafe.config import load_config
-    from thinksafe.pipeline import BY_NAME, config_values
+    from thinksafe.pipeline import BY_NAME
+    from thinksafe.stagekeys import config_values
     st = BY_NAME["train"]
 
     def values(*sets):
@@ -160,7 +161,8 @@ def test_pick_rule():
 def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
     from thinksafe.cli import demo_config_path
     from thinksafe.config import load_config
-    from thinksafe.compare import _set_key, check, method_overrides, sub_config
+    from thinksafe.compare import check, method_overrides, set_stage, sub_config
+    from thinksafe.stagekeys import stage_key
     cfg = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]"])
     check(cfg)
     ov = method_overrides(cfg)
@@ -169,4 +171,6 @@ def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
     other = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]",
                                               "opsa.context=suffix", "steer.n_harmful=3"])
     sub, sub2 = sub_config(cfg, "direct_refusal", ov), sub_config(other, "direct_refusal", method_overrides(other))
-    assert _set_key("direct_refusal", cfg, sub, None) == _set_key("direct_refusal", other, sub2, None)
+    empty = {"stages": {}}
+    assert stage_key(set_stage("direct_refusal", cfg), sub, empty)[0] == \
+        stage_key(set_stage("direct_refusal", other), sub2, empty)[0]

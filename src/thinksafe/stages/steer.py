@@ -90,6 +90,11 @@ def _refusal_judge(cfg):
     return lambda pairs: [refusal_of(v) for v in g.judge(pairs)], f"refusal guard {rcfg.guard.path}"
 
 
+def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    """The ``steer`` stage (compare's ``opsa_searched_context``): the search in ``run_dir/steer/``."""
+    return run_steer(replace(cfg, out=str(run_dir)), show=show)
+
+
 def run_steer(cfg, show: bool = True, log=print) -> dict:
     from thinksafe.generation import generate_records
     from thinksafe.prompts import load_prompts
