@@ -244,7 +244,8 @@ def st_evaluate(spec):
     from thinksafe.io import iter_jsonl
     from thinksafe.evalsets import load_benchmark
     from thinksafe.metrics import score_reasoning, score_safety
-    from thinksafe.stages.report import ModelResult, write_reports
+    from thinksafe.paper_table import ModelResult
+    from thinksafe.stages.report import write_reports
     from thinksafe.types import Completion, Record
     w, n = Path(spec["work"]), spec["size"]
     judged = [Record.from_json(d) for d in iter_jsonl(w / f"judged-{n}.jsonl")]

@@ -292,11 +292,13 @@ def test_safety_prompts_generated_once(full_run, prompts):
             assert backend.prompts.count(r.prompt) == 1
 
 
-def test_rerun_reuses_everything(full_run):
+def test_rerun_reuses_everything(full_run, capsys):
     cfg, run_dir, m, *_ = full_run
+    capsys.readouterr()
     again = E.evaluate_model(cfg, run_dir, "base", show=False, backend=Boom(), guard=Boom(),
                              refusal_guard=Boom())
     assert again["benchmarks"] == m["benchmarks"]
+    assert f"evaluate base: reused {len(ALL)} of {len(ALL)} benchmarks' generations" in capsys.readouterr().err
 
 
 def test_nothing_is_loaded_when_all_exists(full_run):
@@ -322,7 +324,7 @@ def test_extra_benchmark_generates_only_what_is_new(tmp_path, data_dir, script, 
     assert set(m["benchmarks"]) == {"harmbench", "strongreject"}
 
 
-def test_crash_mid_generation_resumes(tmp_path, data_dir, script, prompts):
+def test_crash_mid_generation_resumes(tmp_path, data_dir, script, prompts, capsys):
     class Crash(FakeBackend):
         def generate(self, prompts_, params, progress=None):
             if len(self.prompts) >= 8:          # after the first chunk (2 x batch_size) was saved
@@ -335,8 +337,11 @@ def test_crash_mid_generation_resumes(tmp_path, data_dir, script, prompts):
     saved = (tmp_path / "eval" / "base" / "gsm8k" / "generations.jsonl").read_text().splitlines()
     assert len(saved) == 8
     resumed = FakeBackend(script)
+    capsys.readouterr()
     m = E.evaluate_model(cfg, tmp_path, "base", show=False, backend=resumed, guard=FakeGuard())
     assert len(resumed.prompts) == LIMIT * SAMPLES - 8
+    said = capsys.readouterr().err           # resumed work is reported
+    assert f"evaluate base: reused 0 of 1 benchmarks' generations; resumed gsm8k (8 of {LIMIT * SAMPLES})" in said
     assert m["benchmarks"]["gsm8k"]["pass_at_1"] == pytest.approx(0.3)
 
 
@@ -418,7 +423,7 @@ def test_evaluate_config_defaults():
 def test_base_only_evaluation_is_not_recorded_as_done(tmp_path, monkeypatch):
     """`thinksafe evaluate` before training must not make `thinksafe run` skip evaluate later."""
     from thinksafe import pipeline
-    monkeypatch.setattr(E, "evaluate_model", lambda cfg, run_dir, tag, adapter=None, show=True: {"x": 1})
+    monkeypatch.setattr(E, "evaluate_model", lambda cfg, run_dir, tag, adapter=None, show=True, **kw: {"x": 1})
     cfg = load_config(None, [f"out={tmp_path}"])
     assert set(pipeline.ensure("evaluate", cfg, tmp_path, show=False, log=lambda s: None)) == {"base"}
     assert pipeline.stage_done(tmp_path, "evaluate") is None

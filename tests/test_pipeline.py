@@ -136,20 +136,6 @@ def test_keys_ignore_speed_settings_and_follow_what_a_stage_reads():
     assert key("generate", tries) == key("generate", cfg) and key("judge", tries) != key("judge", cfg)
 
 
-def test_legacy_manifest_adopts_keys_of_its_saved_config(tmp_path):
-    """A run folder from before keys: its stages are kept when the config is the same."""
-    from thinksafe.pipeline import prepare_run_dir
-    from thinksafe.runfolder import read_manifest
-    cfg = _config(tmp_path / "r")
-    run_dir = prepare_run_dir(cfg)
-    (run_dir / "manifest.json").write_text(json.dumps(
-        {"stages": {"generate": {"summary": {"records": 3}, "finished_at": "2026-01-01T00:00:00"}}}))
-    prepare_run_dir(cfg)
-    e = read_manifest(run_dir)["stages"]["generate"]
-    from thinksafe.pipeline import BY_NAME, stage_key
-    assert e["key"] == stage_key(BY_NAME["generate"], cfg, read_manifest(run_dir))[0]
-
-
 def _fake_stages(monkeypatch, calls):
     """Every stage writes its first output and returns a summary; nothing is loaded."""
     from thinksafe import pipeline

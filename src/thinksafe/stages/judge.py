@@ -7,6 +7,7 @@ the summary."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,7 +52,11 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe generate` first")
     gaps = check_complete(cfg, run_dir, records)
     guard = make_guard(cfg)
-    out = judge_records(guard, records, run_dir / OUTPUT, show=show)
+    resumed: dict = {}
+    out = judge_records(guard, records, run_dir / OUTPUT, show=show, stats=resumed)
+    if resumed.get("reused"):
+        print(f"judge: reused {resumed['reused']} of {len(records)} verdicts already in {run_dir / OUTPUT}",
+              file=sys.stderr, flush=True)
     rounds = [acceptance(out, get_family(cfg.model.family).thinks)]
     if cfg.generate.max_attempts > 1:
         out, rounds = resample(cfg, run_dir, guard, out, show)

@@ -100,7 +100,6 @@ def run_steer(cfg, show: bool = True, log=print) -> dict:
     from thinksafe.prompts import load_prompts
     from thinksafe.runtime import guard as make_guard
     from thinksafe.runtime import model_backend
-    from thinksafe.metrics import wilson
     sc = cfg.steer
     contexts = [CONTROL] + [c for c in dict.fromkeys(sc.contexts) if c != CONTROL]
     for c in contexts[1:]:
@@ -145,19 +144,7 @@ def run_steer(cfg, show: bool = True, log=print) -> dict:
             refusals[ctx] = refuse([(r.prompt, r.completion.text) for r in gen])
             write_jsonl(out / f"benign.{k}.jsonl", [{**replace(r, label=b.label).to_json(), "refusal": x}
                                                     for r, b, x in zip(gen, benign, refusals[ctx])])
-    counts = flip_counts(s_verdicts, teacher)
-    rows = []
-    for ctx in contexts:
-        c = counts[ctx]
-        rs = refusals[ctx]
-        known = [x for x in rs if x is not None]
-        n_ref = sum(known)
-        rows.append({"context": ctx, "template": steering.resolve(ctx), "student_unsafe": c["unsafe"],
-                     "flips": c["flips"], "flip_rate": c["flips"] / c["unsafe"] if c["unsafe"] else None,
-                     "flip_ci95": wilson(c["flips"], c["unsafe"]) if c["unsafe"] else None,
-                     "benign": len(rs), "false_refusals": n_ref, "refusal_unknown": len(rs) - len(known),
-                     "false_refusal_rate": n_ref / len(known) if known else None,
-                     "false_refusal_ci95": wilson(n_ref, len(known)) if known else None})
+    rows = _table(contexts, flip_counts(s_verdicts, teacher), refusals)
     chosen, why = pick(rows, sc.max_false_refusal)
     result = {"name": cfg.name, "seed": cfg.seed, "model": cfg.model.path, "guard": cfg.guard.path,
               "harmful_sampled": len(harm), "student_unsafe": len(unsafe),
@@ -194,3 +181,21 @@ def to_markdown(res: dict) -> str:
                      f"{_r(r['false_refusal_rate'])} | {_ci(r['false_refusal_ci95'])} |")
     lines += ["", f"Rule: {res['rule']}.", "", f"Chosen: **{res['chosen']}** — {res['why']}.", ""]
     return "\n".join(lines)
+
+
+def _table(contexts: list[str], counts: dict, refusals: dict) -> list[dict]:
+    """One row per context: flips of the student's unsafe answers and false refusals of benign
+    prompts, each rate with its 95% Wilson interval (None where nothing was measured)."""
+    from thinksafe.metrics import wilson
+    rows = []
+    for ctx in contexts:
+        c, rs = counts[ctx], refusals[ctx]
+        known = [x for x in rs if x is not None]
+        n_ref = sum(known)
+        rows.append({"context": ctx, "template": steering.resolve(ctx), "student_unsafe": c["unsafe"],
+                     "flips": c["flips"], "flip_rate": c["flips"] / c["unsafe"] if c["unsafe"] else None,
+                     "flip_ci95": wilson(c["flips"], c["unsafe"]) if c["unsafe"] else None,
+                     "benign": len(rs), "false_refusals": n_ref, "refusal_unknown": len(rs) - len(known),
+                     "false_refusal_rate": n_ref / len(known) if known else None,
+                     "false_refusal_ci95": wilson(n_ref, len(known)) if known else None})
+    return rows
