@@ -50,7 +50,7 @@ from thinksafe.baselines import OPSA_METHODS, THINKSAFE_DATA
 from thinksafe.config import RunConfig, _build, _set, check_ranges, to_dict
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
-from thinksafe.pipeline import BY_NAME, EVAL_READS, STEER, ensure, prepare_run_dir
+from thinksafe.pipeline import BY_NAME, EVAL_READS, PERPLEXITY, STEER, ensure, prepare_run_dir
 from thinksafe.stagekeys import Stage
 
 METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "teacher",
@@ -193,7 +193,7 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
         t0 = time.time()
         notes: list[str] = []
         sub, d, metrics = _run_method(cfg, method, overrides, ts_dir, results, show, log, notes)
-        row = _row(cfg, method, sub, d, metrics, ts_dir, show, notes)
+        row = _row(cfg, method, sub, d, metrics, ts_dir, show, notes, log)
         rows.append(row)
         results[method] = {"dir": str(d), "metrics": metrics, "flops": row["flops"]}
         log(f"[compare {method}] done in {time.time() - t0:.1f}s")
@@ -228,7 +228,8 @@ def _run_method(cfg, method: str, overrides, ts_dir: Path | None, results: dict,
     return sub, d, _evaluate(sub, d, method, show, log)
 
 
-def _row(cfg, method: str, sub, d: Path, metrics: dict, ts_dir: Path | None, show: bool, notes: list) -> dict:
+def _row(cfg, method: str, sub, d: Path, metrics: dict, ts_dir: Path | None, show: bool, notes: list,
+         log=print) -> dict:
     """The method's row: its evaluation's numbers, its training set's size and perplexity under the
     base model, and the compute of its data and training (evaluation apart)."""
     row = {"method": method, **{k: metrics.get(k) for k in COLUMNS[1:5]}}
@@ -236,7 +237,7 @@ def _row(cfg, method: str, sub, d: Path, metrics: dict, ts_dir: Path | None, sho
     row["train_examples"] = len(read_jsonl(d / "sft.jsonl")) if trained else 0
     row["perplexity"] = None
     if trained and method not in OPSA_METHODS and cfg.compare.perplexity:
-        row["perplexity"] = _perplexity(cfg, sub, d, show)
+        row["perplexity"] = ensure(PERPLEXITY, _base_model(cfg, sub), d, show, log=_prefixed(log, method))["perplexity"]
     stages = ("grpo",) if method == "grpo" else TRAIN_STAGES
     flops, secs = _compute(d, stages, notes) if method != "base" else (0.0, 0.0)
     if method in ("no_reasoning", "thinksafe_kl") and ts_dir is not None:
@@ -249,16 +250,9 @@ def _row(cfg, method: str, sub, d: Path, metrics: dict, ts_dir: Path | None, sho
     return row
 
 
-def _perplexity(cfg, sub, d: Path, show: bool) -> float | None:
-    """Perplexity of the method's training responses under the base model (kept once measured)."""
-    from thinksafe.stages.perplexity import perplexity, summary_path
-    ppl_out = d / "sft.ppl.base.jsonl"
-    sp = summary_path(ppl_out)
-    if sp.exists():
-        return json.loads(sp.read_text())["perplexity"]
-    return perplexity(d / "sft.jsonl", cfg.model.path, family=cfg.model.family, out=ppl_out,
-                      max_length=sub.train.max_length, dtype=cfg.model.dtype, device=cfg.model.device,
-                      show=show)["perplexity"]
+def _base_model(cfg, sub) -> RunConfig:
+    """The method's config with the compare config's (base) model: perplexity is under the base."""
+    return replace(sub, model=cfg.model)
 
 
 def _notes(cfg, method: str, sub, d: Path) -> list[str]:

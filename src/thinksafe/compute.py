@@ -274,13 +274,21 @@ def _no_model(out: dict, summary: dict, **_) -> None:
     out.update(flops=0.0, formula="no model")
 
 
+def _perplexity(out: dict, summary: dict, n, **_) -> None:
+    pre = summary.get("input_tokens")
+    out.update(tokens_prefilled=pre, flops=_flops(n, pre), formula="2*N*(prompt+response) forward")
+    if pre is None:
+        out["notes"].append("input tokens not in the perplexity summary")
+
+
 def _steer(out: dict, summary: dict, **_) -> None:
     out["notes"].append("the context search's generation and judging are not counted (tokens not recorded)")
 
 
 # stage -> its accounting: fills the entry from the stage's summary
 PER_STAGE = {"generate": _generate, "judge": _judge, "dataset": _no_model, "train": _train,
-             "evaluate": _evaluate, "report": _no_model, "grpo": _grpo, "steer": _steer}
+             "evaluate": _evaluate, "report": _no_model, "grpo": _grpo, "steer": _steer,
+             "perplexity": _perplexity}
 
 
 def total(stages: dict) -> dict:

@@ -63,7 +63,11 @@ GRPO = Stage("grpo", ("seed", "model", "guard", "prompts", "grpo", "train.lora",
 STEER = Stage("steer", ("seed", "model", "guard", "prompts", "generate", "steer", "evaluate.refusal_guard_kind",
                         "evaluate.refusal_guard_path", "evaluate.refusal_guard_max_input_tokens"), (), (),
               ("steer",), "thinksafe.stages.steer:run")
-BY_NAME = {s.name: s for s in (*STAGES, GRPO, STEER)}
+# Not part of `thinksafe run`: compare's perplexity of a training set under the base model.
+PERPLEXITY = Stage("perplexity", ("model.path", "model.family", "model.dtype", "train.max_length"), ("dataset",),
+                   ("sft.jsonl",), ("sft.ppl.base.jsonl", "sft.ppl.base.summary.json"),
+                   "thinksafe.stages.perplexity:run")
+BY_NAME = {s.name: s for s in (*STAGES, GRPO, STEER, PERPLEXITY)}
 ORDER = [s.name for s in STAGES]
 # ----------------------------------------------------------------------------- the manifest
 def record_stage(run_dir: Path, stage: str, summary: dict, cfg: RunConfig | None = None,

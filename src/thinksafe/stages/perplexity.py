@@ -21,6 +21,17 @@ from thinksafe.errors import DataError
 from thinksafe.io import read_jsonl, write_json, write_jsonl
 
 
+BASE_OUT = "sft.ppl.base.jsonl"
+
+
+def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    """The ``perplexity`` stage (compare's rows): ``sft.jsonl``'s responses under the base model,
+    written to ``sft.ppl.base.jsonl`` and its summary."""
+    run_dir = Path(run_dir)
+    return perplexity(run_dir / "sft.jsonl", cfg.model.path, family=cfg.model.family, out=run_dir / BASE_OUT,
+                      max_length=cfg.train.max_length, dtype=cfg.model.dtype, device=cfg.model.device, show=show)
+
+
 def default_out(data: Path, model: str, adapter: str | None = None) -> Path:
     """``<data stem>.ppl.<model>[.<adapter>].jsonl`` next to the data file."""
     def slug(s: str) -> str:
@@ -112,6 +123,7 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
             advance(len(part))
     summary = {"data": str(data), "model": model, "adapter": adapter, "family": fam.name, "examples": n_rows,
                **_totals([p for p in per if p and "perplexity" in p], skipped, cut),
+               "input_tokens": sum(len(ex["input_ids"]) for _, ex in examples),
                "seconds": round(time.time() - t0, 1)}
     out = Path(out) if out is not None else default_out(data, model, adapter)
     write_jsonl(out, per)
