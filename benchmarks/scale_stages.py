@@ -140,7 +140,7 @@ def profiled(fn):
 # =============================================================================== ladder stages
 def st_prompts(spec):
     from thinksafe.prompts import file_records
-    from thinksafe.stages.generate import expand
+    from thinksafe.generation import expand
     recs = expand(file_records(Path(spec["work"]) / f"prompts-{spec['size']}.jsonl", "instruction", "label"), 1)
     return {"records": len(recs)}
 

@@ -10,7 +10,7 @@ from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
 from thinksafe.io import read_jsonl
 from thinksafe.pipeline import prepare_run_dir, run_stage
-from thinksafe.stages.generate import in_shard, parse_shard
+from thinksafe.generation import in_shard, parse_shard
 
 SMALL = ["prompts.n_harmful=6", "prompts.n_reasoning=6", "prompts.n_borderline=2",
          "generate.max_new_tokens=16", "model.batch_size=4", "guard.batch_size=4"]

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from thinksafe import steering
+from thinksafe.generation import (expected_records, generate_records, in_shard, output_path, parse_shard,
+                                  read_generated, summarize)
 from thinksafe.io import iter_jsonl
-from thinksafe.generation import (OUTPUT, expand, expected_records, generate_records,  # noqa: F401
-                                  in_shard, output_path, parse_shard, read_generated, summarize)
 from thinksafe.runtime import model_backend, release
 from thinksafe.types import Record
 

@@ -16,8 +16,8 @@ from thinksafe.errors import DataError
 from thinksafe.families import get_family
 from thinksafe.generation import expected_records, missing_by_shard, read_generated, shard_files
 from thinksafe.judging import acceptance, judge_records
-from thinksafe.runtime import guard as make_guard
 from thinksafe.resample import resample
+from thinksafe.runtime import guard as make_guard
 
 INPUT, OUTPUT = "generated.jsonl", "judged.jsonl"
 
