@@ -90,6 +90,18 @@ def _refusal_judge(cfg):
     return lambda pairs: [refusal_of(v) for v in g.judge(pairs)], f"refusal guard {rcfg.guard.path}"
 
 
+def _contexts(candidates) -> list[str]:
+    """The control first, then each distinct candidate; a ConfigError for one that is no context."""
+    contexts = [CONTROL] + [c for c in dict.fromkeys(candidates) if c != CONTROL]
+    for c in contexts[1:]:
+        try:
+            if steering.resolve(c) is None:
+                raise ConfigError(f"steer.contexts: {c!r} is no context")
+        except ConfigError as e:
+            raise ConfigError(f"steer.contexts: {e}") from None
+    return contexts
+
+
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     """The ``steer`` stage (compare's ``opsa_searched_context``): the search in ``run_dir/steer/``."""
     return run_steer(replace(cfg, out=str(run_dir)), show=show)
@@ -101,13 +113,7 @@ def run_steer(cfg, show: bool = True, log=print) -> dict:
     from thinksafe.runtime import guard as make_guard
     from thinksafe.runtime import model_backend
     sc = cfg.steer
-    contexts = [CONTROL] + [c for c in dict.fromkeys(sc.contexts) if c != CONTROL]
-    for c in contexts[1:]:
-        try:
-            if steering.resolve(c) is None:
-                raise ConfigError(f"steer.contexts: {c!r} is no context")
-        except ConfigError as e:
-            raise ConfigError(f"steer.contexts: {e}") from None
+    contexts = _contexts(sc.contexts)
     t0 = time.time()
     out = Path(cfg.out) / "steer"
     out.mkdir(parents=True, exist_ok=True)
