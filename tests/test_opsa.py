@@ -174,3 +174,23 @@ def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
     empty = {"stages": {}}
     assert stage_key(set_stage("direct_refusal", cfg), sub, empty)[0] == \
         stage_key(set_stage("direct_refusal", other), sub2, empty)[0]
+
+
+def test_the_context_search_is_a_keyed_stage(tiny_organism, tmp_path):
+    """compare's opsa_searched_context: the steer stage through pipeline.ensure, kept while its key holds."""
+    from thinksafe.cli import demo_config_path
+    from thinksafe.config import load_config
+    from thinksafe.pipeline import STEER, ensure, prepare_run_dir
+    cfg = load_config(demo_config_path(), [f"out={tmp_path}", "prompts.n_harmful=4", "prompts.n_reasoning=2",
+                                           "prompts.n_borderline=2", "steer.n_harmful=3", "steer.n_benign=2",
+                                           "steer.contexts=[prefix]", "generate.max_new_tokens=32"])
+    logs = []
+    first = ensure(STEER, cfg, prepare_run_dir(cfg), show=False, log=logs.append)
+    assert (tmp_path / "steer" / "steer.json").is_file() and [r["context"] for r in first["rows"]] == ["none", "prefix"]
+    again = ensure(STEER, cfg, tmp_path, show=False, log=logs.append)
+    assert again == json.loads(json.dumps(first)) and logs[-1].startswith("[steer] unchanged")   # as recorded
+    ensure(STEER, load_config(demo_config_path(), [f"out={tmp_path}", "prompts.n_harmful=4",
+                                                  "prompts.n_reasoning=2", "prompts.n_borderline=2",
+                                                  "steer.n_harmful=2", "steer.n_benign=2", "steer.contexts=[prefix]",
+                                                  "generate.max_new_tokens=32"]), tmp_path, show=False, log=logs.append)
+    assert any("reruns: steer.n_harmful: 3 -> 2" in x for x in logs)
