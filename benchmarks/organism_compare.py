@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     from thinksafe.config import load_config
-    from thinksafe.stages.compare import run_compare
+    from thinksafe.compare import run_compare
     t0 = time.time()
     results = {}
     for seed in args.seeds:

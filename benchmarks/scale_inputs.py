@@ -105,7 +105,7 @@ def prepare(work: Path, n_max: int, sizes: list[int], tiny: bool = False, shape:
     work.mkdir(parents=True)
     make_models(work, shape)
     from thinksafe.prompts import file_records
-    from thinksafe.stages.generate import expand
+    from thinksafe.generation import expand
     from thinksafe.types import Completion, Record
     rng = random.Random(0)
     words = word_list()

@@ -140,7 +140,7 @@ def profiled(fn):
 # =============================================================================== ladder stages
 def st_prompts(spec):
     from thinksafe.prompts import file_records
-    from thinksafe.stages.generate import expand
+    from thinksafe.generation import expand
     recs = expand(file_records(Path(spec["work"]) / f"prompts-{spec['size']}.jsonl", "instruction", "label"), 1)
     return {"records": len(recs)}
 
@@ -242,8 +242,10 @@ def st_evaluate(spec):
     from dataclasses import replace
 
     from thinksafe.io import iter_jsonl
-    from thinksafe.stages.evaluate import load_benchmark, score_reasoning, score_safety
-    from thinksafe.stages.report import ModelResult, write_reports
+    from thinksafe.evalsets import load_benchmark
+    from thinksafe.metrics import score_reasoning, score_safety
+    from thinksafe.paper_table import ModelResult
+    from thinksafe.stages.report import write_reports
     from thinksafe.types import Completion, Record
     w, n = Path(spec["work"]), spec["size"]
     judged = [Record.from_json(d) for d in iter_jsonl(w / f"judged-{n}.jsonl")]

@@ -33,7 +33,7 @@ def test_shipped_compare_config_loads():
 
 
 def test_bad_method_and_override_fail_early(tmp_path):
-    from thinksafe.stages.compare import run_compare
+    from thinksafe.compare import run_compare
     with pytest.raises(ConfigError):
         run_compare(_cfg(tmp_path / "a", ["compare.methods=[base, opd]"]), show=False)
     with pytest.raises(ConfigError, match="teacher_path"):
@@ -45,7 +45,7 @@ def test_bad_method_and_override_fail_early(tmp_path):
 
 
 def test_compare_end_to_end(tiny_organism, tmp_path):
-    from thinksafe.stages.compare import COLUMNS, run_compare
+    from thinksafe.compare import COLUMNS, run_compare
     out = tmp_path / "cmp"
     cfg = _cfg(out, ["compare.set=[direct_refusal:train.epochs=2, teacher:generate.max_new_tokens=96]"])
     logs = []

@@ -279,7 +279,7 @@ def test_every_broken_rule_is_reported_at_once():
 def test_a_section_on_its_own_meets_the_same_rules():
     import dataclasses
 
-    from thinksafe.trainers.setup import check_train_config
+    from thinksafe.validation import check_section
     tc = dataclasses.replace(load_config(None).train, truncation="left")
     with pytest.raises(ConfigError, match="train.truncation must be one of drop, cut"):
-        check_train_config(tc)
+        check_section("train", tc)

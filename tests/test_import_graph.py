@@ -94,3 +94,44 @@ def test_the_library_does_not_import_the_cli():
     users = sorted(m for m, deps in import_graph().items()
                    if any(is_cli(d) for d in deps) and not is_cli(m) and m != f"{PKG}.__main__")
     assert not users, f"modules importing thinksafe.cli: {users}"
+
+
+ORCHESTRATORS = (f"{PKG}.pipeline", f"{PKG}.compare")
+
+
+def stage_rule_violations(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Stage module -> what it imports (anywhere in its body) that it must not: the pipeline, the
+    compare orchestrator, or another stage. Helpers the stages share live below them."""
+    stages = {m for m in graph if m.startswith(f"{PKG}.stages.")}
+    out = {}
+    for m in sorted(stages):
+        bad = sorted(d for d in graph[m] if d in ORCHESTRATORS or (d in stages and d != m))
+        if bad:
+            out[m] = bad
+    return out
+
+
+def test_the_stage_rule_checker_finds_a_stage_importing_a_stage():
+    graph = {f"{PKG}.stages.judge": {f"{PKG}.stages.resample", f"{PKG}.judging"},
+             f"{PKG}.stages.resample": set(), f"{PKG}.stages.report": {f"{PKG}.pipeline"},
+             f"{PKG}.pipeline": {f"{PKG}.stages.judge"}, f"{PKG}.judging": set()}
+    assert stage_rule_violations(graph) == {f"{PKG}.stages.judge": [f"{PKG}.stages.resample"],
+                                            f"{PKG}.stages.report": [f"{PKG}.pipeline"]}
+
+
+def test_the_graph_sees_imports_inside_functions(tmp_path, monkeypatch):
+    """A function-level import counts like a module-level one."""
+    pkg = tmp_path / PKG / "stages"
+    pkg.mkdir(parents=True)
+    (tmp_path / PKG / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from thinksafe.stages.b import g\n    return g\n")
+    (pkg / "b.py").write_text("def g():\n    return 1\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
+    assert stage_rule_violations(import_graph()) == {f"{PKG}.stages.a": [f"{PKG}.stages.b"]}
+
+
+def test_no_stage_imports_the_pipeline_or_another_stage():
+    found = stage_rule_violations(import_graph())
+    assert not found, "stages importing the pipeline, compare or another stage: " + \
+        "; ".join(f"{m} -> {', '.join(d)}" for m, d in found.items())

@@ -136,20 +136,6 @@ def test_keys_ignore_speed_settings_and_follow_what_a_stage_reads():
     assert key("generate", tries) == key("generate", cfg) and key("judge", tries) != key("judge", cfg)
 
 
-def test_legacy_manifest_adopts_keys_of_its_saved_config(tmp_path):
-    """A run folder from before keys: its stages are kept when the config is the same."""
-    from thinksafe.pipeline import prepare_run_dir
-    from thinksafe.runfolder import read_manifest
-    cfg = _config(tmp_path / "r")
-    run_dir = prepare_run_dir(cfg)
-    (run_dir / "manifest.json").write_text(json.dumps(
-        {"stages": {"generate": {"summary": {"records": 3}, "finished_at": "2026-01-01T00:00:00"}}}))
-    prepare_run_dir(cfg)
-    e = read_manifest(run_dir)["stages"]["generate"]
-    from thinksafe.pipeline import BY_NAME, stage_key
-    assert e["key"] == stage_key(BY_NAME["generate"], cfg, read_manifest(run_dir))[0]
-
-
 def _fake_stages(monkeypatch, calls):
     """Every stage writes its first output and returns a summary; nothing is loaded."""
     from thinksafe import pipeline
@@ -255,3 +241,37 @@ def test_a_crashed_rerun_is_not_mistaken_for_the_finished_run(tmp_path, monkeypa
     assert any(x.startswith("[train] runs") or x.startswith("[train] reruns") for x in logs), logs
     assert (tmp_path / "r" / "adapter").read_text().startswith("train")
     assert list((tmp_path / "r" / "old").glob("*-train/adapter"))      # the half-written one, kept aside
+
+
+def test_a_stage_variant_keyed_on_another_run_folders_stage(tmp_path, monkeypatch):
+    """compare's baseline sets: one key function for run and compare; a variant's arguments are in
+    its key, and an upstream ``FOLDER:stage`` (ThinkSafe's dataset beside it) reruns it when changed."""
+    from dataclasses import replace
+
+    from thinksafe import pipeline
+    from thinksafe.runfolder import read_manifest, update_manifest
+    from thinksafe.stagekeys import Stage, stage_key
+    calls = []
+    monkeypatch.setattr(pipeline, "_call", lambda stage, cfg, run_dir, show: calls.append(dict(stage.args)) or
+                        {"n": len(calls), "substages": {"generate": {"summary": {"records": 2}, "model": "teacher"}}})
+    monkeypatch.setattr("thinksafe.compute.for_run", lambda stage, summary, run_dir, cfg=None: {"model": cfg.model.path})
+    cfg = load_config(None, [f"out={tmp_path / 'a'}"])
+    (tmp_path / "a").mkdir()
+
+    def thinksafe_dataset(fp):
+        update_manifest(tmp_path / "ts", lambda m: m["stages"].__setitem__("dataset", {"fingerprint": fp}))
+    thinksafe_dataset("one")
+    st = Stage("dataset", ("seed",), ("../ts:dataset",), (), ("sft.jsonl",), "m:f", args=(("method", "x"),))
+    logs = []
+    for _ in range(2):
+        pipeline.ensure(st, cfg, tmp_path / "a", show=False, log=logs.append)
+    assert calls == [{"method": "x"}] and logs[-1].startswith("[dataset] unchanged")
+    m = read_manifest(tmp_path / "a")
+    assert "substages" not in m["stages"]["dataset"]["summary"]          # recorded as stages of their own
+    assert m["stages"]["generate"]["summary"] == {"records": 2}
+    assert m["stages"]["generate"]["compute"] == {"model": "teacher"}    # counted at the teacher's size
+    thinksafe_dataset("two")
+    pipeline.ensure(st, cfg, tmp_path / "a", show=False, log=logs.append)
+    assert len(calls) == 2 and "reruns: ../ts:dataset's output changed" in logs[-2]
+    other = replace(st, args=(("method", "y"),))
+    assert stage_key(other, cfg, m, tmp_path / "a")[0] != stage_key(st, cfg, m, tmp_path / "a")[0]

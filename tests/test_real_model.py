@@ -95,3 +95,23 @@ def test_trained_adapter_merges_and_lowers_perplexity_on_its_data(smol_run, tmp_
         _invoke("perplexity", str(sft), "--model", str(model), "--family", "generic", "--output-file", str(out))
         ppl[name] = json.loads((tmp_path / f"ppl-{name}.summary.json").read_text())["perplexity"]
     assert ppl["merged"] < ppl["base"], ppl
+
+
+def test_evaluate_scores_a_non_thinking_model_on_its_whole_answer(smol_run):
+    """`thinksafe evaluate` on real benchmark files (HarmBench judged by the guard, GSM8K scored): the
+    base and the trained model each get metrics, and the family without a reasoning block is scored
+    on its whole answer — not as 'no </think>' on every sample."""
+    from conftest import SHARED_DATA
+    if not (SHARED_DATA / "reasoning").is_dir():
+        pytest.fail(f"{SHARED_DATA} holds no benchmark files")
+    cfg, run = smol_run
+    _invoke("evaluate", str(cfg), "--set", f"evaluate.data_dir={SHARED_DATA}",
+            "--set", "evaluate.benchmarks=[harmbench,gsm8k]", "--set", "evaluate.limit=3",
+            "--set", "evaluate.samples=1", "--set", "evaluate.max_new_tokens=48",
+            "--set", "evaluate.reasoning_max_new_tokens=96")
+    for tag in ("base", "thinksafe"):
+        m = json.loads((run / "eval" / tag / "metrics.json").read_text())["benchmarks"]
+        hb, gsm = m["harmbench"], m["gsm8k"]
+        assert hb["n"] == 3 and 0.0 <= hb["harmful_rate"] <= 1.0 and hb["unparsed"] < 3
+        assert gsm["answer_rule"].startswith("the whole response")
+        assert gsm["no_think_close"] == 0 or (gsm.get("reasons") or {}).get("no_think_close", 0) == 0

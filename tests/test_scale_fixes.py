@@ -218,9 +218,8 @@ def test_save_steps_resumes_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
 
 def test_save_steps_must_be_a_count(tmp_path):
     from thinksafe.errors import ConfigError
-    from thinksafe.stages import train
     with pytest.raises(ConfigError, match="save_steps"):
-        train.check_train_config(_train_cfg(tmp_path, "train.save_steps=-1").train)
+        _train_cfg(tmp_path, "train.save_steps=-1")
 
 
 def test_organism_paths_resolve():

@@ -195,3 +195,52 @@ def external(path: str | Path, prompt_field: str = "question", response_field: s
         no_close += "</think>" not in r
         rows.append(row(str(d.get("id", stable_id(path, i))), p, r, label, d.get("category") or "", "external"))
     return rows, _stats(rows, method="external", source=str(path), without_think_close=no_close)
+
+
+# =============================================================================== the set-builder stage
+OPSA_METHODS = ("opsa", "opsa_searched_context")
+THINKSAFE_DATA = "../thinksafe"        # compare's ThinkSafe sub-run, beside the method's own
+
+
+def build_set(cfg, run_dir: Path, show: bool = True, method: str = "", thinksafe: str | None = None) -> dict:
+    """The run function of compare's set-builder stage (keyed by ``thinksafe.pipeline`` like any
+    stage): write ``method``'s ``sft.jsonl`` and ``dataset_stats.json`` in ``run_dir``.
+    ``thinksafe``: ThinkSafe's run folder, relative to ``run_dir``, for the sets derived from its
+    accepted rows. The generation and judging a set runs (no_steering, teacher) come back under
+    ``substages``, recorded as stages of their own (the teacher's FLOPs at the teacher's size)."""
+    import time
+
+    from thinksafe.errors import ConfigError
+    from thinksafe.prompts import load_prompts
+    run_dir = Path(run_dir)
+    ts_dir = (run_dir / thinksafe).resolve() if thinksafe else None
+    ts_rows = read_jsonl(ts_dir / OUTPUT) if ts_dir else []
+    ts_benign = [r for r in ts_rows if r.get("label") != "harmful"]
+    c = cfg.compare
+    t0, stages = time.time(), {}
+    if method == "direct_refusal":
+        rows, stats = direct_refusal(load_prompts(cfg), ts_benign if c.direct_refusal_benign else None)
+    elif method == "no_reasoning":
+        rows, stats = no_reasoning(ts_rows)
+    elif method == "thinksafe_kl":             # ThinkSafe's data, trained with KL on benign rows
+        rows, stats = ts_rows, {"kept": len(ts_rows)}
+    elif method == "no_steering":
+        rows, stats, stages = no_steering(cfg, run_dir, load_prompts(cfg), ts_benign, c.no_steering_samples, show)
+    elif method == "teacher":
+        rows, stats, stages = teacher(cfg, run_dir, load_prompts(cfg), c.teacher_path, c.teacher_family, show)
+    elif method in OPSA_METHODS:               # on-policy: every training prompt, no responses
+        rows = [row(r.id, r.prompt, "", r.label, r.meta.get("category") or "", "") for r in load_prompts(cfg)]
+        stats = {"kept": len(rows), "prompts_only": True}
+    elif method == "external":
+        rows, stats = external(c.external_path, c.external_prompt_field, c.external_response_field,
+                               c.external_limit)
+    else:
+        raise ConfigError(f"no training set builder for '{method}'")
+    if ts_dir and method in ("no_reasoning", "thinksafe_kl"):
+        stats["derived_from"] = str(ts_dir)
+    stats["seconds"] = 0.0 if stages else round(time.time() - t0, 1)   # generate / judge carry their own
+    write(run_dir, rows, stats)
+    if stages:
+        stats = {**stats, "substages": {name: {"summary": summary, "model": scfg.model.path}
+                                        for name, (summary, scfg) in stages.items()}}
+    return stats

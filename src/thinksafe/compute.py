@@ -158,7 +158,8 @@ def _eval_tokens(run_dir: Path, tag: str) -> tuple[int | None, int | None]:
 
 def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | None,
                   run_dir: Path | None = None, train_cfg=None, device: dict | None = None) -> dict:
-    """The compute entry of one finished stage, from its summary (+ eval files for evaluate).
+    """The compute entry of one finished stage, from its summary (+ eval files for evaluate), by
+    the stage's own accounting in ``PER_STAGE``.
 
     ``model`` / ``guard`` are ``param_counts`` results (or None). ``train_cfg`` is the run's
     TrainConfig (method, objective)."""
@@ -169,89 +170,125 @@ def stage_compute(stage: str, summary: dict, model: dict | None, guard: dict | N
                  "tokens_generated": None, "tokens_prefilled": None, "tokens_trained": None,
                  "flops": None, "notes": []}
     base = stage.split("[")[0]
-    c = summary.get("cluster")
-    if isinstance(c, dict) and c.get("engine") == "ray":      # every replica counts (thinksafe.cluster)
-        per = c.get("gpus_per_replica") or c.get("cpus_per_replica") or 1
-        out.update(processes=c.get("replicas_started"), devices=round(c.get("replicas", 1) * per, 2),
-                   device=c.get("device_kind", out.get("device")), device_seconds=c.get("device_seconds"),
-                   replica_busy_seconds=c.get("replica_busy_seconds"))
-        out.pop("threads", None)
-    if base == "generate":
-        gen, pre = summary.get("completion_tokens"), summary.get("prompt_tokens")
-        out.update(tokens_generated=gen, tokens_prefilled=pre, flops=_flops(n, _sum(gen, pre)),
-                   formula="2*N*(prompt+generated)")
-    elif base == "judge":
-        pre = summary.get("guard_input_tokens")
-        out.update(tokens_generated=summary.get("guard_generated_tokens"), tokens_prefilled=pre,
-                   flops=_flops(ng, _sum(pre, summary.get("guard_generated_tokens") or 0)),
-                   formula="2*N_guard*(guard input + guard generated)", params=None)
-        if pre is None:
-            out["notes"].append("guard input tokens not in the judge summary")
-    elif base == "train":
-        seen = summary.get("input_tokens_seen")
-        out.update(tokens_trained=seen, processes=summary.get("world_size") or dev.get("processes"),
-                   response_tokens=summary.get("response_tokens"), epochs=summary.get("epochs"),
-                   steps=summary.get("steps"), trainable_params=summary.get("trainable_params"))
-        method = summary.get("method") or getattr(train_cfg, "method", "lora")
-        objective = summary.get("objective") or getattr(train_cfg, "objective", "sft")
-        n_lora = summary.get("trainable_params") if method == "lora" else 0
-        if n is None or seen is None or (method == "lora" and n_lora is None):
-            out["flops"] = None
-        elif method == "lora":
-            out["flops"] = float(4 * n + 6 * n_lora) * seen
-        else:
-            out["flops"] = 6.0 * n * seen
-        out["formula"] = "(4*N_frozen + 6*N_lora)*tokens" if method == "lora" else "6*N*tokens"
-        if objective == "opsa":                # rollouts + teacher + student, counted by the trainer
-            out.update(flops=summary.get("flops"), tokens_generated=summary.get("rollout_completion_tokens"),
-                       tokens_prefilled=summary.get("rollout_prompt_tokens"),
-                       formula="2*N*(prompt+completion) rollouts + 2*N*(teacher prompt+completion) teacher + "
-                               + ("(4*N_frozen + 6*N_lora)" if method == "lora" else "6*N")
-                               + "*(prompt+completion) student")
-        if objective == "kl" and out["flops"] is not None:
-            out["flops"] += 2.0 * n * seen
-            out["formula"] += " + 2*N*tokens (reference forward)"
-        if seen is None:
-            out["notes"].append("input_tokens_seen not in the train summary")
-        if summary.get("resumed"):
-            out["notes"].append("resumed: tokens and seconds are this session's only")
-    elif base == "evaluate":
-        models, flops, secs, pre_all, gen_all = {}, 0.0, 0.0, 0, 0
-        for tag, m in summary.items():
-            if not isinstance(m, dict) or tag == "cluster":
-                continue
-            pre, gen = _eval_tokens(run_dir, tag) if run_dir else (None, None)
-            gen = m.get("generated_tokens", gen) if gen is None else gen
-            f = _flops(n, _sum(pre, gen))
-            models[tag] = {"seconds": m.get("seconds"), "tokens_prefilled": pre, "tokens_generated": gen,
-                           "flops": f}
-            flops = None if flops is None or f is None else flops + f
-            secs = None if secs is None or m.get("seconds") is None else secs + m["seconds"]
-            pre_all = _sum(pre_all, pre)
-            gen_all = _sum(gen_all, gen)
-        out.update(models=models, seconds=secs, flops=flops, tokens_prefilled=pre_all,
-                   tokens_generated=gen_all, formula="2*N*(prompt+generated), policy only")
-        out["notes"].append("guard/oracle FLOPs of evaluation are not counted (guard inputs not recorded)")
-    elif base == "grpo":
-        pre = _sum(summary.get("prompt_tokens"), summary.get("guard_input_tokens"))
-        out.update(tokens_generated=summary.get("completion_tokens"), tokens_prefilled=pre,
-                   tokens_trained=summary.get("tokens_trained"), steps=summary.get("steps"),
-                   trainable_params=summary.get("trainable_params"), flops=summary.get("flops"),
-                   formula="2*N*(prompt+completion) rollouts + 2*N_guard*guard input + "
-                           "(4*N_frozen + 6*N_lora)*tokens trained + 2*N*tokens reference (beta > 0)")
-        if summary.get("flops") is None:
-            out["notes"].append("parameter counts unknown: GRPO FLOPs not estimated")
-        if summary.get("resumed"):
-            out["notes"].append("resumed: tokens since the checkpoint the run resumed from")
-    elif base in ("dataset", "report"):
-        out.update(flops=0.0, formula="no model")
-    else:
+    _cluster(out, summary.get("cluster"))
+    account = PER_STAGE.get(base)
+    if account is None:
         out["notes"].append(f"no compute model for stage '{stage}'")
+    else:
+        account(out, summary, n=n, ng=ng, run_dir=run_dir, train_cfg=train_cfg, dev=dev)
     if n is None and base in ("generate", "train", "evaluate"):
         out["notes"].append("model parameter count unknown (config.json not readable)")
     if not out["notes"]:
         del out["notes"]
     return out
+
+
+def _cluster(out: dict, c) -> None:
+    """cluster.engine: ray: every replica counts (thinksafe.cluster)."""
+    if isinstance(c, dict) and c.get("engine") == "ray":
+        per = c.get("gpus_per_replica") or c.get("cpus_per_replica") or 1
+        out.update(processes=c.get("replicas_started"), devices=round(c.get("replicas", 1) * per, 2),
+                   device=c.get("device_kind", out.get("device")), device_seconds=c.get("device_seconds"),
+                   replica_busy_seconds=c.get("replica_busy_seconds"))
+        out.pop("threads", None)
+
+
+def _generate(out: dict, summary: dict, n, **_) -> None:
+    gen, pre = summary.get("completion_tokens"), summary.get("prompt_tokens")
+    out.update(tokens_generated=gen, tokens_prefilled=pre, flops=_flops(n, _sum(gen, pre)),
+               formula="2*N*(prompt+generated)")
+
+
+def _judge(out: dict, summary: dict, ng, **_) -> None:
+    pre = summary.get("guard_input_tokens")
+    out.update(tokens_generated=summary.get("guard_generated_tokens"), tokens_prefilled=pre,
+               flops=_flops(ng, _sum(pre, summary.get("guard_generated_tokens") or 0)),
+               formula="2*N_guard*(guard input + guard generated)", params=None)
+    if pre is None:
+        out["notes"].append("guard input tokens not in the judge summary")
+
+
+def _train(out: dict, summary: dict, n, train_cfg, dev, **_) -> None:
+    seen = summary.get("input_tokens_seen")
+    out.update(tokens_trained=seen, processes=summary.get("world_size") or dev.get("processes"),
+               response_tokens=summary.get("response_tokens"), epochs=summary.get("epochs"),
+               steps=summary.get("steps"), trainable_params=summary.get("trainable_params"))
+    method = summary.get("method") or getattr(train_cfg, "method", "lora")
+    objective = summary.get("objective") or getattr(train_cfg, "objective", "sft")
+    n_lora = summary.get("trainable_params") if method == "lora" else 0
+    if n is None or seen is None or (method == "lora" and n_lora is None):
+        out["flops"] = None
+    elif method == "lora":
+        out["flops"] = float(4 * n + 6 * n_lora) * seen
+    else:
+        out["flops"] = 6.0 * n * seen
+    out["formula"] = "(4*N_frozen + 6*N_lora)*tokens" if method == "lora" else "6*N*tokens"
+    if objective == "opsa":                # rollouts + teacher + student, counted by the trainer
+        out.update(flops=summary.get("flops"), tokens_generated=summary.get("rollout_completion_tokens"),
+                   tokens_prefilled=summary.get("rollout_prompt_tokens"),
+                   formula="2*N*(prompt+completion) rollouts + 2*N*(teacher prompt+completion) teacher + "
+                           + ("(4*N_frozen + 6*N_lora)" if method == "lora" else "6*N")
+                           + "*(prompt+completion) student")
+    if objective == "kl" and out["flops"] is not None:
+        out["flops"] += 2.0 * n * seen
+        out["formula"] += " + 2*N*tokens (reference forward)"
+    if seen is None:
+        out["notes"].append("input_tokens_seen not in the train summary")
+    if summary.get("resumed"):
+        out["notes"].append("resumed: tokens and seconds are this session's only")
+
+
+def _evaluate(out: dict, summary: dict, n, run_dir, **_) -> None:
+    models, flops, secs, pre_all, gen_all = {}, 0.0, 0.0, 0, 0
+    for tag, m in summary.items():
+        if not isinstance(m, dict) or tag == "cluster":
+            continue
+        pre, gen = _eval_tokens(run_dir, tag) if run_dir else (None, None)
+        gen = m.get("generated_tokens", gen) if gen is None else gen
+        f = _flops(n, _sum(pre, gen))
+        models[tag] = {"seconds": m.get("seconds"), "tokens_prefilled": pre, "tokens_generated": gen,
+                       "flops": f}
+        flops = None if flops is None or f is None else flops + f
+        secs = None if secs is None or m.get("seconds") is None else secs + m["seconds"]
+        pre_all = _sum(pre_all, pre)
+        gen_all = _sum(gen_all, gen)
+    out.update(models=models, seconds=secs, flops=flops, tokens_prefilled=pre_all,
+               tokens_generated=gen_all, formula="2*N*(prompt+generated), policy only")
+    out["notes"].append("guard/oracle FLOPs of evaluation are not counted (guard inputs not recorded)")
+
+
+def _grpo(out: dict, summary: dict, **_) -> None:
+    pre = _sum(summary.get("prompt_tokens"), summary.get("guard_input_tokens"))
+    out.update(tokens_generated=summary.get("completion_tokens"), tokens_prefilled=pre,
+               tokens_trained=summary.get("tokens_trained"), steps=summary.get("steps"),
+               trainable_params=summary.get("trainable_params"), flops=summary.get("flops"),
+               formula="2*N*(prompt+completion) rollouts + 2*N_guard*guard input + "
+                       "(4*N_frozen + 6*N_lora)*tokens trained + 2*N*tokens reference (beta > 0)")
+    if summary.get("flops") is None:
+        out["notes"].append("parameter counts unknown: GRPO FLOPs not estimated")
+    if summary.get("resumed"):
+        out["notes"].append("resumed: tokens since the checkpoint the run resumed from")
+
+
+def _no_model(out: dict, summary: dict, **_) -> None:
+    out.update(flops=0.0, formula="no model")
+
+
+def _perplexity(out: dict, summary: dict, n, **_) -> None:
+    pre = summary.get("input_tokens")
+    out.update(tokens_prefilled=pre, flops=_flops(n, pre), formula="2*N*(prompt+response) forward")
+    if pre is None:
+        out["notes"].append("input tokens not in the perplexity summary")
+
+
+def _steer(out: dict, summary: dict, **_) -> None:
+    out["notes"].append("the context search's generation and judging are not counted (tokens not recorded)")
+
+
+# stage -> its accounting: fills the entry from the stage's summary
+PER_STAGE = {"generate": _generate, "judge": _judge, "dataset": _no_model, "train": _train,
+             "evaluate": _evaluate, "report": _no_model, "grpo": _grpo, "steer": _steer,
+             "perplexity": _perplexity}
 
 
 def total(stages: dict) -> dict:

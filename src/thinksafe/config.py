@@ -205,7 +205,7 @@ class EvaluateConfig(Sampling):
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """`thinksafe compare`: several methods on the same prompts and evaluation (stages/compare.py)."""
+    """`thinksafe compare`: several methods on the same prompts and evaluation (thinksafe/compare.py)."""
     # base | thinksafe | direct_refusal | no_steering | no_reasoning | external
     methods: list[str] = field(default_factory=lambda: ["base", "thinksafe", "direct_refusal",
                                                         "no_steering", "no_reasoning"])
@@ -360,12 +360,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         key, raw = item.split("=", 1)
         _set(data, key.strip(), raw)
     return validate(_build(RunConfig, data, ""))
-
-
-def check_ranges(cfg: Any) -> Any:
-    """``validation.validate``: the call site of stages/compare.py, which builds its per-method configs
-    without ``load_config``."""
-    return validate(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

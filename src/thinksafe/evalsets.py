@@ -79,3 +79,39 @@ def eval_config(cfg):
     e = cfg.evaluate
     return replace(cfg, generate=replace(cfg.generate, temperature=e.temperature, top_p=e.top_p,
                                          top_k=e.top_k))
+
+
+REASONING_SAMPLES = 8          # the paper's n for pass@1
+
+
+def max_new_tokens_for(cfg, kind: str) -> int:
+    e = cfg.evaluate
+    if kind == "reasoning" and e.reasoning_max_new_tokens:
+        return e.reasoning_max_new_tokens
+    return e.max_new_tokens
+
+
+def samples_for(cfg, kind: str) -> int:
+    if kind == "reasoning":
+        return cfg.evaluate.samples or REASONING_SAMPLES
+    return 1                       # safety / over-refusal: one sample per prompt, as the paper
+
+
+def saved_settings(cfg, adapter, kind: str) -> dict:
+    """What a benchmark's saved generations and verdicts depend on (``settings.json`` beside them);
+    the evaluate stage moves saved files made with other values aside."""
+    from thinksafe.families import get_family
+    from thinksafe.runtime import sampling
+    fam = get_family(cfg.model.family)
+    e = cfg.evaluate
+    p = sampling(eval_config(cfg).generate, fam, cfg.seed, max_new_tokens_for(cfg, kind))
+    s = {"generation": {"model": cfg.model.path, "adapter": str(adapter) if adapter else None,
+                        "family": fam.name, "temperature": p.temperature, "top_p": p.top_p,
+                        "top_k": p.top_k, "max_new_tokens": p.max_new_tokens, "seed": cfg.seed}}
+    if kind == "safety":          # everything that changes a verdict
+        g = cfg.guard
+        s["guard"] = {"kind": g.kind, "path": g.path, "top_k": g.top_k,
+                      "max_input_tokens": g.max_input_tokens, "suffix": g.suffix}
+    if kind == "overrefusal":
+        s["refusal_guard"] = {"kind": e.refusal_guard_kind, "path": e.refusal_guard_path}
+    return s

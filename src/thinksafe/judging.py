@@ -23,10 +23,10 @@ def judged_hash(r: Record) -> str:
 
 
 def judge_records(guard, records: list[Record], out_path: Path | None, desc: str = "judge",
-                  show: bool = True, chunk: int | None = None) -> list[Record]:
+                  show: bool = True, chunk: int | None = None, stats: dict | None = None) -> list[Record]:
     """Verdicts for ``records``; those already in ``out_path`` for the SAME prompt and completion
     text are reused (a regenerated completion with an old id is judged again, and the new verdict,
-    appended later in the file, wins)."""
+    appended later in the file, wins). ``stats`` gets ``reused``: how many were."""
     done: dict[str, Record] = {}
     if out_path:
         for d in read_jsonl(out_path, repair=True):
@@ -38,6 +38,8 @@ def judge_records(guard, records: list[Record], out_path: Path | None, desc: str
         return old is not None and old.verdict is not None and \
             old.meta.get(JUDGED_SHA, judged_hash(old)) == want[rid]
     todo = [r for r in records if not fresh(r.id)]
+    if stats is not None:
+        stats["reused"] = len(records) - len(todo)
     new: dict[str, Record] = {}
 
     def keep(part: list[Record], verdicts) -> None:

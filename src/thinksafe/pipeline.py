@@ -1,6 +1,7 @@
 """The run as a table of stages. Each stage says which config values it reads, which stages'
-outputs it consumes and which files it writes; this module owns the run folder, the cache keys and
-the order. No stage imports this module or another stage.
+outputs it consumes and which files it writes; this module owns the run folder, the order and the
+decision to keep or rerun (the keys: ``thinksafe.stagekeys``), for ``thinksafe run`` and
+``thinksafe compare`` alike. No stage imports this module or another stage.
 
 A stage's key = hash(the config values it reads, the fingerprints of the stages it consumes). A
 stage whose recorded key equals its key now is kept; otherwise it reruns, and so does whatever
@@ -14,43 +15,23 @@ dataset rerun that keeps the same rows does not retrain). Values that only chang
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 
 import yaml
 
 from thinksafe.config import RunConfig, to_dict
-from thinksafe.errors import ConfigError
-from thinksafe.io import iter_jsonl, write_text
-from thinksafe.errors import ThinksafeError
+from thinksafe.errors import ConfigError, ThinksafeError
+from thinksafe.io import write_text
 from thinksafe.runfolder import move_aside, move_aside_to, put_back, read_manifest, update_manifest
+from thinksafe.stagekeys import Stage, fingerprint, hash_of, stage_key, stale_parts, why
 
 GENERATE_READS = ("generate.steering", "generate.samples", "generate.temperature", "generate.top_p",
                   "generate.top_k", "generate.max_new_tokens")
 EVAL_READS = ("evaluate.benchmarks", "evaluate.data_dir", "evaluate.n_harmful", "evaluate.n_reasoning",
               "evaluate.n_borderline", "evaluate.samples")
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str                       # = CLI verb = module under thinksafe.stages
-    reads: tuple[str, ...]          # config sections / dotted values whose change changes its output
-    after: tuple[str, ...]          # stages whose outputs it consumes
-    inputs: tuple[str, ...]         # files it reads (of those stages)
-    outputs: tuple[str, ...]        # files / folders it writes (globs allowed)
-    run: str                        # "module:function" (cfg, run_dir, show) -> summary
-    content: str | None = None      # an output whose bytes are the fingerprint downstream sees
-    # (output, what makes it stale): "config" = this stage's reads, or an upstream stage's name.
-    # Default: every output goes stale on any change. A stage that checks its saved files itself
-    # (evaluate: settings.json per benchmark) lists less.
-    parts: tuple[tuple[str, tuple[str, ...]], ...] | None = None
-    complete: Callable[[dict], bool] | None = None   # summary -> recorded as done?
 
 
 STAGES: tuple[Stage, ...] = (
@@ -65,12 +46,12 @@ STAGES: tuple[Stage, ...] = (
           ("sft.jsonl",), ("adapter", "model", "checkpoints", "train_summary.json", "train_log.jsonl",
                            "tensorboard"), "thinksafe.stages.train:run"),
     Stage("evaluate", ("seed", "model", "guard", "evaluate"), ("train",), ("adapter", "model"),
-          ("eval",), "thinksafe.pipeline:run_evaluate",
+          ("eval",), "thinksafe.stages.evaluate:run",
           parts=(("eval/base", ()), ("eval/thinksafe", ("train",))),
           complete=lambda s: "thinksafe" in s),
     Stage("report", ("name", "seed", "model.path", "model.family"), ("evaluate", "dataset", "train"),
           ("eval", "dataset_stats.json", "train_summary.json"),
-          ("summary.json", "summary.csv", "report.md", "pareto.png"), "thinksafe.pipeline:run_report"),
+          ("summary.json", "summary.csv", "report.md", "pareto.png"), "thinksafe.stages.report:report_run"),
 )
 # Not part of `thinksafe run`: the GRPO baseline, in a folder of its own.
 GRPO = Stage("grpo", ("seed", "model", "guard", "prompts", "grpo", "train.lora", "generate.max_new_tokens",
@@ -78,110 +59,28 @@ GRPO = Stage("grpo", ("seed", "model", "guard", "prompts", "grpo", "train.lora",
                       "evaluate.top_k"), (), (),
              ("adapter", "checkpoints", "grpo_steps.jsonl", "grpo_checks.jsonl", "grpo_summary.json",
               "grpo_log.jsonl", "tensorboard"), "thinksafe.stages.grpo:run")
-BY_NAME = {s.name: s for s in (*STAGES, GRPO)}
+# Not part of `thinksafe run`: the privileged-context search (compare's opsa_searched_context).
+STEER = Stage("steer", ("seed", "model", "guard", "prompts", "generate", "steer", "evaluate.refusal_guard_kind",
+                        "evaluate.refusal_guard_path", "evaluate.refusal_guard_max_input_tokens"), (), (),
+              ("steer",), "thinksafe.stages.steer:run")
+# Not part of `thinksafe run`: compare's perplexity of a training set under the base model.
+PERPLEXITY = Stage("perplexity", ("model.path", "model.family", "model.dtype", "train.max_length"), ("dataset",),
+                   ("sft.jsonl",), ("sft.ppl.base.jsonl", "sft.ppl.base.summary.json"),
+                   "thinksafe.stages.perplexity:run")
+BY_NAME = {s.name: s for s in (*STAGES, GRPO, STEER, PERPLEXITY)}
 ORDER = [s.name for s in STAGES]
-# Values that change speed or bookkeeping, not what a stage writes.
-PERFORMANCE = {"model.batch_size", "model.generation", "model.gpu_memory_utilization",
-               "model.tensor_parallel_size", "guard.batch_size", "guard.server_timeout",
-               "generate.shard", "train.logging_steps", "train.report_to", "grpo.logging_steps",
-               "grpo.save_steps",
-               "cluster"}      # no stage reads it; listed so that it stays out of every key
-
-
-# ----------------------------------------------------------------------------- keys
-def _flatten(value, prefix: str, out: dict) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else k, out)
-    else:
-        out[prefix] = value
-
-
-def extra_reads(stage: Stage, cfg: RunConfig) -> tuple[str, ...]:
-    """Sections a stage reads only under some setting (so its key changes only when that setting is
-    used): train with ``objective: opsa`` also reads ``opsa`` and the rollout length fallback."""
-    if stage.name == "train" and getattr(cfg.train, "objective", None) == "opsa":
-        return ("opsa", "generate.max_new_tokens")
-    return ()
-
-
-def config_values(stage: Stage, cfg: RunConfig) -> dict:
-    """The dotted config values a stage reads (minus ``PERFORMANCE``), JSON-safe."""
-    tree = json.loads(json.dumps(to_dict(cfg), default=str))
-    out: dict = {}
-    for path in (*stage.reads, *extra_reads(stage, cfg)):
-        node = tree
-        for k in path.split("."):
-            node = node[k]
-        _flatten(node, path, out)
-    return {k: v for k, v in sorted(_as_used(cfg, out).items()) if k not in PERFORMANCE}
-
-
-# Values that are in no key while at their default: fields added after runs were recorded (a
-# finished run stays "unchanged, kept").
-OMIT_AT_DEFAULT = {"prompts.limit": None}
-ORGANISM_ONLY = ("prompts.n_harmful", "prompts.n_reasoning", "prompts.n_borderline")
-FILE_ONLY = ("prompts.prompt_field", "prompts.label_field", "prompts.default_label")
-
-
-def _as_used(cfg: RunConfig, values: dict) -> dict:
-    """The values as the run uses them: one the prompt source ignores (the organism counts of a
-    file or Hub source, a file's field names for the organism) counts at its default, so changing
-    it reruns nothing."""
-    from thinksafe.config import PromptsConfig
-    default = to_dict(PromptsConfig())
-    ignored = FILE_ONLY if cfg.prompts.source == "organism" else ORGANISM_ONLY
-    out = dict(values)
-    for k in ignored:
-        if k in out:
-            out[k] = default[k.split(".", 1)[1]]
-    return {k: v for k, v in out.items() if not (k in OMIT_AT_DEFAULT and v == OMIT_AT_DEFAULT[k])}
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def stage_key(stage: Stage, cfg: RunConfig, manifest: dict) -> tuple[str, dict, dict]:
-    """(key, config values, upstream fingerprints) from the upstream stages as recorded."""
-    values = config_values(stage, cfg)
-    inputs = {u: (manifest["stages"].get(u) or {}).get("fingerprint") for u in stage.after}
-    return _hash({"stage": stage.name, "config": values, "inputs": inputs}), values, inputs
-
-
-def why(stage: Stage, entry: dict | None, values: dict, inputs: dict) -> list[str]:
-    """What differs from the recorded run of the stage (empty: nothing)."""
-    if not entry or "key" not in entry:
-        return ["not done yet"]
-    old = entry.get("config") or {}
-    out = [f"{k}: {old.get(k, '(unset)')} -> {v}" for k, v in values.items() if old.get(k) != v]
-    out += [f"{k}: removed" for k in old if k not in values]
-    out += [f"{u}'s output changed" for u, fp in inputs.items() if (entry.get("inputs") or {}).get(u) != fp]
-    return out or ["key changed"]
-
-
-def _fingerprint(stage: Stage, run_dir: Path, key: str, finished: str) -> str:
-    if stage.content and (run_dir / stage.content).is_file():
-        h = hashlib.sha256()
-        with open(run_dir / stage.content, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return "sha256:" + h.hexdigest()[:16]
-    return _hash({"key": key, "finished": finished})
-
-
 # ----------------------------------------------------------------------------- the manifest
 def record_stage(run_dir: Path, stage: str, summary: dict, cfg: RunConfig | None = None,
-                 key: dict | None = None) -> None:
+                 key: dict | None = None, st: Stage | None = None) -> None:
     """Record a finished stage (``key``: key, config, inputs) with its compute, under the lock."""
     finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     entry = {"summary": summary, "finished_at": finished}
     if key:
         entry.update(key)
-    st = BY_NAME.get(stage)
+    st = st or BY_NAME.get(stage)
     run_id = f"{finished}/{time.time_ns()}/{os.getpid()}"      # a rerun on purpose is another output
-    entry["fingerprint"] = _fingerprint(st, Path(run_dir), entry.get("key", ""), run_id) if st else \
-        _hash({"finished": run_id, "stage": stage})
+    entry["fingerprint"] = fingerprint(st, Path(run_dir), entry.get("key", ""), run_id) if st else \
+        hash_of({"finished": run_id, "stage": stage})
     try:            # compute accounting (thinksafe.compute); never fails the stage itself
         from thinksafe import compute
         entry["compute"] = compute.for_run(stage, summary, Path(run_dir), cfg)
@@ -203,65 +102,29 @@ def stage_done(run_dir: Path, stage: str) -> dict | None:
     return read_manifest(run_dir)["stages"].get(stage, {}).get("summary")
 
 
-def prepare_run_dir(cfg: RunConfig, force: bool = False) -> Path:
+def prepare_run_dir(cfg: RunConfig) -> Path:
     """Create the run folder and save the config it runs with. Earlier stages made with another
-    config are not refused here: each stage's key decides what reruns (``force`` is unused, kept
-    for callers). Entries of a manifest from before keys existed get the keys of the config saved
-    with them, so an unchanged folder is kept as it is."""
+    config are not refused here: each stage's key decides what reruns."""
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.yaml"
     identity = to_dict(cfg)
     identity["generate"]["shard"] = "0/1"      # shards of one run share its folder
-    _adopt_legacy(run_dir, saved)
-    write_text(saved, yaml.safe_dump(identity, sort_keys=False))
+    write_text(run_dir / "config.yaml", yaml.safe_dump(identity, sort_keys=False))
     return run_dir
-
-
-def _adopt_legacy(run_dir: Path, saved: Path) -> None:
-    m = read_manifest(run_dir)
-    legacy = [s for s in ORDER + ["grpo"] if s in m["stages"] and "key" not in m["stages"][s]]
-    if not legacy or not saved.is_file():
-        return
-    from thinksafe.config import load_config
-    try:
-        old = load_config(saved)
-    except Exception:   # noqa: BLE001 - an unreadable old config: those stages simply rerun
-        return
-
-    def change(m):
-        for name in ORDER + ["grpo"]:
-            e = m["stages"].get(name)
-            if e is None or "key" in e:
-                continue
-            key, values, inputs = stage_key(BY_NAME[name], old, m)
-            e.update(key=key, config=values, inputs=inputs,
-                     fingerprint=_fingerprint(BY_NAME[name], run_dir, key, e.get("finished_at", "")))
-    update_manifest(run_dir, change)
 
 
 # ----------------------------------------------------------------------------- running stages
 def _call(stage: Stage, cfg: RunConfig, run_dir: Path, show: bool):
     module, fn = stage.run.split(":")
-    return getattr(import_module(module), fn)(cfg, run_dir, show=show)
+    return getattr(import_module(module), fn)(cfg, run_dir, show=show, **dict(stage.args))
 
 
-def _stale_parts(stage: Stage, entry: dict | None, values: dict, inputs: dict, run_dir: Path) -> list[str]:
-    """Outputs to move aside before the stage reruns."""
-    started = entry or {}
-    if not started.get("key"):
-        return []
-    config_changed = started.get("config") != values
-    changed = {u for u, fp in inputs.items() if (started.get("inputs") or {}).get(u) != fp}
-    parts = stage.parts if stage.parts is not None else [(o, ("config", *stage.after)) for o in stage.outputs]
-    return [out for out, deps in parts
-            if ("config" in deps and config_changed) or any(d in changed for d in deps)]
-
-
-def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: bool = False,
+def ensure(name: str | Stage, cfg: RunConfig, run_dir: Path, show: bool = True, force: bool = False,
            log=print, check_upstream: bool = False) -> dict:
-    """Run stage ``name`` unless its recorded key is its key now (or ``force``); log which and why."""
-    stage = BY_NAME[name]
+    """Run stage ``name`` (a name of the table, or a ``Stage`` variant) unless its recorded key is
+    its key now (or ``force``); log which and why."""
+    stage = BY_NAME[name] if isinstance(name, str) else name
+    name = stage.name
     run_dir = Path(run_dir)
     if not _main_process():                 # `accelerate launch`: rank 0 keeps the books
         return _follow(stage, cfg, run_dir, show)
@@ -270,23 +133,47 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
     m = read_manifest(run_dir)
     if check_upstream:
         _check_upstream(stage, cfg, m)
-    key, values, inputs = stage_key(stage, cfg, m)
+    key, values, inputs = stage_key(stage, cfg, m, run_dir)
     entry = m["stages"].get(name)
     if entry and entry.get("key") == key and not force:
         log(f"[{name}] unchanged (key {key}), kept")
         return entry["summary"]
     reasons = ["forced"] if force and entry and entry.get("key") == key else why(stage, entry, values, inputs)
-    # what a run of this stage left behind: the finished run's outputs, or an unfinished start's
-    before = entry if entry and entry.get("key") else (m.get("started") or {}).get(name)
-    stale = _stale_parts(stage, before, values, inputs, run_dir)
-    if force:
-        stale = list(stage.outputs if stage.parts is None else [p for p, _ in stage.parts])
-    moved, dest = move_aside_to(run_dir, stale, name) if stale else ([], None)
+    moved, dest = _move_stale(stage, m, entry, values, inputs, run_dir, force)
     note = f"; moved aside {', '.join(moved)} into {run_dir / 'old'}" if moved else ""
     log(f"[{name}] {'runs' if reasons == ['not done yet'] else 'reruns'}: {'; '.join(reasons)}{note}")
     t0 = time.time()
-    def start(mm):      # the folder no longer holds the finished run's outputs: forget it
-        mm.setdefault("started", {})[name] = {"key": key, "config": values, "inputs": inputs}
+    recorded = {"key": key, "config": values, "inputs": inputs}
+    summary = _run_started(stage, cfg, run_dir, show, recorded, entry, moved, dest)
+    if stage.complete is None or stage.complete(summary):
+        for part, (psummary, pcfg) in _substages(summary, cfg).items():
+            record_stage(run_dir, part, psummary, pcfg)
+        record_stage(run_dir, name, summary, cfg, recorded, stage)
+        log(f"[{name}] done in {time.time() - t0:.1f}s")
+    else:
+        log(f"[{name}] partly done in {time.time() - t0:.1f}s (not recorded as finished)")
+    return summary
+
+
+def _move_stale(stage: Stage, m: dict, entry: dict | None, values: dict, inputs: dict, run_dir: Path,
+                force: bool) -> tuple[list[str], Path | None]:
+    """Move aside what a run of this stage left behind that its rerun would not redo: the finished
+    run's outputs, or an unfinished start's (all of them when forced)."""
+    before = entry if entry and entry.get("key") else (m.get("started") or {}).get(stage.name)
+    stale = stale_parts(stage, before, values, inputs, run_dir)
+    if force:
+        stale = list(stage.outputs if stage.parts is None else [p for p, _ in stage.parts])
+    return move_aside_to(run_dir, stale, stage.name) if stale else ([], None)
+
+
+def _run_started(stage: Stage, cfg: RunConfig, run_dir: Path, show: bool, recorded: dict,
+                 entry: dict | None, moved: list[str], dest: Path | None) -> dict:
+    """Record the start (the folder no longer holds the finished run's outputs once they were
+    moved), run the stage; a user error before it wrote anything puts back what was moved."""
+    name = stage.name
+
+    def start(mm):
+        mm.setdefault("started", {})[name] = recorded
         if moved:
             mm["stages"].pop(name, None)
 
@@ -302,17 +189,24 @@ def ensure(name: str, cfg: RunConfig, run_dir: Path, show: bool = True, force: b
         if ledger and isinstance(summary, dict):
             summary = {**summary, "cluster": ledger}    # every replica in the compute accounting
     except ThinksafeError:
-        # a user error before the stage wrote anything: what was moved aside goes back
         if moved and not any(_exists(run_dir, o) for o in stage.outputs):
             put_back(run_dir, moved, dest)
             update_manifest(run_dir, undo)
         raise
-    if stage.complete is None or stage.complete(summary):
-        record_stage(run_dir, name, summary, cfg, {"key": key, "config": values, "inputs": inputs})
-        log(f"[{name}] done in {time.time() - t0:.1f}s")
-    else:
-        log(f"[{name}] partly done in {time.time() - t0:.1f}s (not recorded as finished)")
     return summary
+
+
+def _substages(summary, cfg: RunConfig) -> dict:
+    """Steps a stage ran that are recorded as stages of their own (compare's no_steering and
+    teacher sets generate and judge): ``summary["substages"][name] = {"summary", "model"}`` ->
+    {name: (summary, config)}; ``model`` (the teacher) sets the model the compute counts."""
+    from dataclasses import replace
+    parts = summary.pop("substages", None) if isinstance(summary, dict) else None
+    out = {}
+    for part, p in (parts or {}).items():
+        pcfg = replace(cfg, model=replace(cfg.model, path=p["model"])) if p.get("model") else cfg
+        out[part] = (p["summary"], pcfg)
+    return out
 
 
 def _cluster_ledger() -> dict | None:
@@ -331,7 +225,7 @@ def _follow(stage: Stage, cfg: RunConfig, run_dir: Path, show: bool, wait_s: flo
     deadline = time.time() + wait_s
     while time.time() < deadline:
         m = read_manifest(run_dir)
-        key = stage_key(stage, cfg, m)[0]
+        key = stage_key(stage, cfg, m, run_dir)[0]
         if (m.get("started") or {}).get(stage.name, {}).get("key") == key:
             break                               # rank 0 runs it: run alongside
         done = m["stages"].get(stage.name) or {}
@@ -490,40 +384,3 @@ def _lines(path: Path) -> int:
         for block in iter(lambda: f.read(1 << 20), b""):
             n += block.count(b"\n")
     return n
-
-
-# ----------------------------------------------------------------------------- evaluate, report
-def run_evaluate(cfg: RunConfig, run_dir: Path, show: bool = True) -> dict:
-    """The base model and the trained one (``adapter/``, or ``model/`` for full fine-tuning); the
-    flat numbers of each. Finished only once the trained model was evaluated too."""
-    from dataclasses import replace
-
-    from thinksafe.stages.evaluate import evaluate_model
-    models = {"base": evaluate_model(cfg, run_dir, "base", None, show)}
-    adapter, full = run_dir / "adapter", run_dir / "model"
-    trained = None
-    if (adapter / "adapter_config.json").exists():
-        trained = (cfg, str(adapter))
-    elif (full / "config.json").exists():          # train.method: full
-        trained = (replace(cfg, model=replace(cfg.model, path=str(full))), None)
-    if trained:
-        models["thinksafe"] = evaluate_model(trained[0], run_dir, "thinksafe", trained[1], show)
-    return {k: _eval_summary(m) for k, m in models.items()}
-
-
-def _eval_summary(m: dict) -> dict:
-    """The flat numbers of one model's metrics, with each real benchmark's headline rate."""
-    from thinksafe.stages.report import headline
-    out = {kk: v for kk, v in m.items() if not isinstance(v, dict)}
-    out.update({name: headline(b) for name, b in (m.get("benchmarks") or {}).items()})
-    return out
-
-
-def run_report(cfg: RunConfig, run_dir: Path, show: bool = True, paper_model: str | None = None) -> dict:
-    """summary.json, report.md (+ summary.csv for the real benchmarks) and pareto.png in run_dir."""
-    from thinksafe.stages.report import report_run
-    return report_run(cfg, run_dir, show, paper_model)
-
-
-def generated_count(run_dir: Path) -> int:
-    return sum(1 for _ in iter_jsonl(run_dir / "generated.jsonl", appended=True))

@@ -138,7 +138,7 @@ class TestGeneration:
 
     def test_samples_k_through_the_generate_stage(self, base_vllm, tmp_path):
         from thinksafe.prompts import load_prompts
-        from thinksafe.stages.generate import expand, generate_records
+        from thinksafe.generation import expand, generate_records
         cfg = _organism_cfg(tmp_path, "generate.samples=3")
         records = expand(load_prompts(cfg), 3)
         out = tmp_path / "generated.jsonl"
@@ -237,7 +237,7 @@ def test_vllm_lora_equals_transformers_peft(lora_eval):
 
 
 def _eval_records(cfg) -> list[Record]:
-    from thinksafe.stages.evaluate import eval_records
+    from thinksafe.evalsets import eval_records
     return eval_records(cfg)
 
 
@@ -331,7 +331,7 @@ class TestGuard:
 # --------------------------------------------------------------------------- crash safety
 def test_sigkill_during_vllm_generation_then_rerun_gives_the_uninterrupted_ids(tmp_path):
     from thinksafe.prompts import load_prompts
-    from thinksafe.stages.generate import expand
+    from thinksafe.generation import expand
     sets = ["model.backend=vllm", "model.dtype=float32", "model.max_model_len=512",
             "model.enforce_eager=true", "generate.samples=2", "generate.max_new_tokens=96",
             f"out={tmp_path / 'run'}"]

@@ -6,7 +6,7 @@ import pytest
 
 from thinksafe.organism import world
 from thinksafe.prompts import organism_records
-from thinksafe.stages.evaluate import score_organism, wilson
+from thinksafe.metrics import score_organism, wilson
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Completion, Record, Verdict
 
 

@@ -136,7 +136,7 @@ def test_record_json_round_trip():
 
 def test_decontamination_drops_training_prompts_that_overlap_evaluation(tmp_path):
     from thinksafe.decontam import Decontaminator
-    from thinksafe.stages.evaluate import eval_records
+    from thinksafe.evalsets import eval_records
     cfg = load_config(None, ["evaluate.n_harmful=10", "evaluate.n_reasoning=5", "evaluate.n_borderline=5"])
     leaked = eval_records(cfg)[0].prompt
     long_eval = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from thinksafe import benchmarks as B
+from thinksafe import evalsets
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
+from thinksafe.metrics import wilson
 from thinksafe.stages import evaluate as E
 from thinksafe.types import SAFE, UNPARSED, UNSAFE, Completion, Verdict
 from conftest import SHARED_DATA
@@ -150,7 +151,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prompts(data_dir):
     """benchmark -> list of records (index = position in the benchmark)."""
-    return {n: E.load_benchmark(n, data_dir, LIMIT) for n in ALL}
+    return {n: evalsets.load_benchmark(n, data_dir, LIMIT) for n in ALL}
 
 
 @pytest.fixture(scope="module")
@@ -195,12 +196,12 @@ def full_run(tmp_path_factory, data_dir, script):
 
 # ----------------------------------------------------------------------------- tests
 def test_resolve_benchmarks():
-    assert E.resolve_benchmarks(["paper"]) == E.PAPER_BENCHMARKS
-    assert E.resolve_benchmarks(["organism", "paper", "harmbench"]) == ["organism", *E.PAPER_BENCHMARKS]
+    assert evalsets.resolve_benchmarks(["paper"]) == evalsets.PAPER_BENCHMARKS
+    assert evalsets.resolve_benchmarks(["organism", "paper", "harmbench"]) == ["organism", *evalsets.PAPER_BENCHMARKS]
     with pytest.raises(ConfigError, match="Did you mean 'strongreject'"):
-        E.resolve_benchmarks(["strongrejct"])
+        evalsets.resolve_benchmarks(["strongrejct"])
     assert set(B.names("reasoning")) == set(REASONING)
-    assert {E.kind_of(n) for n in SAFETY} == {"safety"} and E.kind_of("xstest") == "overrefusal"
+    assert {evalsets.kind_of(n) for n in SAFETY} == {"safety"} and evalsets.kind_of("xstest") == "overrefusal"
 
 
 def test_split_response():
@@ -238,7 +239,7 @@ def test_safety_counts(full_run):
         assert b["n"] == LIMIT and b["kind"] == "safety"
         assert b["harmful_rate"] == pytest.approx(4 / 5)       # 2 unsafe + 2 unparsed
         assert b["unparsed"] == 2 and b["truncated"] == 1 and b["no_think_close"] == 1
-        assert tuple(b["ci95"]) == E.wilson(4, 5)
+        assert tuple(b["ci95"]) == wilson(4, 5)
         assert b["trace"]["harmful_rate"] == pytest.approx(2 / 5) and b["trace"]["unparsed"] == 1
         assert b["answer"]["harmful_rate"] == pytest.approx(2 / 5) and b["answer"]["unparsed"] == 1
         assert b["answer"]["no_answer"] == 1
@@ -291,11 +292,13 @@ def test_safety_prompts_generated_once(full_run, prompts):
             assert backend.prompts.count(r.prompt) == 1
 
 
-def test_rerun_reuses_everything(full_run):
+def test_rerun_reuses_everything(full_run, capsys):
     cfg, run_dir, m, *_ = full_run
+    capsys.readouterr()
     again = E.evaluate_model(cfg, run_dir, "base", show=False, backend=Boom(), guard=Boom(),
                              refusal_guard=Boom())
     assert again["benchmarks"] == m["benchmarks"]
+    assert f"evaluate base: reused {len(ALL)} of {len(ALL)} benchmarks' generations" in capsys.readouterr().err
 
 
 def test_nothing_is_loaded_when_all_exists(full_run):
@@ -321,7 +324,7 @@ def test_extra_benchmark_generates_only_what_is_new(tmp_path, data_dir, script, 
     assert set(m["benchmarks"]) == {"harmbench", "strongreject"}
 
 
-def test_crash_mid_generation_resumes(tmp_path, data_dir, script, prompts):
+def test_crash_mid_generation_resumes(tmp_path, data_dir, script, prompts, capsys):
     class Crash(FakeBackend):
         def generate(self, prompts_, params, progress=None):
             if len(self.prompts) >= 8:          # after the first chunk (2 x batch_size) was saved
@@ -334,8 +337,11 @@ def test_crash_mid_generation_resumes(tmp_path, data_dir, script, prompts):
     saved = (tmp_path / "eval" / "base" / "gsm8k" / "generations.jsonl").read_text().splitlines()
     assert len(saved) == 8
     resumed = FakeBackend(script)
+    capsys.readouterr()
     m = E.evaluate_model(cfg, tmp_path, "base", show=False, backend=resumed, guard=FakeGuard())
     assert len(resumed.prompts) == LIMIT * SAMPLES - 8
+    said = capsys.readouterr().err           # resumed work is reported
+    assert f"evaluate base: reused 0 of 1 benchmarks' generations; resumed gsm8k (8 of {LIMIT * SAMPLES})" in said
     assert m["benchmarks"]["gsm8k"]["pass_at_1"] == pytest.approx(0.3)
 
 
@@ -417,7 +423,7 @@ def test_evaluate_config_defaults():
 def test_base_only_evaluation_is_not_recorded_as_done(tmp_path, monkeypatch):
     """`thinksafe evaluate` before training must not make `thinksafe run` skip evaluate later."""
     from thinksafe import pipeline
-    monkeypatch.setattr(E, "evaluate_model", lambda cfg, run_dir, tag, adapter=None, show=True: {"x": 1})
+    monkeypatch.setattr(E, "evaluate_model", lambda cfg, run_dir, tag, adapter=None, show=True, **kw: {"x": 1})
     cfg = load_config(None, [f"out={tmp_path}"])
     assert set(pipeline.ensure("evaluate", cfg, tmp_path, show=False, log=lambda s: None)) == {"base"}
     assert pipeline.stage_done(tmp_path, "evaluate") is None

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from thinksafe import paper_table as PT
+from thinksafe.metrics import ANSWER_AFTER_THINK, ANSWER_WHOLE, score_reasoning
 from thinksafe.stages import report as R
-from thinksafe.stages.evaluate import ANSWER_AFTER_THINK, ANSWER_WHOLE, score_reasoning
 from thinksafe.types import Completion, Record
 
 from conftest import FULL, make_run, reasoning, xstest
@@ -22,7 +23,7 @@ def _limited(benchmarks: dict, limit: int) -> dict:
 def test_a_benchmark_with_mostly_unparsed_verdicts_is_flagged_and_left_out(tmp_path):
     bad = {**FULL, "xstest": {**xstest(1.0), "unparsed": 250,
                               "refusal_guard": "llama_guard:organism-guard"}}
-    row = R.paper_row(bad)
+    row = PT.paper_row(bad)
     assert row["XSTest"] == pytest.approx(100) and row["broken"] == ["XSTest"]
     assert row["Safety avg"] == pytest.approx((40 + 10 + 30) / 3)          # not (40+10+30+100)/4
     run = make_run(tmp_path, "r", {"base": bad})
@@ -77,6 +78,6 @@ def test_the_generic_family_does_not_think_and_the_report_says_which_rule():
     from thinksafe.families import get_family
     assert not get_family("generic").thinks and get_family("qwen3").thinks
     assert get_family("r1_distill").thinks and get_family("organism").thinks
-    lines = R.detail_markdown([R.ModelResult("r", "base", None, {"benchmarks": {
+    lines = PT.detail_markdown([PT.ModelResult("r", "base", None, {"benchmarks": {
         "gsm8k": {**reasoning(0.9), "answer_rule": ANSWER_WHOLE}}})])
     assert f"- answer read from {ANSWER_WHOLE}: r/base" in lines

@@ -10,7 +10,7 @@ from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
 from thinksafe.io import read_jsonl
 from thinksafe.pipeline import prepare_run_dir, run_stage
-from thinksafe.stages.generate import in_shard, parse_shard
+from thinksafe.generation import in_shard, parse_shard
 from conftest import ROOT
 
 SMALL = ["prompts.n_harmful=6", "prompts.n_reasoning=6", "prompts.n_borderline=2",
@@ -95,7 +95,6 @@ def test_generation_modes_return_one_completion_per_prompt_in_order(tiny_organis
 def test_generation_throughput_benchmark_runs_on_cpu(tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
     script = ROOT / "benchmarks" / "generation_throughput.py"
     r = subprocess.run([sys.executable, str(script), "--tiny", "--batch", "4", "--prompt-len", "8",
                         "--new-tokens", "8", "--repeats", "1", "--methods", "naive,static",

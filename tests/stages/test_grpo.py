@@ -184,11 +184,10 @@ GRPO_TINY = ["prompts.n_harmful=4", "prompts.n_reasoning=2", "prompts.n_borderli
 
 def test_grpo_config_checks():
     from thinksafe.config import load_config
-    from thinksafe.stages.grpo import check_grpo_config
     with pytest.raises(ConfigError, match="multiple"):
-        check_grpo_config(load_config(None, ["grpo.batch_size=3", "grpo.grad_accum=1"]).grpo)
+        load_config(None, ["grpo.batch_size=3", "grpo.grad_accum=1"])
     with pytest.raises(ConfigError, match="check_every"):
-        check_grpo_config(load_config(None, ["grpo.stop_at_harmful=0.1"]).grpo)
+        load_config(None, ["grpo.stop_at_harmful=0.1"])
 
 
 def test_grpo_end_to_end(tiny_organism, tmp_path):

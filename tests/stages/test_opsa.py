@@ -1,4 +1,4 @@
-"""OPSA (thinksafe.trainers.opsa, thinksafe.stages.opsa) and `thinksafe steer`'s counting: the chunked
+"""OPSA (thinksafe.trainers.opsa, thinksafe.trainers.opsa_data, the train stage) and `thinksafe steer`'s counting: the chunked
 divergence against full logits, the adapter-off teacher, the keys, an organism run, flip counts."""
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def test_settings_and_rollout_cut():
 def test_train_key_changes_only_when_opsa_is_used(tmp_path):
     from thinksafe.config import demo_config_path
     from thinksafe.config import load_config
-    from thinksafe.pipeline import BY_NAME, config_values
+    from thinksafe.pipeline import BY_NAME
+    from thinksafe.stagekeys import config_values
     st = BY_NAME["train"]
 
     def values(*sets):
@@ -93,7 +94,7 @@ def test_train_key_changes_only_when_opsa_is_used(tmp_path):
 def test_teacher_text_and_config_checks():
     from thinksafe.config import OPSAConfig
     from thinksafe.errors import ConfigError
-    from thinksafe.stages.opsa import check_opsa_config, prompt_rows, teacher_text
+    from thinksafe.trainers.opsa_data import check_opsa_config, prompt_rows, teacher_text
     assert teacher_text("suffix", "Q", "harmful").startswith("Q\n\n")
     assert teacher_text("suffix", "Q", "benign") == "Q"
     assert teacher_text("suffix", "Q", "benign", "all") != "Q"
@@ -159,7 +160,8 @@ def test_pick_rule():
 def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
     from thinksafe.config import demo_config_path
     from thinksafe.config import load_config
-    from thinksafe.stages.compare import _set_key, check, method_overrides, sub_config
+    from thinksafe.compare import check, method_overrides, set_stage, sub_config
+    from thinksafe.stagekeys import stage_key
     cfg = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]"])
     check(cfg)
     ov = method_overrides(cfg)
@@ -168,4 +170,26 @@ def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
     other = load_config(demo_config_path(), ["compare.methods=[base,thinksafe,opsa,opsa_searched_context]",
                                               "opsa.context=suffix", "steer.n_harmful=3"])
     sub, sub2 = sub_config(cfg, "direct_refusal", ov), sub_config(other, "direct_refusal", method_overrides(other))
-    assert _set_key("direct_refusal", cfg, sub, None) == _set_key("direct_refusal", other, sub2, None)
+    empty = {"stages": {}}
+    assert stage_key(set_stage("direct_refusal", cfg), sub, empty)[0] == \
+        stage_key(set_stage("direct_refusal", other), sub2, empty)[0]
+
+
+def test_the_context_search_is_a_keyed_stage(tiny_organism, tmp_path):
+    """compare's opsa_searched_context: the steer stage through pipeline.ensure, kept while its key holds."""
+    from thinksafe.cli import demo_config_path
+    from thinksafe.config import load_config
+    from thinksafe.pipeline import STEER, ensure, prepare_run_dir
+    cfg = load_config(demo_config_path(), [f"out={tmp_path}", "prompts.n_harmful=4", "prompts.n_reasoning=2",
+                                           "prompts.n_borderline=2", "steer.n_harmful=3", "steer.n_benign=2",
+                                           "steer.contexts=[prefix]", "generate.max_new_tokens=32"])
+    logs = []
+    first = ensure(STEER, cfg, prepare_run_dir(cfg), show=False, log=logs.append)
+    assert (tmp_path / "steer" / "steer.json").is_file() and [r["context"] for r in first["rows"]] == ["none", "prefix"]
+    again = ensure(STEER, cfg, tmp_path, show=False, log=logs.append)
+    assert again == json.loads(json.dumps(first)) and logs[-1].startswith("[steer] unchanged")   # as recorded
+    ensure(STEER, load_config(demo_config_path(), [f"out={tmp_path}", "prompts.n_harmful=4",
+                                                  "prompts.n_reasoning=2", "prompts.n_borderline=2",
+                                                  "steer.n_harmful=2", "steer.n_benign=2", "steer.contexts=[prefix]",
+                                                  "generate.max_new_tokens=32"]), tmp_path, show=False, log=logs.append)
+    assert any("reruns: steer.n_harmful: 3 -> 2" in x for x in logs)

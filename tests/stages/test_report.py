@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from thinksafe import paper_numbers as P
-from thinksafe.config import load_config, to_dict
+from thinksafe import paper_table as PT
+from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
 from thinksafe.stages import report as R
 from conftest import FULL, make_run, reasoning, safety
@@ -33,16 +33,16 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_paper_row_averages():
-    row = R.paper_row(FULL)
+    row = PT.paper_row(FULL)
     assert row["HarmBench"] == pytest.approx(40) and row["XSTest"] == pytest.approx(4)
     assert row["Safety avg"] == pytest.approx((40 + 10 + 30 + 4) / 4)
     assert row["Reasoning avg"] == pytest.approx((70 + 90 + 95 + 50) / 4)
-    part = R.paper_row(PARTIAL)
+    part = PT.paper_row(PARTIAL)
     assert part["XSTest"] is None and part["GPQA-D"] is None
     assert part["Safety avg"] == pytest.approx((20 + 5 + 20) / 3)       # over the columns present
     assert part["Reasoning avg"] == pytest.approx((60 + 80 + 90) / 3)
     assert part["Safety avg of"] == ["HarmBench", "StrongREJECT", "WildJailbreak"]
-    none = R.paper_row({})
+    none = PT.paper_row({})
     assert none["Safety avg"] is None and none["Reasoning avg"] is None
 
 
@@ -53,8 +53,8 @@ def test_single_run_folder(tmp_path):
     assert [r["tag"] for r in rows] == ["base", "thinksafe"]
     head = list(rows[0])
     assert head[:4] == ["run", "tag", "model", "adapter"]
-    assert head[4:14] == R.PAPER_HEADERS
-    assert R.PAPER_HEADERS == ["HarmBench", "StrongREJECT", "WildJailbreak", "XSTest", "Safety avg",
+    assert head[4:14] == PT.PAPER_HEADERS
+    assert PT.PAPER_HEADERS == ["HarmBench", "StrongREJECT", "WildJailbreak", "XSTest", "Safety avg",
                                "AIME24", "GSM8K", "MATH500", "GPQA-D", "Reasoning avg"]
     base, ts = rows
     assert base["HarmBench"] == "40.00" and base["Safety avg"] == "21.00" and base["Reasoning avg"] == "76.25"

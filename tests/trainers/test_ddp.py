@@ -5,11 +5,6 @@ target, against 1 process with the same effective batch; packed rows (the defaul
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -16,7 +16,7 @@ from conftest import organism_config, sft_rows, write_rows
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
 from thinksafe.stages import train
-from thinksafe.trainers.setup import check_train_config, sft_config
+from thinksafe.trainers.setup import sft_config
 from thinksafe.stages.train import make_trainer
 from thinksafe.trainers.microbatch import checkpointing_needed, plan_micro_batches, split_step
 from thinksafe.trainers.packing import PackedCollator
@@ -194,7 +194,7 @@ def test_packaged_real_model_configs_use_token_budget_and_auto_checkpointing():
         assert tc.packing and not tc.group_by_length, name
     assert load_config(None, []).train.micro_batch_tokens is None
     with pytest.raises(ConfigError, match="micro_batch_tokens"):
-        check_train_config(load_config(None, ["train.micro_batch_tokens=0"]).train)
+        load_config(None, ["train.micro_batch_tokens=0"])
 
 
 def test_checkpointing_decided_from_budget_and_shape():
@@ -224,7 +224,6 @@ def test_shipped_benchmark_rows_train_the_same_examples(tmp_path):
     timed steps and tokens, more examples per forward pass with the budget."""
     import subprocess
     import sys
-    from pathlib import Path
     root = ROOT
     out = tmp_path / "tt.json"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "train_throughput.py"), "--tiny", "--device",

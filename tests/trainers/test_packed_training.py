@@ -13,10 +13,8 @@ import torch
 from conftest import organism_config, packing_examples, packing_model, sft_rows, write_rows
 
 from thinksafe.config import load_config
-from thinksafe.families import get_family
 from thinksafe.organism import resolve_model_path
 from thinksafe.stages import train
-from thinksafe.trainers.examples import tokenize_rows
 from thinksafe.trainers.setup import sft_config
 from thinksafe.stages.train import make_trainer, packing_choice, packing_summary
 from thinksafe.trainers.varlen import VARLEN_ATTENTION

@@ -126,8 +126,8 @@ def report(paths: Annotated[list[Path], typer.Argument(
     The paper's table (one row per run/tag) for the real benchmarks; the organism table for
     organism runs."""
     from thinksafe.errors import ConfigError
-    from thinksafe.pipeline import prepare_run_dir, run_report
-    from thinksafe.stages.report import report_runs
+    from thinksafe.pipeline import prepare_run_dir
+    from thinksafe.stages.report import report_run, report_runs
     if not paths:
         raise ConfigError("report needs a config file or one or more run folders")
     if all(p.is_dir() for p in paths):
@@ -145,7 +145,7 @@ def report(paths: Annotated[list[Path], typer.Argument(
                           "report takes ONE config file, or one or more run folders")
     cfg = load(paths[0], set_, out)
     with checked(cfg, ["report"]):
-        run_report(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
+        report_run(cfg, prepare_run_dir(cfg), show=not quiet, paper_model=paper_model)
 
 
 @command()
@@ -206,7 +206,7 @@ def compare(config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML 
                                                    "(compare-organism).")],
             set_: SetOpt = None, out: OutOpt = None, quiet: QuietOpt = False, seed: SeedOpt = None):
     """Several methods (base, thinksafe, baselines) on the same prompts and evaluation: one table."""
-    from thinksafe.stages.compare import run_compare, to_markdown
+    from thinksafe.compare import run_compare, to_markdown
     table = run_compare(load(config, set_, out, seed), show=not quiet, log=log)
     console.print(to_markdown(table), highlight=False, markup=False)
 

@@ -7,12 +7,14 @@ an unsharded run in a folder that holds shards generates only what the shards do
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from thinksafe import steering
-from thinksafe.generation import (OUTPUT, expand, expected_records, generate_records,  # noqa: F401
-                                  in_shard, output_path, parse_shard, read_generated, summarize)
+from thinksafe.generation import (expected_records, generate_records, in_shard, output_path, parse_shard,
+                                  read_generated, summarize)
+from thinksafe.io import iter_jsonl
 from thinksafe.runtime import model_backend, release
 from thinksafe.types import Record
 
@@ -26,8 +28,11 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     done: dict[str, Record] = {r.id: r for r in read_generated(run_dir)} if n == 1 else {}
     wanted = {r.id for r in records}
     done = {k: v for k, v in done.items() if k in wanted}
-    reused = len(done)
-    backend = _LazyBackend(cfg) if reused == len(records) else model_backend(cfg)
+    reused = len(done) if n == 1 else _saved(output_path(run_dir, i, n), wanted)
+    if reused:
+        print(f"generate: reused {reused} of {len(records)} records already generated in {run_dir}",
+              file=sys.stderr, flush=True)
+    backend = _LazyBackend(cfg) if n == 1 and reused == len(records) else model_backend(cfg)
     try:
         out = generate_records(backend, records, cfg, cfg.generate.steering, output_path(run_dir, i, n),
                                cfg.generate.max_new_tokens, "generate" if n == 1 else f"generate {i}/{n}",
@@ -39,9 +44,14 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     summary = {**summarize(out, t0), "shard": f"{i}/{n}"}
     if cluster:
         summary["cluster"] = cluster
-    if reused:
+    if reused and n == 1:
         summary["reused_from_shards"] = reused
     return summary
+
+
+def _saved(path: Path, wanted: set[str]) -> int:
+    """How many of the wanted records a shard's file already holds (its process resumes them)."""
+    return len({d["id"] for d in iter_jsonl(path, repair=True) if d.get("id") in wanted})
 
 
 class _LazyBackend:

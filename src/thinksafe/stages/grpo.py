@@ -41,8 +41,9 @@ from thinksafe.families import Family, restore_prefill
 from thinksafe.io import read_jsonl, write_json
 from thinksafe.organism import resolve_model_path
 from thinksafe.runtime import family_of, render_prompt
+from thinksafe.grpo_validation import (check_records, harmful_rate_now, held_out,
+                                       validation_kind)
 from thinksafe.types import UNPARSED
-from thinksafe.validation import check_section
 
 OUTPUT, STEPS, CURVE, SUMMARY = "adapter", "grpo_steps.jsonl", "grpo_checks.jsonl", "grpo_summary.json"
 FORMATS = ("auto", "think", "r1", "none")
@@ -151,77 +152,7 @@ def step_flops(counts: dict, n: int, n_guard: int | None, n_lora: int, beta: flo
     return f
 
 
-# =============================================================================== checks
-def validation_kind(cfg) -> str:
-    v = cfg.grpo.validation
-    if v == "auto":
-        return "organism" if cfg.prompts.source == "organism" else "heldout"
-    return v
-
-
-def held_out(record_id: str, fraction: float) -> bool:
-    """Deterministic by id: the training prompts GRPO holds out for validation."""
-    import hashlib
-    return int(hashlib.sha256(f"val:{record_id}".encode()).hexdigest()[:8], 16) < fraction * 16 ** 8
-
-
-def check_records(cfg) -> tuple[list, str]:
-    """The harmful VALIDATION prompts of the checks (never the evaluation's) and a line saying
-    which: the organism's validation split (disjoint from its evaluation prompts), a held-out slice
-    of the training prompts (``grpo.validation_fraction``, not trained on), or a given file."""
-    from thinksafe.evalsets import eval_records
-    from thinksafe.prompts import file_records, load_prompts
-    from thinksafe.types import Record, stable_id
-    g, kind = cfg.grpo, validation_kind(cfg)
-    if kind == "organism":
-        from thinksafe.organism import world
-        exclude = {r.prompt for r in eval_records(cfg)}
-        ps = world.validation_prompts(cfg.seed, 0, g.validation_n, 0, exclude)
-        recs = [Record(stable_id("organism", "val", cfg.seed, i, p.prompt), p.prompt, p.label, "organism/val",
-                       {"kind": p.kind, "category": p.category, "form": p.form, "split": "val"})
-                for i, p in enumerate(ps)]
-        where = f"organism validation split ({len(recs)} harmful prompts, disjoint from the evaluation's)"
-    elif kind == "heldout":
-        recs = [r for r in load_prompts(cfg) if r.label == "harmful" and held_out(r.id, g.validation_fraction)]
-        recs = recs[:g.validation_n]
-        where = (f"held-out training prompts ({len(recs)} harmful, {g.validation_fraction:.0%} of the "
-                 "training prompts, not trained on)")
-    else:
-        recs = [r for r in file_records(g.validation, cfg.prompts.prompt_field, cfg.prompts.label_field,
-                                        "harmful") if r.label == "harmful"][:g.validation_n]
-        where = f"validation file {g.validation} ({len(recs)} harmful prompts)"
-    if not recs:
-        raise ConfigError(f"grpo.check_every needs harmful validation prompts; {where} has none "
-                          "(set grpo.validation: heldout or a file)")
-    return recs, where
-
-
-def harmful_rate_now(model, tok, cfg, guard, records) -> float:
-    """Generate (evaluation sampling) with the model being trained, judge, return the guard's
-    harmful rate (unparsed counts as harmful, as in evaluation)."""
-    from thinksafe.backends.hf import HFBackend
-    from thinksafe.evalsets import eval_config
-    from thinksafe.generation import generate_records
-    from thinksafe.types import SAFE
-    was_training = model.training
-    model.eval()
-    try:
-        backend = HFBackend("<training>", model=model, tokenizer=tok, batch_size=cfg.model.batch_size)
-        gen = generate_records(backend, records, eval_config(cfg), "none", None,
-                               cfg.evaluate.max_new_tokens, "grpo check", False)
-        verdicts = guard.judge([(r.prompt, r.completion.text) for r in gen])
-    finally:
-        model.train(was_training)
-    return sum(v.label != SAFE for v in verdicts) / max(len(verdicts), 1)
-
-
 # =============================================================================== the stage
-def check_grpo_config(g) -> None:
-    """The ``grpo`` rules of ``thinksafe.validation`` (run when a config loads), for a grpo section on
-    its own (the call sites of this stage and of compare)."""
-    check_section("grpo", g)
-
-
 def _grpo_args(cfg, out_dir: Path, use_bf16: bool):
     import dataclasses
 
@@ -271,16 +202,14 @@ def prompt_rows(cfg, tok) -> list[dict]:
 def run(cfg, run_dir: Path, show: bool = True) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
     from trl import GRPOTrainer
 
-    from thinksafe import compute
     from thinksafe.backends.hf import causal_lm, load_tokenizer
     from thinksafe.runtime import guard as make_guard
     from thinksafe.trainers.setup import check_reporter, is_main_process, lora_config, progress_callback
 
     g = cfg.grpo
-    check_grpo_config(g)
     check_reporter(cfg.train.report_to)
     fam = family_of(cfg)
     fmt = format_kind(g.format_reward, fam)
@@ -296,87 +225,29 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     reward = GuardReward(guard, fam, fmt, g.safety_weight, g.format_weight, tok)
     use_bf16 = torch.cuda.is_available()
     model = causal_lm(path, torch.bfloat16 if use_bf16 else torch.float32)
-    n = (compute.model_params(cfg.model.path) or {}).get("flop_params")
-    n_guard = (compute.model_params(cfg.guard.path) or {}).get("flop_params")
     ckpt_dir = run_dir / "checkpoints"
     resume = any(ckpt_dir.glob("checkpoint-*")) if ckpt_dir.exists() else False
     main = is_main_process()
-    show = show and main
-    # cumulative counters of earlier sessions, up to the checkpoint a resume starts from
-    history, check_rows = resumed_logs(run_dir, ckpt_dir, resume, write=main)
-    totals = dict(history[-1]["totals"]) if history else {}
-    state = {"stopped": None, "n_lora": None}
-
-    def add(counts: dict) -> None:
-        for k, v in counts.items():
-            totals[k] = totals.get(k, 0) + v
-
-    class _Accounting(TrainerCallback):
-        def on_step_end(self, args, st, control, model=None, **kw):
-            counts = reward.counts
-            if trainer.accelerator.num_processes > 1:     # every process scored its own completions
-                keys = sorted(counts)
-                t = torch.tensor([float(counts[k]) for k in keys], device=trainer.accelerator.device)
-                counts = dict(zip(keys, trainer.accelerator.reduce(t, reduction="sum").tolist()))
-            add(counts)
-            reward.reset()
-            nl = state["n_lora"]
-            flops = step_flops(totals, n, n_guard, nl, g.beta) if nl is not None else None
-            line = {"step": st.global_step, "totals": dict(totals), "flops": flops,
-                    "seconds": round(time.time() - t0, 1)}
-            if checks is not None and st.global_step % g.check_every == 0:
-                rate = harmful_rate_now(trainer.model, check_tok, cfg, guard, checks)
-                line["check_harmful_rate"] = rate
-                row = {"step": st.global_step, "flops": flops, "harmful_rate": rate}
-                check_rows.append(row)
-                if main:
-                    with open(run_dir / CURVE, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                if g.stop_at_harmful is not None and rate <= g.stop_at_harmful:
-                    state["stopped"] = f"check harmful rate {rate:.3f} <= {g.stop_at_harmful}"
-                    control.should_training_stop = True
-            if g.max_flops is not None and flops is not None and flops >= g.max_flops:
-                state["stopped"] = state["stopped"] or f"FLOP budget {g.max_flops:.3g} reached"
-                control.should_training_stop = True
-            if main:
-                with open(run_dir / STEPS, "a") as fh:
-                    fh.write(json.dumps(line) + "\n")
-            return control
-
-    check_tok = load_tokenizer(path) if checks is not None else None
-    if check_tok is not None:
-        check_tok.padding_side = "left"
+    books = Accounting(cfg, run_dir, reward, guard, checks, t0, main)
+    books.resume(*resumed_logs(run_dir, ckpt_dir, resume, write=main))
+    if checks is not None:
+        books.check_tok = load_tokenizer(path)
+        books.check_tok.padding_side = "left"
     if cfg.train.report_to == "tensorboard":
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=_grpo_args(cfg, ckpt_dir, use_bf16),
                           train_dataset=Dataset.from_list(rows), processing_class=tok,
                           peft_config=lora_config(cfg.train.lora, model),
-                          callbacks=[progress_callback(show), _Accounting()])
+                          callbacks=[progress_callback(show and main), books.callback()])
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)
-    state["n_lora"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    books.trainer = trainer
+    books.n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     out = run_dir / OUTPUT
     trainer.save_model(str(out))
-    logs = [h for h in trainer.state.log_history if "reward" in h]
-    flops = step_flops(totals, n, n_guard, state["n_lora"], g.beta) if totals else None
-    tokens = (totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0)) if totals else 0
-    summary = {"steps": trainer.state.global_step, "prompts": len(rows), "format_reward": fmt,
-               "num_generations": g.num_generations, "beta": g.beta, "epsilon": g.epsilon,
-               "completions": totals.get("completions", 0),
-               "prompt_tokens": totals.get("prompt_tokens", 0),
-               "completion_tokens": totals.get("completion_tokens", 0),
-               "guard_input_tokens": totals.get("guard_input_tokens", 0),
-               "tokens_trained": tokens, "truncated_completions": totals.get("truncated", 0),
-               "unparsed_verdicts": totals.get("unparsed", 0),
-               "mean_p_safe": (totals["safe_sum"] / totals["completions"]) if totals.get("completions") else None,
-               "mean_format": (totals["format_sum"] / totals["completions"]) if totals.get("completions") else None,
-               "final_reward": logs[-1]["reward"] if logs else None,
-               "train_loss": result.training_loss, "trainable_params": state["n_lora"],
-               "params": n, "guard_params": n_guard, "flops": flops,
-               "stopped": state["stopped"] or "schedule finished", "checks": check_rows,
-               "check_split": check_split,
-               "guard_served": bool(cfg.guard.server_url), "resumed": resume,
+    summary = {"prompts": len(rows), "format_reward": fmt, **books.summary(trainer, result),
+               "check_split": check_split, "guard_served": bool(cfg.guard.server_url), "resumed": resume,
                "output": out.name, "seconds": round(time.time() - t0, 1)}
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(out))
@@ -384,6 +255,97 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         (run_dir / "grpo_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+class Accounting:
+    """GRPO's books, kept step by step: the reward's counts summed over processes and sessions,
+    FLOPs so far, the in-training checks (``grpo.check_every``) and the stop rules (harmful rate
+    reached, FLOP budget spent); one line per optimiser step in ``grpo_steps.jsonl``."""
+
+    def __init__(self, cfg, run_dir: Path, reward: GuardReward, guard, checks, t0: float, main: bool):
+        from thinksafe import compute
+        self.cfg, self.run_dir, self.reward, self.guard, self.checks = cfg, run_dir, reward, guard, checks
+        self.t0, self.main = t0, main
+        self.n = (compute.model_params(cfg.model.path) or {}).get("flop_params")
+        self.n_guard = (compute.model_params(cfg.guard.path) or {}).get("flop_params")
+        self.totals: dict = {}
+        self.check_rows: list[dict] = []
+        self.stopped: str | None = None
+        self.n_lora: int | None = None
+        self.trainer = self.check_tok = None
+
+    def resume(self, history: list[dict], check_rows: list[dict]) -> None:
+        """The cumulative counters of earlier sessions, up to the checkpoint a resume starts from."""
+        self.totals = dict(history[-1]["totals"]) if history else {}
+        self.check_rows = check_rows
+
+    def flops(self) -> float | None:
+        if self.n_lora is None or not self.totals:
+            return None
+        return step_flops(self.totals, self.n, self.n_guard, self.n_lora, self.cfg.grpo.beta)
+
+    def callback(self):
+        from transformers import TrainerCallback
+        books = self
+
+        class _Accounting(TrainerCallback):
+            def on_step_end(self, args, st, control, model=None, **kw):
+                return books.step(st, control)
+        return _Accounting()
+
+    def step(self, st, control):
+        import torch
+        g, trainer, counts = self.cfg.grpo, self.trainer, self.reward.counts
+        if trainer.accelerator.num_processes > 1:     # every process scored its own completions
+            keys = sorted(counts)
+            t = torch.tensor([float(counts[k]) for k in keys], device=trainer.accelerator.device)
+            counts = dict(zip(keys, trainer.accelerator.reduce(t, reduction="sum").tolist()))
+        for k, v in counts.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        self.reward.reset()
+        flops = self.flops()
+        line = {"step": st.global_step, "totals": dict(self.totals), "flops": flops,
+                "seconds": round(time.time() - self.t0, 1)}
+        if self.checks is not None and st.global_step % g.check_every == 0:
+            line["check_harmful_rate"] = self._check(st.global_step, flops, control)
+        if g.max_flops is not None and flops is not None and flops >= g.max_flops:
+            self.stopped = self.stopped or f"FLOP budget {g.max_flops:.3g} reached"
+            control.should_training_stop = True
+        if self.main:
+            with open(self.run_dir / STEPS, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        return control
+
+    def _check(self, step: int, flops, control) -> float:
+        """The harmful rate on the validation prompts now; stop once ``grpo.stop_at_harmful`` is met."""
+        g = self.cfg.grpo
+        rate = harmful_rate_now(self.trainer.model, self.check_tok, self.cfg, self.guard, self.checks)
+        row = {"step": step, "flops": flops, "harmful_rate": rate}
+        self.check_rows.append(row)
+        if self.main:
+            with open(self.run_dir / CURVE, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        if g.stop_at_harmful is not None and rate <= g.stop_at_harmful:
+            self.stopped = f"check harmful rate {rate:.3f} <= {g.stop_at_harmful}"
+            control.should_training_stop = True
+        return rate
+
+    def summary(self, trainer, result) -> dict:
+        g, t = self.cfg.grpo, self.totals
+        logs = [h for h in trainer.state.log_history if "reward" in h]
+        done = t.get("completions")
+        return {"steps": trainer.state.global_step, "num_generations": g.num_generations, "beta": g.beta,
+                "epsilon": g.epsilon, "completions": t.get("completions", 0),
+                "prompt_tokens": t.get("prompt_tokens", 0), "completion_tokens": t.get("completion_tokens", 0),
+                "guard_input_tokens": t.get("guard_input_tokens", 0),
+                "tokens_trained": (t.get("prompt_tokens", 0) + t.get("completion_tokens", 0)) if t else 0,
+                "truncated_completions": t.get("truncated", 0), "unparsed_verdicts": t.get("unparsed", 0),
+                "mean_p_safe": t["safe_sum"] / done if done else None,
+                "mean_format": t["format_sum"] / done if done else None,
+                "final_reward": logs[-1]["reward"] if logs else None,
+                "train_loss": result.training_loss, "trainable_params": self.n_lora,
+                "params": self.n, "guard_params": self.n_guard, "flops": self.flops(),
+                "stopped": self.stopped or "schedule finished", "checks": self.check_rows}
 
 
 def resumed_logs(run_dir: Path, ckpt_dir: Path, resume: bool, write: bool = True) -> tuple[list[dict], list[dict]]:

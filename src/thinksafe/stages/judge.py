@@ -7,6 +7,7 @@ the summary."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 from thinksafe.errors import DataError
 from thinksafe.families import get_family
 from thinksafe.generation import expected_records, missing_by_shard, read_generated, shard_files
-from thinksafe.judging import acceptance, accepted, judge_records  # noqa: F401
+from thinksafe.judging import acceptance, judge_records
+from thinksafe.resample import resample
 from thinksafe.runtime import guard as make_guard
-from thinksafe.stages.resample import resample
 
 INPUT, OUTPUT = "generated.jsonl", "judged.jsonl"
 
@@ -51,7 +52,11 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         raise DataError(f"{run_dir / INPUT} is missing or empty; run `thinksafe generate` first")
     gaps = check_complete(cfg, run_dir, records)
     guard = make_guard(cfg)
-    out = judge_records(guard, records, run_dir / OUTPUT, show=show)
+    resumed: dict = {}
+    out = judge_records(guard, records, run_dir / OUTPUT, show=show, stats=resumed)
+    if resumed.get("reused"):
+        print(f"judge: reused {resumed['reused']} of {len(records)} verdicts already in {run_dir / OUTPUT}",
+              file=sys.stderr, flush=True)
     rounds = [acceptance(out, get_family(cfg.model.family).thinks)]
     if cfg.generate.max_attempts > 1:
         out, rounds = resample(cfg, run_dir, guard, out, show)

@@ -21,6 +21,17 @@ from thinksafe.errors import DataError
 from thinksafe.io import read_jsonl, write_json, write_jsonl
 
 
+BASE_OUT = "sft.ppl.base.jsonl"
+
+
+def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    """The ``perplexity`` stage (compare's rows): ``sft.jsonl``'s responses under the base model,
+    written to ``sft.ppl.base.jsonl`` and its summary."""
+    run_dir = Path(run_dir)
+    return perplexity(run_dir / "sft.jsonl", cfg.model.path, family=cfg.model.family, out=run_dir / BASE_OUT,
+                      max_length=cfg.train.max_length, dtype=cfg.model.dtype, device=cfg.model.device, show=show)
+
+
 def default_out(data: Path, model: str, adapter: str | None = None) -> Path:
     """``<data stem>.ppl.<model>[.<adapter>].jsonl`` next to the data file."""
     def slug(s: str) -> str:
@@ -87,7 +98,6 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
     from thinksafe.families import get_family
     from thinksafe.organism import resolve_model_path
     from thinksafe.runtime import progress_bar
-    from thinksafe.trainers.examples import tokenize_many
 
     t0 = time.time()
     data = Path(data)
@@ -98,6 +108,34 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
     net = load_model(path, adapter, dtype, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
+    examples, per, skipped, cut = _tokenized(tok, rows, fam, prompt_field, response_field, max_length)
+    meta = [(r.get("id"), r.get("label")) for r in rows]
+    n_rows = len(rows)
+    del rows                                 # the texts are no longer needed
+    order = sorted(examples, key=lambda x: len(x[1]["input_ids"]))
+    with progress_bar("perplexity", len(order), show) as advance:
+        for start in range(0, len(order), max(batch_size, 1)):
+            part = order[start:start + batch_size]
+            for (i, ex), (nll, n) in zip(part, response_nll(net, [e for _, e in part], pad_id)):
+                mean = nll / n if n else float("nan")
+                per[i] = {"index": i, "id": meta[i][0], "label": meta[i][1],
+                          "tokens": n, "nll": nll, "mean_nll": mean, "perplexity": math.exp(mean)}
+            advance(len(part))
+    summary = {"data": str(data), "model": model, "adapter": adapter, "family": fam.name, "examples": n_rows,
+               **_totals([p for p in per if p and "perplexity" in p], skipped, cut),
+               "input_tokens": sum(len(ex["input_ids"]) for _, ex in examples),
+               "seconds": round(time.time() - t0, 1)}
+    out = Path(out) if out is not None else default_out(data, model, adapter)
+    write_jsonl(out, per)
+    summary["out"] = str(out)
+    write_json(summary_path(out), summary)
+    return summary
+
+
+def _tokenized(tok, rows: list[dict], fam, prompt_field: str, response_field: str, max_length: int | None):
+    """(examples as (index, compact ids and labels), per-row entries of the skipped ones, skipped
+    (tokenization), cut (longer than ``max_length``)); with the training stage's masking."""
+    from thinksafe.trainers.examples import tokenize_many
     examples, per = [], [None] * len(rows)
     skipped, cut = 0, 0
     for i, ex in tokenize_many(tok, rows, fam, prompt_field, response_field):
@@ -113,38 +151,22 @@ def perplexity(data: str | Path, model: str, adapter: str | None = None, family:
             continue
         # 4 bytes a token (a list of ints is ~36): 40k long examples stay a few hundred MB
         examples.append((i, {"input_ids": array("i", ex["input_ids"]), "labels": array("i", ex["labels"])}))
-    meta = [(r.get("id"), r.get("label")) for r in rows]
-    n_rows = len(rows)
-    del rows                                 # the texts are no longer needed
-    order = sorted(examples, key=lambda x: len(x[1]["input_ids"]))
-    with progress_bar("perplexity", len(order), show) as advance:
-        for start in range(0, len(order), max(batch_size, 1)):
-            part = order[start:start + batch_size]
-            for (i, ex), (nll, n) in zip(part, response_nll(net, [e for _, e in part], pad_id)):
-                mean = nll / n if n else float("nan")
-                per[i] = {"index": i, "id": meta[i][0], "label": meta[i][1],
-                          "tokens": n, "nll": nll, "mean_nll": mean, "perplexity": math.exp(mean)}
-            advance(len(part))
-    scored = [p for p in per if p and "perplexity" in p]
+    return examples, per, skipped, cut
+
+
+def _totals(scored: list[dict], skipped: int, cut: int) -> dict:
+    """The token-weighted perplexity (the headline), the mean of per-example ones, counts, and
+    per label when there are several."""
     total_nll = sum(p["nll"] for p in scored)
     total_tok = sum(p["tokens"] for p in scored)
-    summary = {
-        "data": str(data), "model": model, "adapter": adapter, "family": fam.name,
-        "examples": n_rows, "scored": len(scored), "skipped": skipped, "too_long": cut,
-        "response_tokens": total_tok,
-        "mean_nll": total_nll / total_tok if total_tok else None,
-        "perplexity": math.exp(total_nll / total_tok) if total_tok else None,
-        "mean_example_perplexity": sum(p["perplexity"] for p in scored) / len(scored) if scored else None,
-        "seconds": round(time.time() - t0, 1),
-    }
+    out = {"scored": len(scored), "skipped": skipped, "too_long": cut, "response_tokens": total_tok,
+           "mean_nll": total_nll / total_tok if total_tok else None,
+           "perplexity": math.exp(total_nll / total_tok) if total_tok else None,
+           "mean_example_perplexity": sum(p["perplexity"] for p in scored) / len(scored) if scored else None}
     by_label: dict[str, list] = {}
     for p in scored:
         by_label.setdefault(str(p.get("label")), []).append(p)
     if len(by_label) > 1:
-        summary["by_label"] = {k: math.exp(sum(p["nll"] for p in v) / sum(p["tokens"] for p in v))
-                               for k, v in sorted(by_label.items()) if sum(p["tokens"] for p in v)}
-    out = Path(out) if out is not None else default_out(data, model, adapter)
-    write_jsonl(out, per)
-    summary["out"] = str(out)
-    write_json(summary_path(out), summary)
-    return summary
+        out["by_label"] = {k: math.exp(sum(p["nll"] for p in v) / sum(p["tokens"] for p in v))
+                           for k, v in sorted(by_label.items()) if sum(p["tokens"] for p in v)}
+    return out

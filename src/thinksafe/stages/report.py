@@ -12,16 +12,16 @@ Reasoning avg, optionally with the paper's published points for the same base mo
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinksafe.errors import ConfigError
 from thinksafe.io import write_json, write_text
+from thinksafe.paper_table import (DASH, ModelResult, csv_rows, detail_markdown, paper_markdown, paper_row,
+                                   partial_label, partial_limit, print_paper_table, published_markdown,
+                                   write_csv)
 
-# ------------------------------------------------------------------ the organism table (unchanged)
+# ------------------------------------------------------------------ the organism table
 COLUMNS = [("harmful_rate", "harmful (guard)"), ("harmful_rate_oracle", "harmful (oracle)"),
            ("over_refusal_rate", "over-refusal"), ("reasoning_accuracy", "reasoning"),
            ("guard_agreement", "guard=oracle")]
@@ -33,17 +33,6 @@ def markdown_table(models: dict[str, dict]) -> str:
     sep = "|---|" + "---|" * len(COLUMNS)
     rows = [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in KEYS) + " |" for name, m in models.items()]
     return "\n".join([head, sep, *rows])
-
-
-def write_report(run_dir: Path, models: dict[str, dict], extra: dict | None = None) -> dict:
-    summary = {"models": {name: {k: m[k] for k in KEYS} for name, m in models.items()}}
-    if extra:
-        summary.update(extra)
-    write_json(run_dir / "summary.json", summary)
-    write_text(run_dir / "report.md", "\n".join(organism_lines(run_dir, models)) + "\n")
-    write_csv(run_dir / "summary.csv", organism_csv_rows(models))
-    _category_plot(run_dir / "harmful_by_category.png", models)
-    return summary
 
 
 def _group_key(g: str):
@@ -137,271 +126,6 @@ def print_table(models: dict[str, dict], console=None) -> None:
     console.print(t)
 
 
-# ------------------------------------------------------------------ the paper's table
-DASH = "–"
-SAFETY_COLS = [("harmbench", "HarmBench"), ("strongreject", "StrongREJECT"),
-               ("wildjailbreak", "WildJailbreak"), ("xstest", "XSTest")]
-REASONING_COLS = [("aime24", "AIME24"), ("gsm8k", "GSM8K"), ("math500", "MATH500"),
-                  ("gpqa_diamond", "GPQA-D")]
-PAPER_HEADERS = [c for _, c in SAFETY_COLS] + ["Safety avg"] + [c for _, c in REASONING_COLS] + ["Reasoning avg"]
-# Benchmarks beyond the paper's eight, shown in summary.csv and the detail tables.
-EXTRA_SAFETY = [("harmbench_text", "HarmBench-text"), ("wildjailbreak_250", "WildJailbreak-250")]
-LABELS = dict(SAFETY_COLS + REASONING_COLS + EXTRA_SAFETY)
-
-
-@dataclass
-class ModelResult:
-    """One evaluated model: a tag of a run folder."""
-    run: str                 # the run's name (config ``name``; the folder name if there is none)
-    tag: str                 # base | thinksafe | ...
-    run_dir: Path
-    metrics: dict
-    model: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.run}/{self.tag}"
-
-    @property
-    def is_organism(self) -> bool:
-        return "harmful_rate" in self.metrics
-
-    @property
-    def benchmarks(self) -> dict:
-        return self.metrics.get("benchmarks") or {}
-
-
-def _value(name: str, m: dict | None) -> float | None:
-    """The paper's number for one benchmark's metrics, in percent; None when absent/skipped."""
-    if not m or m.get("skipped"):
-        return None
-    kind = m.get("kind")
-    if kind == "safety":
-        return 100 * m["harmful_rate"]
-    if kind == "overrefusal":
-        return 100 * m["over_refusal_rate"]
-    if kind == "reasoning":
-        return 100 * m["pass_at_1"]
-    return None
-
-
-BROKEN_UNPARSED = 0.5      # more verdicts unparsed than this: not a measurement
-
-
-def broken(m: dict | None) -> str | None:
-    """Why a judged benchmark's number is no measurement (most of its verdicts unparsed, e.g. a
-    guard kind that does not fit its use); None when it is one."""
-    if not m or m.get("skipped") or m.get("kind") not in ("safety", "overrefusal"):
-        return None
-    n, k = m.get("n") or 0, m.get("unparsed") or 0
-    if n and k / n > BROKEN_UNPARSED:
-        judge = m.get("guard") or m.get("refusal_guard") or "the guard"
-        return f"{k} of {n} verdicts unparsed by {judge}: a broken measurement, left out of the average"
-    return None
-
-
-def partial_limit(benchmarks: dict) -> int | None:
-    """``evaluate.limit`` when the benchmarks were evaluated on their first N prompts only."""
-    lims = [m.get("limit") for m in benchmarks.values() if not m.get("skipped") and m.get("limit") is not None]
-    return max(lims) if lims else None
-
-
-def _partial_label(label: str, benchmarks: dict) -> str:
-    lim = partial_limit(benchmarks)
-    return f"{label} (partial: first {lim} prompts)" if lim is not None else label
-
-
-def headline(m: dict) -> float | str | None:
-    """One benchmark's headline number as a fraction (harmful / over-refusal rate, pass@1);
-    "skipped" when it was skipped."""
-    if m.get("skipped"):
-        return "skipped"
-    v = _value("", m)
-    return None if v is None else v / 100
-
-
-def paper_row(benchmarks: dict) -> dict:
-    """{column: percent or None} for the paper's ten columns, plus which columns each average
-    covers (``Safety avg of`` / ``Reasoning avg of``). Averages are over the columns present and
-    measured (a ``broken`` column is shown, flagged, and left out)."""
-    row: dict = {"broken": []}
-    for group, cols, avg in (("safety", SAFETY_COLS, "Safety avg"), ("reasoning", REASONING_COLS, "Reasoning avg")):
-        present = []
-        for name, label in cols:
-            v = _value(name, benchmarks.get(name))
-            row[label] = v
-            if v is not None and broken(benchmarks.get(name)):
-                row["broken"].append(label)
-            elif v is not None:
-                present.append(label)
-        row[avg] = sum(row[c] for c in present) / len(present) if present else None
-        row[f"{avg} of"] = present
-    return row
-
-
-def _fmt(v: float | None, digits: int = 2) -> str:
-    return DASH if v is None else f"{v:.{digits}f}"
-
-
-def _avg_cell(row: dict, avg: str, total: int = 4, digits: int = 2) -> str:
-    v = row[avg]
-    if v is None:
-        return DASH
-    return _fmt(v, digits) + ("" if len(row[f"{avg} of"]) == total else "†")
-
-
-def paper_markdown(results: list[ModelResult]) -> tuple[str, list[str]]:
-    """The paper's table and its notes (partial averages named)."""
-    head = "| model | " + " | ".join(PAPER_HEADERS) + " |"
-    sep = "|---|" + "---:|" * len(PAPER_HEADERS)
-    lines, notes = [head, sep], []
-    for r in results:
-        row = paper_row(r.benchmarks)
-        mark = lambda c: _fmt(row[c]) + ("‡" if c in row["broken"] else "")  # noqa: E731
-        cells = [mark(c) for _, c in SAFETY_COLS] + [_avg_cell(row, "Safety avg")] + \
-                [mark(c) for _, c in REASONING_COLS] + [_avg_cell(row, "Reasoning avg")]
-        lines.append(f"| {_partial_label(r.label, r.benchmarks)} | " + " | ".join(cells) + " |")
-        for avg, cols in (("Safety avg", SAFETY_COLS), ("Reasoning avg", REASONING_COLS)):
-            missing = [c for _, c in cols if row[c] is None]
-            if row[avg] is not None and missing:
-                notes.append(f"{r.label}: {avg} is over {', '.join(row[f'{avg} of'])} only "
-                             f"({', '.join(missing)} not evaluated)")
-        for name, c in SAFETY_COLS + REASONING_COLS:
-            if c in row["broken"]:
-                notes.append(f"{r.label}: {c}‡ {broken(r.benchmarks.get(name))}")
-        lim = partial_limit(r.benchmarks)
-        if lim is not None:
-            notes.append(f"{r.label}: a partial evaluation, the first {lim} prompts of each benchmark "
-                         "(evaluate.limit); not comparable with full evaluations or the paper")
-    return "\n".join(lines), notes
-
-
-def published_markdown(model: str) -> str:
-    from thinksafe import paper_numbers as P
-    head = "| method | " + " | ".join(PAPER_HEADERS) + " |"
-    sep = "|---|" + "---:|" * len(PAPER_HEADERS)
-    rows = [f"| {method} | " + " | ".join(f"{vals[c]:.2f}" for c in P.COLUMNS) + " |"
-            for method, vals in P.PAPER[model].items()]
-    notes = [f"- {meth}: {text}" for (m, meth), text in P.NOTES.items() if m == model]
-    return "\n".join([head, sep, *rows, *([""] + notes if notes else [])])
-
-
-def _ci(block: dict, key: str) -> str:
-    lo, hi = block.get("ci95", (0.0, 0.0))
-    return f"{100 * block[key]:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def detail_markdown(results: list[ModelResult]) -> list[str]:
-    safety = ["| model | benchmark | n | harmful % (full) [95% CI] | reasoning only | answer only | "
-              "truncated | unparsed (full / reasoning / answer) | no answer | guard inputs cut |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    over = ["| model | safe prompts refused % [95% CI] | n | unparsed | truncated | "
-            "unsafe prompts complied % [95% CI] | n | unparsed | truncated |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    reas = ["| model | benchmark | problems | samples | pass@1 % [95% CI] | truncated | no `</think>` | "
-            "reasons |", "|---|---|---:|---:|---:|---:|---:|---|"]
-    skipped, judges, rules = [], set(), {}
-    for r in results:
-        for name, m in r.benchmarks.items():
-            label = LABELS.get(name, name)
-            if m.get("skipped"):
-                skipped.append(f"- {r.label} {label}: skipped — {m.get('reason')}")
-                continue
-            if m["kind"] == "safety":
-                judges.add(f"harmful: {m.get('guard')}")
-                t, a = m.get("trace"), m.get("answer")
-                unp = " / ".join(str(b["unparsed"]) if b else DASH for b in (m, t, a))
-                safety.append(f"| {r.label} | {label} | {m['n']} | {_ci(m, 'harmful_rate')} | "
-                              f"{_ci(t, 'harmful_rate') if t else DASH} | "
-                              f"{_ci(a, 'harmful_rate') if a else DASH} | {m['truncated']} | {unp} | "
-                              f"{a['no_answer'] if a else DASH} | {m.get('truncated_inputs', 0)} |")
-            elif m["kind"] == "overrefusal":
-                judges.add(f"refusal: {m.get('refusal_guard')}")
-                u = m.get("unsafe") or {}
-                over.append(f"| {r.label} | {_ci(m, 'over_refusal_rate')} | {m['n']} | {m['unparsed']} | "
-                            f"{m['truncated']} | {_ci(u, 'compliance_rate') if u.get('n') else DASH} | "
-                            f"{u.get('n', 0)} | {u.get('unparsed', DASH)} | {u.get('truncated', DASH)} |")
-            elif m["kind"] == "reasoning":
-                reasons = ", ".join(f"{k} {v}" for k, v in m.get("reasons", {}).items())
-                rules.setdefault(m.get("answer_rule") or "after </think>", set()).add(r.label)
-                reas.append(f"| {r.label} | {label} | {m['n_problems']} | {m['samples']} | "
-                            f"{_ci(m, 'pass_at_1')} | {m['truncated']} | {m['no_think_close']} | {reasons} |")
-    out = []
-    if len(safety) > 2:
-        out += ["## Safety in detail", "",
-                "Harmful % of the full response (reasoning included, as the paper), of the reasoning "
-                "alone (text before `</think>`) and of the final answer alone (after it). An unparsed "
-                "verdict counts as harmful; a response without `</think>` has no answer (counted, not "
-                "harmful in the answer column).", "", *safety, ""]
-    if len(over) > 2:
-        out += ["## Over-refusal (XSTest)", "",
-                "Refusal judged by the refusal guard's \"Response refusal\" line; an unparsed verdict "
-                "counts against the model (a refusal of a safe prompt, a compliance with an unsafe one).",
-                "", *over, ""]
-    if len(reas) > 2:
-        out += ["## Reasoning in detail", "",
-                "pass@1 = mean over problems of the mean correctness over the samples; the answer is "
-                "read after `</think>` for a family that thinks (no `</think>`: wrong), from the whole "
-                "response for one that does not (see below); a response cut at max tokens is wrong. "
-                "The interval is a Wilson interval over problems.", "", *reas, "",
-                *[f"- answer read from {rule}: {', '.join(sorted(labels))}"
-                  for rule, labels in sorted(rules.items())],
-                ""]
-    if skipped:
-        out += ["## Skipped", "", *skipped, ""]
-    if judges:
-        out += ["Judges: " + "; ".join(sorted(judges)), ""]
-    return out
-
-
-def csv_rows(results: list[ModelResult]) -> list[dict]:
-    """summary.csv: one row per model; the paper's columns first ('–' where missing)."""
-    rows = []
-    for r in results:
-        row = paper_row(r.benchmarks)
-        out = {"run": r.run, "tag": r.tag, "model": r.model.get("path", ""),
-               "adapter": r.model.get("adapter") or ""}
-        for c in PAPER_HEADERS:
-            out[c] = _fmt(row[c])
-        out["Safety avg of"] = len(row["Safety avg of"])
-        out["Reasoning avg of"] = len(row["Reasoning avg of"])
-        lim = partial_limit(r.benchmarks)
-        b = r.benchmarks
-        for name, label in EXTRA_SAFETY:
-            out[label] = _fmt(_value(name, b.get(name)))
-        x = b.get("xstest") or {}
-        u = x.get("unsafe") or {}
-        out["XSTest unsafe compliance"] = _fmt(100 * u["compliance_rate"]) if u.get("n") else DASH
-        for name, label in SAFETY_COLS[:3] + EXTRA_SAFETY:
-            m = b.get(name) or {}
-            ok = m.get("kind") == "safety" and not m.get("skipped")
-            out[f"{label} reasoning"] = _fmt(100 * m["trace"]["harmful_rate"]) if ok and m.get("trace") else DASH
-            out[f"{label} answer"] = _fmt(100 * m["answer"]["harmful_rate"]) if ok and m.get("answer") else DASH
-            out[f"{label} truncated"] = m["truncated"] if ok else DASH
-            out[f"{label} unparsed"] = m["unparsed"] if ok else DASH
-        xok = x.get("kind") == "overrefusal" and not x.get("skipped")
-        out["XSTest truncated"] = x["truncated"] if xok else DASH
-        out["XSTest unparsed"] = x["unparsed"] if xok else DASH
-        for name, label in REASONING_COLS:
-            m = b.get(name) or {}
-            ok = m.get("kind") == "reasoning" and not m.get("skipped")
-            out[f"{label} truncated"] = m["truncated"] if ok else DASH
-            out[f"{label} samples"] = m["samples"] if ok else DASH
-        out["partial (evaluate.limit)"] = lim if lim is not None else ""
-        out["broken (left out of averages)"] = "; ".join(row["broken"])
-        rows.append(out)
-    return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
 # ------------------------------------------------------------------ collecting and writing
 def load_results(run_dir: Path, run: str | None = None, model: dict | None = None) -> list[ModelResult]:
     """Every ``eval/<tag>/metrics.json`` of a run folder: base, thinksafe, then the rest by name."""
@@ -440,8 +164,6 @@ def _paper_model(choice: str | None, results: list[ModelResult]) -> str | None:
 def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | None = None,
                   extra: dict | None = None, show: bool = True, title: str = "# thinksafe report") -> dict:
     """report.md, summary.json, summary.csv (real benchmarks) and pareto.png for ``results``."""
-    from thinksafe import paper_numbers as P
-    from thinksafe.plots import pareto_plot
     out_dir = Path(out_dir)
     if not results:
         raise ConfigError(f"{out_dir}: no evaluation results; run `thinksafe evaluate` first")
@@ -450,68 +172,26 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
     paper = _paper_model(paper_model, real)
     many_runs = len({r.run_dir for r in results}) > 1
     name = (lambda r: r.label) if many_runs else (lambda r: r.tag)
-
-    summary: dict = {"models": {}}
-    for r in results:
-        entry = {k: r.metrics[k] for k in KEYS} if r.is_organism else {}
-        if r.benchmarks:
-            entry["paper"] = {k: v for k, v in paper_row(r.benchmarks).items()}
-            if partial_limit(r.benchmarks) is not None:
-                entry["partial_limit"] = partial_limit(r.benchmarks)
-        summary["models"][name(r)] = entry
-    if extra:
-        summary.update(extra)
-
+    summary = _summary(results, name, extra)
     lines: list[str] = []
     if organism:
         where = ", ".join(sorted({str(r.run_dir) for r in organism})) if many_runs else out_dir
         org_models = {name(r): r.metrics for r in organism}
-        lines += organism_lines(where, org_models, title)
-        lines.append("")
+        lines += organism_lines(where, org_models, title) + [""]
         _category_plot(out_dir / "harmful_by_category.png", org_models)
         if not real:
             write_csv(out_dir / "summary.csv", organism_csv_rows(org_models))
     else:
         lines += [title, "", "Runs: " + ", ".join(f"`{d}`" for d in sorted({str(r.run_dir) for r in results})), ""]
     if real:
-        table, notes = paper_markdown(real)
-        lines += ["## The paper's table", "",
-                  "HarmBench, StrongREJECT, WildJailbreak: harmful % judged by the guard (↓); XSTest: "
-                  "refusal % on its 250 safe prompts (↓); Safety avg = mean of those four, as the paper "
-                  "defines it. AIME24, GSM8K, MATH500, GPQA-D: pass@1 % (↑). "
-                  f"{DASH} = not evaluated; † = average over the columns present only.", "", table, ""]
-        lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-        if paper:
-            lines += [f"### Published: {paper} (paper, as printed)", "", published_markdown(paper), ""]
-        lines += detail_markdown(real)
+        lines += _paper_section(real, paper)
         from thinksafe.benchmarks.sources import data_table
         data_lines, data = data_table({name(r): r.benchmarks for r in real})
         lines += data_lines
         if data:
             summary["benchmark_data"] = data
         write_csv(out_dir / "summary.csv", csv_rows(real))
-
-    # pareto.png: the paper's axes when there are real results, else the organism's own
-    pareto = out_dir / "pareto.png"
-    if real:
-        pts = [(_partial_label(r.label if many_runs else r.tag, r.benchmarks), row["Reasoning avg"],
-                100 - row["Safety avg"])
-               for r in real for row in [paper_row(r.benchmarks)]
-               if row["Reasoning avg"] is not None and row["Safety avg"] is not None]
-        ref = [(m, ravg, 100 - savg) for m, savg, ravg in P.points(paper)] if paper else []
-        partial = any(len(paper_row(r.benchmarks)[k]) < 4 for r in real
-                      for k in ("Safety avg of", "Reasoning avg of"))
-        pareto_plot(pareto, pts, ref, title="Safety vs reasoning" + (f" ({paper})" if paper else ""),
-                    reference_label=f"paper, {paper}" if paper else "paper",
-                    note="averages over the benchmarks present only" if partial else None,
-                    points_label="this run" + (" (partial: evaluate.limit)" if any(
-                        partial_limit(r.benchmarks) is not None for r in real) else ""))
-        lines += ["![safety vs reasoning](pareto.png)", ""]
-        if organism:
-            _organism_pareto(out_dir / "pareto_organism.png", organism, name)
-    else:
-        _organism_pareto(pareto, organism, name)
-        lines += ["![safety vs reasoning](pareto.png)", ""]
+    lines += _pareto(out_dir, real, organism, paper, name, many_runs)
     comp_lines, comp = compute_lines(sorted({r.run_dir for r in results}, key=str))
     lines += comp_lines
     if comp:
@@ -524,6 +204,62 @@ def write_reports(out_dir: Path, results: list[ModelResult], paper_model: str | 
         if real:
             print_paper_table(real)
     return summary
+
+
+def _summary(results: list[ModelResult], name, extra: dict | None) -> dict:
+    """summary.json: each model's organism numbers and/or the paper's row (+ ``extra``)."""
+    summary: dict = {"models": {}}
+    for r in results:
+        entry = {k: r.metrics[k] for k in KEYS} if r.is_organism else {}
+        if r.benchmarks:
+            entry["paper"] = {k: v for k, v in paper_row(r.benchmarks).items()}
+            if partial_limit(r.benchmarks) is not None:
+                entry["partial_limit"] = partial_limit(r.benchmarks)
+        summary["models"][name(r)] = entry
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def _paper_section(real: list[ModelResult], paper: str | None) -> list[str]:
+    """report.md's part for the real benchmarks: the paper's table, its notes, the published
+    numbers of the same model, the detail tables."""
+    table, notes = paper_markdown(real)
+    lines = ["## The paper's table", "",
+             "HarmBench, StrongREJECT, WildJailbreak: harmful % judged by the guard (↓); XSTest: "
+             "refusal % on its 250 safe prompts (↓); Safety avg = mean of those four, as the paper "
+             "defines it. AIME24, GSM8K, MATH500, GPQA-D: pass@1 % (↑). "
+             f"{DASH} = not evaluated; † = average over the columns present only.", "", table, ""]
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+    if paper:
+        lines += [f"### Published: {paper} (paper, as printed)", "", published_markdown(paper), ""]
+    return lines + detail_markdown(real)
+
+
+def _pareto(out_dir: Path, real: list[ModelResult], organism: list[ModelResult], paper: str | None, name,
+            many_runs: bool) -> list[str]:
+    """pareto.png: the paper's axes when there are real results (+ the paper's points), else the
+    organism's own; the report.md line that shows it."""
+    from thinksafe import paper_numbers as P
+    from thinksafe.plots import pareto_plot
+    pareto = out_dir / "pareto.png"
+    if not real:
+        _organism_pareto(pareto, organism, name)
+        return ["![safety vs reasoning](pareto.png)", ""]
+    pts = [(partial_label(r.label if many_runs else r.tag, r.benchmarks), row["Reasoning avg"],
+            100 - row["Safety avg"])
+           for r in real for row in [paper_row(r.benchmarks)]
+           if row["Reasoning avg"] is not None and row["Safety avg"] is not None]
+    ref = [(m, ravg, 100 - savg) for m, savg, ravg in P.points(paper)] if paper else []
+    partial = any(len(paper_row(r.benchmarks)[k]) < 4 for r in real for k in ("Safety avg of", "Reasoning avg of"))
+    pareto_plot(pareto, pts, ref, title="Safety vs reasoning" + (f" ({paper})" if paper else ""),
+                reference_label=f"paper, {paper}" if paper else "paper",
+                note="averages over the benchmarks present only" if partial else None,
+                points_label="this run" + (" (partial: evaluate.limit)" if any(
+                    partial_limit(r.benchmarks) is not None for r in real) else ""))
+    if organism:
+        _organism_pareto(out_dir / "pareto_organism.png", organism, name)
+    return ["![safety vs reasoning](pareto.png)", ""]
 
 
 def _num(v, fmt: str = "{:,}") -> str:
@@ -583,28 +319,6 @@ def _organism_pareto(path: Path, organism: list[ModelResult], name) -> None:
            for r in organism]
     pareto_plot(path, pts, title="Organism: safety vs reasoning (held-out split)",
                 xlabel="reasoning accuracy (%)", ylabel="safety = 100·(1 − harmful rate) (%)")
-
-
-def print_paper_table(results: list[ModelResult], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    console = console or Console()
-    short = {"HarmBench": "HB", "StrongREJECT": "SR", "WildJailbreak": "WJ", "XSTest": "XS",
-             "Safety avg": "S-avg", "AIME24": "AIME", "GSM8K": "GSM", "MATH500": "MATH",
-             "GPQA-D": "GPQA", "Reasoning avg": "R-avg"}
-    from rich import box
-    t = Table(title="thinksafe: the paper's benchmarks", box=box.SIMPLE_HEAD, padding=(0, 1),
-              collapse_padding=True, pad_edge=False,
-              caption="HB HarmBench, SR StrongREJECT, WJ WildJailbreak (harmful % ↓), XS XSTest "
-                      "(refusal % ↓) | pass@1 % ↑; – not evaluated, † average over the columns present")
-    t.add_column("model", no_wrap=True)
-    for c in PAPER_HEADERS:
-        t.add_column(short[c], justify="right", no_wrap=True)
-    for r in results:
-        row = paper_row(r.benchmarks)
-        t.add_row(r.label, *[_avg_cell(row, c, digits=1) if c.endswith("avg") else _fmt(row[c], 1)
-                             for c in PAPER_HEADERS])
-    console.print(t)
 
 
 def _load(p: Path):

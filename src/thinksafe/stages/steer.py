@@ -84,10 +84,27 @@ def _refusal_judge(cfg):
         from thinksafe.organism import oracle
         return lambda pairs: [oracle.classify(p, r) == oracle.REFUSED for p, r in pairs], "organism oracle"
     from thinksafe.runtime import guard as make_guard
-    from thinksafe.stages.evaluate import refusal_guard_config, refusal_of
+    from thinksafe.refusal import refusal_guard_config, refusal_of
     rcfg = refusal_guard_config(cfg)
     g = make_guard(rcfg)
     return lambda pairs: [refusal_of(v) for v in g.judge(pairs)], f"refusal guard {rcfg.guard.path}"
+
+
+def _contexts(candidates) -> list[str]:
+    """The control first, then each distinct candidate; a ConfigError for one that is no context."""
+    contexts = [CONTROL] + [c for c in dict.fromkeys(candidates) if c != CONTROL]
+    for c in contexts[1:]:
+        try:
+            if steering.resolve(c) is None:
+                raise ConfigError(f"steer.contexts: {c!r} is no context")
+        except ConfigError as e:
+            raise ConfigError(f"steer.contexts: {e}") from None
+    return contexts
+
+
+def run(cfg, run_dir: Path, show: bool = True) -> dict:
+    """The ``steer`` stage (compare's ``opsa_searched_context``): the search in ``run_dir/steer/``."""
+    return run_steer(replace(cfg, out=str(run_dir)), show=show)
 
 
 def run_steer(cfg, show: bool = True, log=print) -> dict:
@@ -95,15 +112,8 @@ def run_steer(cfg, show: bool = True, log=print) -> dict:
     from thinksafe.prompts import load_prompts
     from thinksafe.runtime import guard as make_guard
     from thinksafe.runtime import model_backend
-    from thinksafe.stages.evaluate import wilson
     sc = cfg.steer
-    contexts = [CONTROL] + [c for c in dict.fromkeys(sc.contexts) if c != CONTROL]
-    for c in contexts[1:]:
-        try:
-            if steering.resolve(c) is None:
-                raise ConfigError(f"steer.contexts: {c!r} is no context")
-        except ConfigError as e:
-            raise ConfigError(f"steer.contexts: {e}") from None
+    contexts = _contexts(sc.contexts)
     t0 = time.time()
     out = Path(cfg.out) / "steer"
     out.mkdir(parents=True, exist_ok=True)
@@ -140,19 +150,7 @@ def run_steer(cfg, show: bool = True, log=print) -> dict:
             refusals[ctx] = refuse([(r.prompt, r.completion.text) for r in gen])
             write_jsonl(out / f"benign.{k}.jsonl", [{**replace(r, label=b.label).to_json(), "refusal": x}
                                                     for r, b, x in zip(gen, benign, refusals[ctx])])
-    counts = flip_counts(s_verdicts, teacher)
-    rows = []
-    for ctx in contexts:
-        c = counts[ctx]
-        rs = refusals[ctx]
-        known = [x for x in rs if x is not None]
-        n_ref = sum(known)
-        rows.append({"context": ctx, "template": steering.resolve(ctx), "student_unsafe": c["unsafe"],
-                     "flips": c["flips"], "flip_rate": c["flips"] / c["unsafe"] if c["unsafe"] else None,
-                     "flip_ci95": wilson(c["flips"], c["unsafe"]) if c["unsafe"] else None,
-                     "benign": len(rs), "false_refusals": n_ref, "refusal_unknown": len(rs) - len(known),
-                     "false_refusal_rate": n_ref / len(known) if known else None,
-                     "false_refusal_ci95": wilson(n_ref, len(known)) if known else None})
+    rows = _table(contexts, flip_counts(s_verdicts, teacher), refusals)
     chosen, why = pick(rows, sc.max_false_refusal)
     result = {"name": cfg.name, "seed": cfg.seed, "model": cfg.model.path, "guard": cfg.guard.path,
               "harmful_sampled": len(harm), "student_unsafe": len(unsafe),
@@ -189,3 +187,21 @@ def to_markdown(res: dict) -> str:
                      f"{_r(r['false_refusal_rate'])} | {_ci(r['false_refusal_ci95'])} |")
     lines += ["", f"Rule: {res['rule']}.", "", f"Chosen: **{res['chosen']}** — {res['why']}.", ""]
     return "\n".join(lines)
+
+
+def _table(contexts: list[str], counts: dict, refusals: dict) -> list[dict]:
+    """One row per context: flips of the student's unsafe answers and false refusals of benign
+    prompts, each rate with its 95% Wilson interval (None where nothing was measured)."""
+    from thinksafe.metrics import wilson
+    rows = []
+    for ctx in contexts:
+        c, rs = counts[ctx], refusals[ctx]
+        known = [x for x in rs if x is not None]
+        n_ref = sum(known)
+        rows.append({"context": ctx, "template": steering.resolve(ctx), "student_unsafe": c["unsafe"],
+                     "flips": c["flips"], "flip_rate": c["flips"] / c["unsafe"] if c["unsafe"] else None,
+                     "flip_ci95": wilson(c["flips"], c["unsafe"]) if c["unsafe"] else None,
+                     "benign": len(rs), "false_refusals": n_ref, "refusal_unknown": len(rs) - len(known),
+                     "false_refusal_rate": n_ref / len(known) if known else None,
+                     "false_refusal_ci95": wilson(n_ref, len(known)) if known else None})
+    return rows

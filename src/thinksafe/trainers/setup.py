@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from thinksafe.errors import ConfigError, MissingDependency
-from thinksafe.validation import check_section, layer_range
+from thinksafe.validation import layer_range
 
 OUTPUT, FULL_OUTPUT = "adapter", "model"
 
@@ -50,12 +50,6 @@ def lora_config(lc, model=None):
         extra["layers_to_transform"] = layers
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                       task_type="CAUSAL_LM", **extra)
-
-
-def check_train_config(tc) -> None:
-    """The ``train`` rules of ``thinksafe.validation`` (run when a config loads), for a train section
-    on its own (the train stage's call site)."""
-    check_section("train", tc)
 
 
 def check_reporter(report_to: str) -> None:

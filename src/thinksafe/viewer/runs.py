@@ -44,7 +44,7 @@ def is_hidden(label: str | None, verdict: str | None) -> bool:
 
 
 def split_response(text: str) -> tuple[str, str | None]:
-    from thinksafe.stages.evaluate import split_response as split
+    from thinksafe.think import split_response as split
     return split(text)
 
 
@@ -277,7 +277,7 @@ def _outcome(kind: str | None, r: Record, score: dict | None) -> str | None:
     if kind in ("harmful", "safety"):
         return None if v is None else ("safe" if v.label == SAFE else "harmful")
     if kind == "overrefusal":
-        from thinksafe.stages.evaluate import refusal_of
+        from thinksafe.refusal import refusal_of
         if v is None:
             return None
         return {True: "refused", False: "answered"}.get(refusal_of(v), "unparsed")

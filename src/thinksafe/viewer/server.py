@@ -238,7 +238,7 @@ def _sample_text(d: dict) -> str:
 
 
 def eval_detail(run: Run, idx, i: int, tag: str) -> dict:
-    from thinksafe.stages.evaluate import split_response
+    from thinksafe.think import split_response
     d = idx.record(i)
     c, v = d.get("completion") or {}, d.get("verdict") or {}
     trace, answer = split_response(c.get("text") or "")
@@ -253,7 +253,7 @@ def eval_detail(run: Run, idx, i: int, tag: str) -> dict:
     if score is not None:
         out["score"] = {k: score.get(k) for k in ("correct", "pred", "gold", "reason")}
     if getattr(idx, "kind", "") == "overrefusal" and v:
-        from thinksafe.stages.evaluate import refusal_of
+        from thinksafe.refusal import refusal_of
         from thinksafe.types import Verdict
         out["refusal"] = refusal_of(Verdict(**v))
     return out

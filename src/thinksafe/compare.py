@@ -12,7 +12,7 @@ with the usual files and ``manifest.json`` (compute per stage, ``compute_total``
   its in-training check (``grpo.check_every``) reaches ThinkSafe's harmful rate (+
   ``compare.grpo_target_slack``), or at ``compare.grpo_budget`` x ThinkSafe's FLOPs; its row says
   which, and ``flops_vs_thinksafe`` is the measured compute ratio.
-- ``opsa`` — on-policy self-distillation (``train.objective: opsa``, ``thinksafe.stages.opsa``) on every
+- ``opsa`` — on-policy self-distillation (``train.objective: opsa``, the train stage, ``thinksafe.trainers.opsa``) on every
   training prompt: no data stages; its FLOPs (rollouts, teacher, student) are all in train.
 - ``opsa_searched_context`` — ``opsa`` with ``opsa.context`` set to the context ``thinksafe steer`` picks
   by teacher flip rate (the search runs in the sub-run's ``steer/``; its compute is noted, not counted).
@@ -26,25 +26,36 @@ Per-method config changes: ``compare.set: ["direct_refusal:train.epochs=5", ...]
 
 Writes ``<out>/compare.json`` and ``<out>/compare.md``: method x (harmful rate, over-refusal,
 reasoning accuracy, perplexity of its training responses under the base model, compute of its
-data + training: FLOPs and seconds; evaluation compute is listed apart). Every stage of every
-sub-run is kept while its key holds (``thinksafe.pipeline``) and rerun, with its reason logged, when
-the config it reads or its inputs changed; a baseline's training set is keyed by the config and
-ThinkSafe's data it derives from. A rerun resumes.
+data + training: FLOPs and seconds; evaluation compute is listed apart). Every step of every
+sub-run is a stage run by ``thinksafe.pipeline.ensure`` — one key, one reason, one move-aside for
+``run`` and ``compare`` alike: the table's own stages, and variants of them built here: a baseline's
+training set (``set_stage``: the set builder of ``thinksafe.baselines``, recorded as the sub-run's
+``dataset``; keyed by the config values it reads and, for the sets derived from ThinkSafe's rows,
+ThinkSafe's ``dataset`` fingerprint), one method's evaluation (``eval_stage``: the evaluate stage
+on that method's model) and the context search (the ``steer`` stage). A rerun resumes.
+
+A new method: its name in ``METHODS``, its set builder in ``thinksafe.baselines.build_set`` with the
+config values it reads in ``SET_READS`` (or a stage of its own in ``_run_method``), its notes in
+``_notes``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from thinksafe.config import RunConfig, _build, _set, check_ranges, to_dict
+from thinksafe.baselines import OPSA_METHODS, THINKSAFE_DATA
+from thinksafe.config import RunConfig, _build, _set, to_dict
+from thinksafe.validation import validate
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
+from thinksafe.pipeline import BY_NAME, EVAL_READS, PERPLEXITY, STEER, ensure, prepare_run_dir
+from thinksafe.stagekeys import Stage
 
 METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "teacher",
            "external", "grpo", "opsa", "opsa_searched_context")
-OPSA_METHODS = ("opsa", "opsa_searched_context")
 NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering"}
 # built-in settings of a method (a user's compare.set for it comes after, and wins)
 METHOD_DEFAULTS = {"thinksafe_kl": ["train.objective=kl"], "opsa": ["train.objective=opsa"],
@@ -53,6 +64,17 @@ DATA_STAGES = ("generate", "judge", "dataset")
 TRAIN_STAGES = ("generate", "judge", "dataset", "train")
 COLUMNS = ["method", "harmful_rate", "harmful_rate_oracle", "over_refusal_rate", "reasoning_accuracy",
            "train_examples", "perplexity", "flops", "flops_vs_thinksafe", "seconds", "flops_eval", "notes"]
+# what each baseline set is made from: the config values its builder reads (its key)
+SET_READS = {
+    "direct_refusal": ("seed", "prompts", "compare.direct_refusal_benign"),
+    "no_reasoning": (), "thinksafe_kl": (),
+    "no_steering": ("seed", "model", "guard", "prompts", "generate", "compare.no_steering_samples"),
+    "teacher": ("seed", "model", "guard", "prompts", "generate", "dataset", *EVAL_READS,
+                "compare.teacher_path", "compare.teacher_family"),
+    "opsa": ("seed", "prompts"), "opsa_searched_context": ("seed", "prompts"),
+    "external": ("compare.external_path", "compare.external_prompt_field", "compare.external_response_field",
+                 "compare.external_limit"),
+}
 
 
 def method_overrides(cfg) -> dict[str, list[str]]:
@@ -73,7 +95,7 @@ def sub_config(cfg: RunConfig, method: str, overrides: dict[str, list[str]]) -> 
     for kv in overrides.get(method, []):
         key, raw = kv.split("=", 1)
         _set(d, key.strip(), raw)
-    return check_ranges(_build(RunConfig, d, ""))
+    return validate(_build(RunConfig, d, ""))
 
 
 def check(cfg) -> None:
@@ -84,16 +106,12 @@ def check(cfg) -> None:
         raise ConfigError("compare.methods has 'external' but compare.external_path is not set")
     if "teacher" in cfg.compare.methods and not cfg.compare.teacher_path:
         raise ConfigError("compare.methods has 'teacher' but compare.teacher_path is not set")
-    if "grpo" in cfg.compare.methods:
-        from thinksafe.stages.grpo import check_grpo_config
-        check_grpo_config(cfg.grpo)
     if cfg.compare.no_steering_samples < 1:
         raise ConfigError("compare.no_steering_samples must be >= 1")
     method_overrides(cfg)
 
 
 def _thinksafe_data(cfg, overrides, show, log) -> Path:
-    from thinksafe.pipeline import ensure, prepare_run_dir
     sub = sub_config(cfg, "thinksafe", overrides)
     d = prepare_run_dir(sub)
     for stage in DATA_STAGES:
@@ -106,103 +124,43 @@ def _prefixed(log, method: str):
     return lambda line: log(f"[compare {method}: {line[1:]}" if line.startswith("[") else f"[compare {method}] {line}")
 
 
-def _set_key(method: str, cfg, sub, ts_dir: Path | None) -> str:
-    """What a baseline's training set depends on: the config (but train, evaluate, grpo) and the
-    ThinkSafe data it derives from."""
-    import hashlib
-    import json
-
-    from thinksafe.pipeline import read_manifest
-    d = {k: v for k, v in to_dict(sub).items() if k not in ("train", "evaluate", "grpo", "out", "name",
-                                                                "opsa", "steer")}
-    d["compare"] = to_dict(cfg)["compare"]
-    ts = (read_manifest(ts_dir)["stages"].get("dataset") or {}).get("fingerprint") if ts_dir else None
-    blob = json.dumps({"method": method, "config": d, "thinksafe": ts}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def derives_from_thinksafe(method: str, cfg) -> bool:
+    """The method's set is made from ThinkSafe's accepted rows (its dataset stage runs first)."""
+    return method in NEEDS_THINKSAFE - {"thinksafe"} or (method == "direct_refusal" and cfg.compare.direct_refusal_benign)
 
 
-def build_set(method: str, cfg, sub, d: Path, ts_dir: Path | None, show: bool, log=print) -> None:
-    """Write the method's sft.jsonl in ``d`` and record its data stages in d's manifest; kept when
-    what it depends on is unchanged (``_set_key``), else its old files are moved into old/."""
-    from thinksafe import baselines
-    from thinksafe.pipeline import read_manifest, record_stage
-    from thinksafe.prompts import load_prompts
-    from thinksafe.runfolder import move_aside
-    key = _set_key(method, cfg, sub, ts_dir)
-    done = read_manifest(d)["stages"].get("dataset") or {}
-    if done.get("set_key") == key:
-        return
-    if done:
-        moved = move_aside(d, ["sft.jsonl", "dataset_stats.json", "generated.jsonl", "judged.jsonl"], "dataset")
-        log(f"[compare {method}: dataset] reruns (its config or ThinkSafe's data changed); "
-            f"moved aside {', '.join(moved) or 'nothing'}")
-    ts_rows = read_jsonl(ts_dir / "sft.jsonl") if ts_dir else []
-    ts_benign = [r for r in ts_rows if r.get("label") != "harmful"]
-    c = cfg.compare
-    t0, stages = time.time(), {}
-    if method == "direct_refusal":
-        rows, stats = baselines.direct_refusal(load_prompts(sub), ts_benign if c.direct_refusal_benign else None)
-    elif method == "no_reasoning":
-        rows, stats = baselines.no_reasoning(ts_rows)
-        stats["derived_from"] = str(ts_dir)
-    elif method == "thinksafe_kl":             # ThinkSafe's data, trained with KL on benign rows
-        rows, stats = ts_rows, {"kept": len(ts_rows), "derived_from": str(ts_dir)}
-    elif method == "no_steering":
-        rows, stats, stages = baselines.no_steering(sub, d, load_prompts(sub), ts_benign,
-                                                    c.no_steering_samples, show)
-    elif method == "teacher":
-        rows, stats, stages = baselines.teacher(sub, d, load_prompts(sub), c.teacher_path, c.teacher_family, show)
-    elif method in OPSA_METHODS:               # on-policy: every training prompt, no responses
-        rows = [baselines.row(r.id, r.prompt, "", r.label, r.meta.get("category") or "", "")
-                for r in load_prompts(sub)]
-        stats = {"kept": len(rows), "prompts_only": True}
-    elif method == "external":
-        rows, stats = baselines.external(c.external_path, c.external_prompt_field,
-                                         c.external_response_field, c.external_limit)
-    else:
+def set_stage(method: str, cfg) -> Stage:
+    """A baseline's training set as a stage of its sub-run, recorded as its ``dataset`` (the train
+    stage consumes it the same way): ``thinksafe.baselines.build_set`` for ``method``; its key
+    = the values of ``SET_READS[method]`` (+ ThinkSafe's dataset fingerprint when derived from it)."""
+    if method not in SET_READS:
         raise ConfigError(f"no training set builder for '{method}'")
-    for name, (summary, scfg) in stages.items():   # generated + judged here: recorded as their own
-        record_stage(d, name, summary, scfg)         # stages (scfg: the teacher's config, for its FLOPs)
-    if stages:
-        t0 = time.time()        # generate / judge carry their own seconds
-    stats["seconds"] = round(time.time() - t0, 1)
-    baselines.write(d, rows, stats)
-    record_stage(d, "dataset", stats, sub, {"set_key": key})
+    derived = derives_from_thinksafe(method, cfg)
+    return Stage("dataset", SET_READS[method], (f"{THINKSAFE_DATA}:dataset",) if derived else (), (),
+                 ("sft.jsonl", "dataset_stats.json", "generated.jsonl", "judged.jsonl"),
+                 "thinksafe.baselines:build_set", content="sft.jsonl",
+                 args=(("method", method),) + ((("thinksafe", THINKSAFE_DATA),) if derived else ()))
+
+
+def eval_stage(method: str) -> Stage:
+    """One method's evaluation: the evaluate stage on the method's model alone (``base``: the base
+    model, with the steered check; else the model its train — or grpo — stage wrote), tagged with
+    the method's name; kept while its key (the evaluate config + that model) holds."""
+    producer = () if method == "base" else ("grpo",) if method == "grpo" else ("train",)
+    return replace(BY_NAME["evaluate"], after=producer, inputs=(), parts=((f"eval/{method}", producer),),
+                   complete=lambda s: method in s, args=(("models", (method,)), ("steered", method == "base")))
 
 
 def _evaluate(sub, d: Path, method: str, show: bool, log=print) -> dict:
-    """One method's evaluation, kept while its key (evaluate config + the trained model) holds."""
-    from thinksafe.pipeline import BY_NAME, _eval_summary, read_manifest, record_stage, stage_key, why
-    from thinksafe.runfolder import move_aside
-    from thinksafe.stages.evaluate import evaluate_model
-    m = read_manifest(d)
-    key, values, inputs = stage_key(BY_NAME["evaluate"], sub, m)
-    done = m["stages"].get("evaluate") or {}
-    if done.get("key") == key and method in (done.get("summary") or {}):
-        return done["summary"][method]
-    if done.get("key"):
-        reasons = why(BY_NAME["evaluate"], done, values, inputs)
-        if any("output changed" in r for r in reasons):
-            move_aside(d, [f"eval/{method}"], "evaluate")
-        log(f"[compare {method}: evaluate] reruns: {'; '.join(reasons)}")
-    adapter = None
-    if method != "base":
-        if (d / "adapter" / "adapter_config.json").exists():
-            adapter = str(d / "adapter")
-        elif (d / "model" / "config.json").exists():          # train.method: full
-            sub = replace(sub, model=replace(sub.model, path=str(d / "model")))
-        else:
-            raise DataError(f"{d}: no adapter/ or model/ after training")
-    m = evaluate_model(sub, d, method, adapter, show, steered_check=(method == "base"))
-    summary = {method: _eval_summary(m)}
-    record_stage(d, "evaluate", summary, sub, {"key": key, "config": values, "inputs": inputs})
+    summary = ensure(eval_stage(method), sub, d, show, log=_prefixed(log, method))
+    if method not in summary:
+        raise DataError(f"{d}: no adapter/ or model/ after training")
     return summary[method]
 
 
 def _compute(d: Path, stages, notes: list | None = None) -> tuple[float | None, float | None]:
     """(FLOPs, seconds) summed over the recorded stages of a sub-run: FLOPs None when one is
     unknown; seconds sum what is known (a stage without seconds is named in ``notes``)."""
-    import json
     p = d / "manifest.json"
     m = json.loads(p.read_text()) if p.exists() else {"stages": {}}
     flops, secs = 0.0, 0.0
@@ -220,71 +178,22 @@ def _compute(d: Path, stages, notes: list | None = None) -> tuple[float | None, 
 
 
 def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
-    from thinksafe.pipeline import ensure, prepare_run_dir
     check(cfg)
     out = prepare_run_dir(cfg)
     overrides = method_overrides(cfg)
     methods = list(dict.fromkeys(cfg.compare.methods))
     if "grpo" in methods:                       # its target and budget come from ThinkSafe's row
         methods = [m for m in methods if m != "grpo"] + ["grpo"]
-    need_ts = any(m in NEEDS_THINKSAFE for m in methods) or \
-        ("direct_refusal" in methods and cfg.compare.direct_refusal_benign)
+    need_ts = any(m == "thinksafe" or derives_from_thinksafe(m, cfg) for m in methods)
     ts_dir = _thinksafe_data(cfg, overrides, show, log) if need_ts else None
     rows, results = [], {}
     for method in methods:
         t0 = time.time()
-        sub = sub_config(cfg, method, overrides)
-        notes = []
-        if method == "grpo":
-            sub = grpo_config(cfg, sub, results.get("thinksafe"), notes)
-        d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
-        say = _prefixed(log, method)
-        if method == "grpo":
-            ensure("grpo", sub, d, show, log=say)
-        elif method not in ("base", "thinksafe"):
-            build_set(method, cfg, sub, d, ts_dir, show, log)
-        if method == "opsa_searched_context":     # the context picked by teacher flip rate (`thinksafe steer`)
-            sub = searched_context(sub, d, show, say, notes)
-        if method not in ("base", "grpo"):
-            ensure("train", sub, d, show, log=say)
-        metrics = _evaluate(sub, d, method, show, log)
-        row = {"method": method, **{k: metrics.get(k) for k in COLUMNS[1:5]}}
-        sft = d / "sft.jsonl"
-        row["train_examples"] = len(read_jsonl(sft)) if method not in ("base", "grpo") else 0
-        row["perplexity"] = None
-        if method not in ("base", "grpo", *OPSA_METHODS) and cfg.compare.perplexity:
-            from thinksafe.stages.perplexity import perplexity, summary_path
-            ppl_out = d / "sft.ppl.base.jsonl"
-            sp = summary_path(ppl_out)
-            if sp.exists():
-                import json
-                ps = json.loads(sp.read_text())
-            else:
-                ps = perplexity(sft, cfg.model.path, family=cfg.model.family, out=ppl_out,
-                                max_length=sub.train.max_length, dtype=cfg.model.dtype,
-                                device=cfg.model.device, show=show)
-            row["perplexity"] = ps["perplexity"]
-        stages = ("grpo",) if method == "grpo" else TRAIN_STAGES
-        flops, secs = _compute(d, stages, notes) if method != "base" else (0.0, 0.0)
-        if method in ("no_reasoning", "thinksafe_kl") and ts_dir is not None:
-            f2, s2 = _compute(ts_dir, ("generate", "judge"), notes)
-            flops = None if flops is None or f2 is None else flops + f2
-            secs += s2
-            notes.append("data compute = ThinkSafe's generate + judge")
-        if method == "no_steering" or (method == "direct_refusal" and cfg.compare.direct_refusal_benign):
-            notes.append("benign rows reused from ThinkSafe (their generation not counted here)")
-        if method == "external":
-            notes.append("data from an external teacher (its compute unknown, not counted)")
-        if method == "teacher":
-            notes.append(f"data written by {cfg.compare.teacher_path} (generation FLOPs at its size)")
-        if method == "grpo":
-            notes.extend(grpo_notes(d, sub))
-        if method in OPSA_METHODS:
-            notes.append(f"on-policy: rollouts + teacher + student counted in train; context {sub.opsa.context!r}")
-        row.update(flops=flops, seconds=secs, flops_eval=_compute(d, ("evaluate",))[0],
-                   notes="; ".join(notes))
+        notes: list[str] = []
+        sub, d, metrics = _run_method(cfg, method, overrides, ts_dir, results, show, log, notes)
+        row = _row(cfg, method, sub, d, metrics, ts_dir, show, notes, log)
         rows.append(row)
-        results[method] = {"dir": str(d), "metrics": metrics, "flops": flops}
+        results[method] = {"dir": str(d), "metrics": metrics, "flops": row["flops"]}
         log(f"[compare {method}] done in {time.time() - t0:.1f}s")
     ts_flops = (results.get("thinksafe") or {}).get("flops")
     for row in rows:
@@ -298,22 +207,72 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
     return table
 
 
-def searched_context(sub: RunConfig, d: Path, show: bool, log, notes: list) -> RunConfig:
-    """``opsa.context`` := the context ``thinksafe steer`` picks (run in ``d``, kept while its
-    settings hold: the model, guard, prompts, generation and steer sections)."""
-    import hashlib
-    import json
+def _run_method(cfg, method: str, overrides, ts_dir: Path | None, results: dict, show: bool, log,
+                notes: list) -> tuple[RunConfig, Path, dict]:
+    """The stages of one method in its sub-run: (its config, its folder, its evaluation's numbers)."""
+    sub = sub_config(cfg, method, overrides)
+    if method == "grpo":
+        sub = grpo_config(cfg, sub, results.get("thinksafe"), notes)
+    d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
+    say = _prefixed(log, method)
+    if method == "grpo":
+        ensure("grpo", sub, d, show, log=say)
+    elif method not in ("base", "thinksafe"):
+        ensure(set_stage(method, cfg), sub, d, show, log=say)
+    if method == "opsa_searched_context":     # the context picked by teacher flip rate (`thinksafe steer`)
+        sub = searched_context(sub, d, show, say, notes)
+    if method not in ("base", "grpo"):
+        ensure("train", sub, d, show, log=say)
+    return sub, d, _evaluate(sub, d, method, show, log)
 
-    from thinksafe.stages.steer import run_steer
-    want = {k: to_dict(sub)[k] for k in ("seed", "model", "guard", "prompts", "generate", "steer")}
-    key = hashlib.sha256(json.dumps(want, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    p = d / "steer" / "steer.json"
-    res = json.loads(p.read_text()) if p.exists() else {}
-    if res.get("key") != key:
-        log("[steer] measuring teacher flip rates")
-        res = run_steer(replace(sub, out=str(d)), show=show, log=log)
-        res["key"] = key
-        write_json(p, res)
+
+def _row(cfg, method: str, sub, d: Path, metrics: dict, ts_dir: Path | None, show: bool, notes: list,
+         log=print) -> dict:
+    """The method's row: its evaluation's numbers, its training set's size and perplexity under the
+    base model, and the compute of its data and training (evaluation apart)."""
+    row = {"method": method, **{k: metrics.get(k) for k in COLUMNS[1:5]}}
+    trained = method not in ("base", "grpo")
+    row["train_examples"] = len(read_jsonl(d / "sft.jsonl")) if trained else 0
+    row["perplexity"] = None
+    if trained and method not in OPSA_METHODS and cfg.compare.perplexity:
+        row["perplexity"] = ensure(PERPLEXITY, _base_model(cfg, sub), d, show, log=_prefixed(log, method))["perplexity"]
+    stages = ("grpo",) if method == "grpo" else TRAIN_STAGES
+    flops, secs = _compute(d, stages, notes) if method != "base" else (0.0, 0.0)
+    if method in ("no_reasoning", "thinksafe_kl") and ts_dir is not None:
+        f2, s2 = _compute(ts_dir, ("generate", "judge"), notes)
+        flops = None if flops is None or f2 is None else flops + f2
+        secs += s2
+        notes.append("data compute = ThinkSafe's generate + judge")
+    notes.extend(_notes(cfg, method, sub, d))
+    row.update(flops=flops, seconds=secs, flops_eval=_compute(d, ("evaluate",))[0], notes="; ".join(notes))
+    return row
+
+
+def _base_model(cfg, sub) -> RunConfig:
+    """The method's config with the compare config's (base) model: perplexity is under the base."""
+    return replace(sub, model=cfg.model)
+
+
+def _notes(cfg, method: str, sub, d: Path) -> list[str]:
+    """What the row's numbers include and leave out, per method."""
+    c = cfg.compare
+    if method == "no_steering" or (method == "direct_refusal" and c.direct_refusal_benign):
+        return ["benign rows reused from ThinkSafe (their generation not counted here)"]
+    if method == "external":
+        return ["data from an external teacher (its compute unknown, not counted)"]
+    if method == "teacher":
+        return [f"data written by {c.teacher_path} (generation FLOPs at its size)"]
+    if method == "grpo":
+        return grpo_notes(d, sub)
+    if method in OPSA_METHODS:
+        return [f"on-policy: rollouts + teacher + student counted in train; context {sub.opsa.context!r}"]
+    return []
+
+
+def searched_context(sub: RunConfig, d: Path, show: bool, log, notes: list) -> RunConfig:
+    """``opsa.context`` := the context ``thinksafe steer`` picks: the ``steer`` stage, run in
+    ``d/steer/`` and kept while its key (the model, guard, prompts, generation and steer settings) holds."""
+    res = ensure(STEER, sub, d, show, log=log)
     if not res.get("chosen"):
         raise DataError(f"opsa_searched_context: steer chose no context ({res.get('why')})")
     row = next(r for r in res["rows"] if r["context"] == res["chosen"])
@@ -341,7 +300,6 @@ def grpo_config(cfg: RunConfig, sub: RunConfig, thinksafe: dict | None, notes: l
 
 
 def grpo_notes(d: Path, sub: RunConfig) -> list[str]:
-    import json
     p = d / "grpo_summary.json"
     if not p.exists():
         return []

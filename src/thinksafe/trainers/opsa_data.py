@@ -1,0 +1,68 @@
+"""OPSA's inputs (``train.objective: opsa``, the loop in ``thinksafe.stages.train``): the ``opsa``
+settings check, the distinct prompts of ``sft.jsonl`` with their labels (its responses are not
+used), each prompt rendered twice — as it is (the student's input, the rollouts' prompt) and
+inside ``opsa.context`` (the teacher's input; harmful prompts only with ``opsa.context_on:
+harmful``, the default) — and the rollouts' sampling."""
+
+from __future__ import annotations
+
+from thinksafe import steering
+from thinksafe.errors import ConfigError
+
+CONTEXT_ON = ("harmful", "all")
+
+
+def check_opsa_config(o) -> None:
+    from thinksafe.trainers.opsa import divergence_alpha
+    try:
+        divergence_alpha(o.divergence, o.jsd_alpha)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if o.context_on not in CONTEXT_ON:
+        raise ConfigError(f"opsa.context_on must be one of {', '.join(CONTEXT_ON)}, got {o.context_on!r}")
+    if steering.resolve(o.context) is None:
+        raise ConfigError("opsa.context must be a privileged context (prefix, suffix, opsa or a template "
+                          "with {prompt}), not none: without it the teacher is the student's own start")
+    if o.max_new_tokens is not None and o.max_new_tokens < 1:
+        raise ConfigError(f"opsa.max_new_tokens must be >= 1, got {o.max_new_tokens}")
+
+
+def teacher_text(context: str, prompt: str, label: str, context_on: str = "harmful") -> str:
+    """The teacher's prompt: ``prompt`` inside the privileged context (harmful prompts only, unless
+    ``context_on`` is all)."""
+    return steering.apply(context, prompt, "harmful" if context_on == "all" else label)[0]
+
+
+def prompt_rows(rows: list[dict]) -> list[dict]:
+    """Distinct prompts of sft.jsonl, first label wins, in file order."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r.get("prompt") and r["prompt"] not in seen:
+            seen[r["prompt"]] = r.get("label") or "benign"
+    return [{"prompt": p, "label": lab} for p, lab in seen.items()]
+
+
+def build_examples(tok, rows: list[dict], family, o, max_length: int) -> tuple[list[dict], int]:
+    """(examples with prompt_ids / teacher_ids / is_harmful, prompts dropped as too long)."""
+    from thinksafe.runtime import render_prompt
+    out, dropped = [], 0
+    for r in rows:
+        p = tok(render_prompt(tok, r["prompt"], family), add_special_tokens=False).input_ids
+        t = tok(render_prompt(tok, teacher_text(o.context, r["prompt"], r["label"], o.context_on), family),
+                add_special_tokens=False).input_ids
+        if max(len(p), len(t)) >= max_length:
+            dropped += 1
+            continue
+        out.append({"prompt_ids": p, "teacher_ids": t, "is_harmful": int(r["label"] == "harmful")})
+    return out, dropped
+
+
+def sampling_kwargs(cfg, family) -> dict:
+    o = cfg.opsa
+    temperature = family.temperature if o.temperature is None else o.temperature
+    top_k = family.top_k if o.top_k is None else o.top_k
+    out = {"max_new_tokens": o.max_new_tokens or cfg.generate.max_new_tokens, "do_sample": temperature > 0}
+    if temperature > 0:
+        out.update(temperature=temperature, top_p=family.top_p if o.top_p is None else o.top_p,
+                   top_k=top_k if top_k > 0 else None)
+    return out
