@@ -102,7 +102,8 @@ def extra_reads(stage: Stage, cfg: RunConfig) -> tuple[str, ...]:
     used): train with ``objective: opsa`` also reads ``opsa`` and the rollout length fallback."""
     if stage.name == "train" and getattr(cfg.train, "objective", None) == "opsa":
         return ("opsa", "generate.max_new_tokens")
-    return ()
+    from thinksafe.rounds import round_reads        # iterative rounds: the previous student
+    return round_reads(stage.name, cfg)
 
 
 def config_values(stage: Stage, cfg: RunConfig) -> dict:
@@ -114,6 +115,8 @@ def config_values(stage: Stage, cfg: RunConfig) -> dict:
         for k in path.split("."):
             node = node[k]
         _flatten(node, path, out)
+    from thinksafe.rounds import student_identity   # its path + the fingerprint of its training
+    out = {k: student_identity(v) if k == "student" else v for k, v in out.items()}
     return {k: v for k, v in sorted(_as_used(cfg, out).items()) if k not in PERFORMANCE}
 
 
@@ -398,8 +401,14 @@ def run_all(cfg: RunConfig, show: bool = True, force: list[str] | tuple[str, ...
     forced = set(_stage_names(force or (), "--force"))
     if start is not None:
         forced |= set(ORDER[ORDER.index(_stage_names([start], "--from")[0]):])
+    from thinksafe.rounds import check_rounds       # iterative ThinkSafe (thinksafe.rounds)
+    check_rounds(cfg)
     run_dir = prepare_run_dir(cfg)
-    return {name: ensure(name, cfg, run_dir, show, name in forced, log) for name in ORDER}
+    done = {name: ensure(name, cfg, run_dir, show, name in forced, log) for name in ORDER}
+    if getattr(cfg, "rounds", 1) > 1:               # iterative ThinkSafe: rounds 2..k (thinksafe.rounds)
+        from thinksafe.rounds import later_rounds
+        done["rounds"] = later_rounds(cfg, show, log)
+    return done
 
 
 def _check_engine(cfg: RunConfig, stage: str) -> None:

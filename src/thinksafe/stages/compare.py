@@ -16,6 +16,9 @@ with the usual files and ``manifest.json`` (compute per stage, ``compute_total``
   training prompt: no data stages; its FLOPs (rollouts, teacher, student) are all in train.
 - ``opsa_searched_context`` — ``opsa`` with ``opsa.context`` set to the context ``thinksafe steer`` picks
   by teacher flip rate (the search runs in the sub-run's ``steer/``; its compute is noted, not counted).
+- ``thinksafe_2_rounds`` — iterative ThinkSafe (``thinksafe.rounds``): round 1 is the ``thinksafe`` sub-run,
+  round 2 (its own sub-run) generates with round 1's student, judges, builds its set, trains (per
+  ``rounds_from``); its FLOPs are both rounds' data + training.
 - ``direct_refusal`` / ``no_steering`` / ``no_reasoning`` / ``teacher`` / ``external`` — the training set from
   ``thinksafe.baselines`` (written as the sub-run's ``sft.jsonl``), then the same train stage and
   the same evaluation. no_reasoning derives from ThinkSafe's accepted rows, and no_steering (and
@@ -43,9 +46,9 @@ from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
 
 METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "teacher",
-           "external", "grpo", "opsa", "opsa_searched_context")
+           "external", "grpo", "opsa", "opsa_searched_context", "thinksafe_2_rounds")
 OPSA_METHODS = ("opsa", "opsa_searched_context")
-NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering"}
+NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering", "thinksafe_2_rounds"}
 # built-in settings of a method (a user's compare.set for it comes after, and wins)
 METHOD_DEFAULTS = {"thinksafe_kl": ["train.objective=kl"], "opsa": ["train.objective=opsa"],
                    "opsa_searched_context": ["train.objective=opsa"]}
@@ -115,6 +118,7 @@ def _set_key(method: str, cfg, sub, ts_dir: Path | None) -> str:
     from thinksafe.pipeline import read_manifest
     d = {k: v for k, v in to_dict(sub).items() if k not in ("train", "evaluate", "grpo", "out", "name",
                                                                 "opsa", "steer")}
+    d = {k: v for k, v in d.items() if k not in ("rounds", "rounds_from", "student")}   # thinksafe.rounds
     d["compare"] = to_dict(cfg)["compare"]
     ts = (read_manifest(ts_dir)["stages"].get("dataset") or {}).get("fingerprint") if ts_dir else None
     blob = json.dumps({"method": method, "config": d, "thinksafe": ts}, sort_keys=True, default=str)
@@ -237,11 +241,15 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
         notes = []
         if method == "grpo":
             sub = grpo_config(cfg, sub, results.get("thinksafe"), notes)
+        if method == "thinksafe_2_rounds":       # round 2 on the thinksafe sub-run (thinksafe.rounds)
+            from thinksafe.rounds import second_round
+            sub = second_round(sub, sub_config(cfg, "thinksafe", overrides), ts_dir, show,
+                               _prefixed(log, method))
         d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
         say = _prefixed(log, method)
         if method == "grpo":
             ensure("grpo", sub, d, show, log=say)
-        elif method not in ("base", "thinksafe"):
+        elif method not in ("base", "thinksafe", "thinksafe_2_rounds"):
             build_set(method, cfg, sub, d, ts_dir, show, log)
         if method == "opsa_searched_context":     # the context picked by teacher flip rate (`thinksafe steer`)
             sub = searched_context(sub, d, show, say, notes)
@@ -271,6 +279,10 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
             flops = None if flops is None or f2 is None else flops + f2
             secs += s2
             notes.append("data compute = ThinkSafe's generate + judge")
+        if method == "thinksafe_2_rounds" and ts_dir is not None:    # both rounds' data + training
+            f2, s2 = _compute(ts_dir, TRAIN_STAGES, notes)
+            flops, secs = (None if flops is None or f2 is None else flops + f2), secs + s2
+            notes.append("FLOPs = round 1 (ThinkSafe's data + training) + round 2 (the round-1 student's)")
         if method == "no_steering" or (method == "direct_refusal" and cfg.compare.direct_refusal_benign):
             notes.append("benign rows reused from ThinkSafe (their generation not counted here)")
         if method == "external":

@@ -13,7 +13,7 @@ from pathlib import Path
 from thinksafe import steering
 from thinksafe.generation import (OUTPUT, expand, expected_records, generate_records,  # noqa: F401
                                   in_shard, output_path, parse_shard, read_generated, summarize)
-from thinksafe.runtime import model_backend, release
+from thinksafe.runtime import release, student_backend
 from thinksafe.types import Record
 
 
@@ -27,7 +27,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     wanted = {r.id for r in records}
     done = {k: v for k, v in done.items() if k in wanted}
     reused = len(done)
-    backend = _LazyBackend(cfg) if reused == len(records) else model_backend(cfg)
+    backend = _LazyBackend(cfg) if reused == len(records) else student_backend(cfg)
     try:
         out = generate_records(backend, records, cfg, cfg.generate.steering, output_path(run_dir, i, n),
                                cfg.generate.max_new_tokens, "generate" if n == 1 else f"generate {i}/{n}",

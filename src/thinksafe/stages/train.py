@@ -100,6 +100,19 @@ def make_trainer(tc, packing: bool, ref_model=None, **kwargs):
     return SFTTrainer(**kwargs)
 
 
+def continued_from(cfg) -> str | None:
+    """The trained model a round continues (``rounds_from: previous`` with a ``student``: its LoRA
+    adapter, or its full model folder), else None (train from ``model.path``)."""
+    student = getattr(cfg, "student", None)
+    if not student or getattr(cfg, "rounds_from", "base") != "previous":
+        return None
+    want = "adapter_config.json" if cfg.train.method == "lora" else "config.json"
+    if not (Path(student) / want).is_file():
+        raise ConfigError(f"rounds_from=previous with train.method={cfg.train.method}: {student} holds no "
+                          f"{want} (a LoRA round continues an adapter, a full round a model folder)")
+    return student
+
+
 def packing_summary(trainer, packing: bool, note: str | None) -> dict:
     """``packing`` (+ ``packing_note``); when packed, this session's rows, real tokens per row and the
     padding tokens that right-padding the same micro-batches would have added (all processes)."""
@@ -159,6 +172,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     show = show and main
     set_seed(cfg.seed)
     path = resolve_model_path(cfg.model.path)
+    start = continued_from(cfg)                     # iterative rounds, rounds_from: previous
     tok = load_tokenizer(path)
     tok.padding_side = "right"
     examples, cut_stats = tokenize_rows_stats(tok, rows, family_of(cfg), tc.max_length, tc.truncation)
@@ -169,7 +183,8 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     use_bf16 = torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not use_bf16:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")   # torchrun on CPUs: DDP over gloo
-    model = causal_lm(path, torch.bfloat16 if use_bf16 else torch.float32)
+    model = causal_lm(start if start and tc.method == "full" else path,
+                      torch.bfloat16 if use_bf16 else torch.float32)
     packing, packing_note = packing_choice(tc, model.config)
     if not packing and getattr(tc, "micro_batch_tokens", None):
         extra = "train.micro_batch_tokens ignored without packing (batch_size x grad_accum accumulation steps)"
@@ -182,7 +197,11 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
         if missing:         # PEFT fails only when no target matches: one typo trains half an adapter
             raise ConfigError(f"train.lora.target_modules: {', '.join(map(repr, missing))} match no module "
                               f"of {cfg.model.path}")
-        model = get_peft_model(model, lora_config(tc.lora, model))
+        if start:                                   # continue the previous round's adapter
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, start, is_trainable=True)
+        else:
+            model = get_peft_model(model, lora_config(tc.lora, model))
     elif tc.objective == "kl":
         ref_model = copy.deepcopy(model)           # full fine-tuning: the reference is a frozen copy
     checkpointing, ckpt_note = checkpointing_choice(tc, model, packing)
@@ -219,7 +238,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "world_size": world, "input_tokens_seen": seen,
                "tokens_per_second": round(session / runtime, 1) if runtime else None,
-               "output": out.name, "resumed": resume, "seconds": round(time.time() - t0, 1),
+               "output": out.name, "resumed": resume, **({"continued_from": start} if start else {}), "seconds": round(time.time() - t0, 1),
                "gradient_checkpointing": checkpointing,
                **({"gradient_checkpointing_note": ckpt_note} if ckpt_note else {}),
                **packing_summary(trainer, packing, packing_note)}
