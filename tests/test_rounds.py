@@ -154,3 +154,27 @@ def test_two_rounds_on_the_organism(tiny_organism, tmp_path):
     logs.clear()
     run_all(cfg, show=False, log=logs.append)
     assert sum("unchanged" in x for x in logs) == 12, logs
+
+
+def test_compare_thinksafe_2_rounds(tiny_organism, tmp_path):
+    """`compare.methods=[base,thinksafe,thinksafe_2_rounds]`: round 2 is its own sub-run on the
+    thinksafe sub-run's student; its FLOPs are both rounds' data + training."""
+    from test_compare import _cfg
+
+    from thinksafe.stages.compare import run_compare
+    out = tmp_path / "cmp"
+    cfg = _cfg(out, ["compare.methods=[base,thinksafe_2_rounds,thinksafe]", "compare.perplexity=false"])
+    table = run_compare(cfg, show=False, log=lambda s: None)
+    rows = {r["method"]: r for r in table["rows"]}
+    assert list(rows) == ["base", "thinksafe_2_rounds", "thinksafe"]
+    two = rows["thinksafe_2_rounds"]
+    assert two["harmful_rate"] is not None and two["train_examples"] > 0
+    assert load_config(out / "thinksafe_2_rounds" / "config.yaml").student == str(out / "thinksafe" / "adapter")
+    from thinksafe.rounds import round_compute
+    own = round_compute(out / "thinksafe_2_rounds")[0]
+    assert two["flops"] == pytest.approx(own + rows["thinksafe"]["flops"])
+    assert two["flops_vs_thinksafe"] > 1.0
+    # rerun: every stage of both sub-runs is kept (round 2's key holds round 1's training)
+    logs = []
+    run_compare(cfg, show=False, log=logs.append)
+    assert not any("reruns" in x or "] runs" in x for x in logs), logs
