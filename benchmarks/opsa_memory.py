@@ -16,6 +16,11 @@ Linux VmHWM, reset after the model and inputs are built) and does ONE loss + bac
   attention, the chunked LM-head cross-entropy) on one example of the same prompt + the same
   response tokens; then backward.
 
+Peak RSS is taken with glibc's mmap threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``; ``--glibc-default``
+leaves it adaptive): OPSA's 31.9 MiB divergence chunks sit just under glibc's adaptive cap of 32 MiB,
+so with the default, freed chunks stay in the heap and RSS grows with the rollout although no tensor
+outlives its chunk (measured: +2.7 GiB at a 2k-token rollout, >16 GiB at 16k before it was stopped).
+
 Every op's outputs are watched (a ``TorchDispatchMode``): the largest tensor whose last dimension is
 the vocabulary (logits, log-softmaxes, their gradients) is reported as rows x vocabulary; it must stay
 within the LM-head chunk budget (``thinksafe.trainers.loss.CHUNK_BUDGET_BYTES``, 256 MiB: a chunk of
@@ -42,6 +47,11 @@ from scale import preload, reset_peak, rss_mib  # noqa: E402
 from scale_inputs import DATA, shape_configs  # noqa: E402
 
 VOCAB = 151936
+# glibc serves allocations below its mmap threshold from the heap; the threshold adapts upwards to at
+# most 32 MiB, and OPSA's divergence chunk buffers (55 rows x 151,936 x 4 bytes = 31.9 MiB) fall just
+# under it: freed chunks are not returned and RSS grows with the rollout (~1.3 GiB per 1k tokens here)
+# though no tensor outlives its chunk. A fixed threshold (1 MiB) makes RSS the tensors' memory.
+MMAP_THRESHOLD = 1 << 20
 PROMPT = "Explain, step by step, how a city water treatment plant removes pathogens."
 
 
@@ -109,7 +119,7 @@ def step_opsa(model, tok, prompt, teacher, completion) -> float:
     parts = opsa_loss_parts(model, [prompt], [teacher], [completion], tok.pad_token_id, alpha=1.0)
     loss = parts["div_sum"] / parts["tokens"]
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def step_sft(model, tok, prompt, teacher, completion) -> float:
@@ -122,7 +132,7 @@ def step_sft(model, tok, prompt, teacher, completion) -> float:
         [{"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion}])
     loss = packed_lm_loss(model, batch)
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def measure(path: str, tokens: int) -> dict:
@@ -153,12 +163,14 @@ def measure(path: str, tokens: int) -> dict:
             "full_logits_mib": round(len(completion) * VOCAB * 4 / 2**20, 1)}
 
 
-def run_child(path: str, tokens: int, inprocess: bool) -> dict:
+def run_child(path: str, tokens: int, inprocess: bool, glibc_default: bool = False) -> dict:
     if inprocess:
         return measure(path, tokens)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    if not glibc_default:
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     r = subprocess.run([sys.executable, __file__, "--child", path, "--tokens", str(tokens)],
-                       capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+                       capture_output=True, text=True, env=env)
     lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
     if r.returncode != 0 or not lines:
         raise SystemExit(f"{path} failed:\n{(r.stderr or r.stdout)[-3000:]}")
@@ -171,16 +183,20 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a 256-token rollout (seconds)")
     ap.add_argument("--inprocess", action="store_true", help="both paths in this process (peaks not separate)")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="leave glibc's adaptive mmap threshold (RSS then holds freed heap chunks)")
     ap.add_argument("--child", choices=["opsa", "sft"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     tokens = 256 if args.tiny else args.tokens
     if args.child:
         print(json.dumps(measure(args.child, tokens)), flush=True)
         return 0
-    rows = [run_child(p, tokens, args.inprocess) for p in ("sft", "opsa")]
+    rows = [run_child(p, tokens, args.inprocess, args.glibc_default) for p in ("sft", "opsa")]
     sft, opsa = rows
     print(f"One loss + backward step, {tokens:,}-token response, vocabulary {VOCAB:,}, random 2-layer Qwen3 "
-          "(hidden 64), LoRA r 32, fp32 CPU; peak RSS per process (VmHWM), from after the model was built.")
+          "(hidden 64), LoRA r 32, fp32 CPU; peak RSS per process (VmHWM), from after the model was built"
+          + ("; glibc's adaptive mmap threshold." if args.glibc_default or args.inprocess else
+             f"; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', MMAP_THRESHOLD)}."))
     print("| path | peak RSS MiB | step MiB | largest vocabulary tensor | its MiB | largest tensor | its MiB "
           "| full logits would be MiB | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
