@@ -407,7 +407,7 @@ def run_all(cfg: RunConfig, show: bool = True, force: list[str] | tuple[str, ...
     done = {name: ensure(name, cfg, run_dir, show, name in forced, log) for name in ORDER}
     if getattr(cfg, "rounds", 1) > 1:               # iterative ThinkSafe: rounds 2..k (thinksafe.rounds)
         from thinksafe.rounds import later_rounds
-        done["rounds"] = later_rounds(cfg, show, log)
+        done["rounds"] = later_rounds(cfg, show, log, ensure, prepare_run_dir, ORDER)
     return done
 
 

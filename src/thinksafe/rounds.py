@@ -106,10 +106,10 @@ def _base_eval(first: Path, d: Path) -> None:
         shutil.copytree(src, dst)
 
 
-def later_rounds(cfg, show: bool = True, log=print) -> dict:
+def later_rounds(cfg, show: bool, log, ensure, prepare_run_dir, order) -> dict:
     """Rounds 2..k after round 1 finished in ``cfg.out``: each an ordinary run folder, kept or rerun
-    stage by stage by its keys; then ``rounds.json`` / ``rounds.md``."""
-    from thinksafe.pipeline import ORDER, ensure, prepare_run_dir
+    stage by stage by its keys (``ensure``, ``prepare_run_dir`` and the stage ``order`` are the
+    pipeline's, handed over: this module does not import it); then ``rounds.json`` / ``rounds.md``."""
     check_rounds(cfg)
     first = previous = Path(cfg.out)
     done = {}
@@ -120,7 +120,7 @@ def later_rounds(cfg, show: bool = True, log=print) -> dict:
         d = prepare_run_dir(rc)
         _base_eval(first, d)
         say = _prefixed(log, r)
-        done[r] = {name: ensure(name, rc, d, show, log=say) for name in ORDER}
+        done[r] = {name: ensure(name, rc, d, show, log=say) for name in order}
         previous = d
     table = summarize(cfg)
     write_json(Path(cfg.out) / "rounds.json", table)
@@ -129,11 +129,11 @@ def later_rounds(cfg, show: bool = True, log=print) -> dict:
     return table
 
 
-def second_round(sub, ts_sub, ts_dir: Path, show: bool = True, log=print):
+def second_round(sub, ts_sub, ts_dir: Path, show: bool, log, ensure, prepare_run_dir):
     """``thinksafe compare``'s ``thinksafe_2_rounds``: round 1 is the ``thinksafe`` sub-run in ``ts_dir``
     (trained here if the thinksafe method has not yet); returns the method's config as round 2 (its
-    own folder, the round-1 student) with its data stages done. The caller trains and evaluates."""
-    from thinksafe.pipeline import ensure, prepare_run_dir
+    own folder, the round-1 student) with its data stages done. The caller trains and evaluates
+    (``ensure`` / ``prepare_run_dir``: the pipeline's)."""
     if ts_dir is None:
         raise ConfigError("thinksafe_2_rounds needs ThinkSafe's sub-run (round 1)")
     ensure("train", ts_sub, ts_dir, show, log=log)

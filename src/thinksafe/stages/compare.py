@@ -244,7 +244,7 @@ def run_compare(cfg: RunConfig, show: bool = True, log=print) -> dict:
         if method == "thinksafe_2_rounds":       # round 2 on the thinksafe sub-run (thinksafe.rounds)
             from thinksafe.rounds import second_round
             sub = second_round(sub, sub_config(cfg, "thinksafe", overrides), ts_dir, show,
-                               _prefixed(log, method))
+                               _prefixed(log, method), ensure, prepare_run_dir)
         d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
         say = _prefixed(log, method)
         if method == "grpo":
