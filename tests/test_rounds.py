@@ -178,3 +178,13 @@ def test_compare_thinksafe_2_rounds(tiny_organism, tmp_path):
     logs = []
     run_compare(cfg, show=False, log=logs.append)
     assert not any("reruns" in x or "] runs" in x for x in logs), logs
+
+
+def test_check_names_the_rounds_and_a_missing_student(tmp_path):
+    from thinksafe.config import demo_config_path
+    from thinksafe.preflight import describe, preflight
+    cfg = load_config(demo_config_path(), [f"out={tmp_path / 'r'}", "rounds=3"])
+    lines = describe(preflight(cfg, ORDER))
+    assert any(x.startswith("rounds") and "3 (" in x for x in lines), lines
+    lost = replace(cfg, rounds=1, student=str(tmp_path / "gone" / "adapter"))
+    assert any(x.startswith("problem: student:") for x in describe(preflight(lost, ORDER)))
