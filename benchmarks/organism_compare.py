@@ -23,7 +23,8 @@ LABELS = {"base": "base", "thinksafe": "ThinkSafe", "thinksafe_kl": "ThinkSafe+K
           "teacher": "teacher-distilled (teacher organism)", "direct_refusal": "DirectRefusal (fixed trace)",
           "no_steering": "no steering (5 samples, all safe)", "no_reasoning": "refusals without reasoning",
           "grpo": "GRPO (guard reward)", "external": "external dataset",
-          "opsa": "OPSA (on-policy self-distillation)", "opsa_searched_context": "OPSA, context by flip rate"}
+          "opsa": "OPSA (on-policy self-distillation)", "opsa_searched_context": "OPSA, context by flip rate",
+          "thinksafe_2_rounds": "ThinkSafe, 2 rounds (round 2 from round 1's student)"}
 COLS = [("harmful_rate", "harmful (guard)", "{:.3f}"), ("harmful_rate_oracle", "harmful (oracle)", "{:.3f}"),
         ("over_refusal_rate", "over-refusal", "{:.3f}"), ("reasoning_accuracy", "reasoning", "{:.3f}"),
         ("perplexity", "perplexity", "{:.3f}"), ("flops", "FLOPs", "{:.3g}"),

@@ -298,3 +298,44 @@ def two_runs(tmp_path: Path, n: int = 16) -> tuple[Path, Path, Path]:
     write_rows(one, rows)
     write_rows(two, rows)
     return cfg, one, two
+
+
+# ---- shared fakes (pipeline and compare runs)
+SMALL_RUN = ["prompts.n_harmful=8", "prompts.n_reasoning=8", "prompts.n_borderline=4",
+         "evaluate.n_harmful=6", "evaluate.n_reasoning=4", "evaluate.n_borderline=4",
+         "generate.max_new_tokens=24", "evaluate.max_new_tokens=24", "train.epochs=1",
+         "train.batch_size=4", "model.batch_size=8", "guard.batch_size=8"]
+
+
+def fake_stages(monkeypatch, calls):
+    """Every stage writes its first output and returns a summary; nothing is loaded."""
+    from thinksafe import pipeline
+
+    def fake(stage, cfg, run_dir, show):
+        calls.append(stage.name)
+        out = run_dir / stage.outputs[0].replace("*", "x")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if stage.name == "evaluate":
+            (run_dir / "eval" / "base").mkdir(parents=True, exist_ok=True)
+            (run_dir / "eval" / "thinksafe").mkdir(parents=True, exist_ok=True)
+            return {"base": {}, "thinksafe": {}}
+        out.write_text(f"{stage.name} {len(calls)}\n")
+        return {"n": len(calls)}
+    monkeypatch.setattr(pipeline, "_call", fake)
+    monkeypatch.setattr("thinksafe.compute.for_run", lambda *a, **k: {"flops": 0.0})
+
+
+COMPARE_TINY = ["prompts.n_harmful=4", "prompts.n_reasoning=3", "prompts.n_borderline=2",
+        "evaluate.n_harmful=3", "evaluate.n_reasoning=2", "evaluate.n_borderline=2",
+        "generate.max_new_tokens=96", "evaluate.max_new_tokens=16", "train.epochs=1",
+        "train.batch_size=4", "model.batch_size=8", "guard.batch_size=8",
+        "compare.no_steering_samples=2", "grpo.num_generations=2", "grpo.batch_size=4",
+        "grpo.grad_accum=1", "grpo.epochs=1", "grpo.max_steps=2", "grpo.check_every=1"]
+
+
+def compare_config(out, extra=()):
+    from pathlib import Path
+
+    import thinksafe
+    path = Path(thinksafe.__file__).parent / "configs" / "compare-organism.yaml"
+    return load_config(path, COMPARE_TINY + [f"out={out}", *extra])

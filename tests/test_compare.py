@@ -6,27 +6,12 @@ import json
 
 import pytest
 
-from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
-
-TINY = ["prompts.n_harmful=4", "prompts.n_reasoning=3", "prompts.n_borderline=2",
-        "evaluate.n_harmful=3", "evaluate.n_reasoning=2", "evaluate.n_borderline=2",
-        "generate.max_new_tokens=96", "evaluate.max_new_tokens=16", "train.epochs=1",
-        "train.batch_size=4", "model.batch_size=8", "guard.batch_size=8",
-        "compare.no_steering_samples=2", "grpo.num_generations=2", "grpo.batch_size=4",
-        "grpo.grad_accum=1", "grpo.epochs=1", "grpo.max_steps=2", "grpo.check_every=1"]
-
-
-def _cfg(out, extra=()):
-    from pathlib import Path
-
-    import thinksafe
-    path = Path(thinksafe.__file__).parent / "configs" / "compare-organism.yaml"
-    return load_config(path, TINY + [f"out={out}", *extra])
+from conftest import compare_config
 
 
 def test_shipped_compare_config_loads():
-    cfg = _cfg("x")
+    cfg = compare_config("x")
     assert cfg.compare.methods == ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal",
                                    "no_steering", "no_reasoning", "grpo"]
     assert cfg.compare.teacher_path == "organism-teacher"
@@ -35,19 +20,19 @@ def test_shipped_compare_config_loads():
 def test_bad_method_and_override_fail_early(tmp_path):
     from thinksafe.compare import run_compare
     with pytest.raises(ConfigError):
-        run_compare(_cfg(tmp_path / "a", ["compare.methods=[base, opd]"]), show=False)
+        run_compare(compare_config(tmp_path / "a", ["compare.methods=[base, opd]"]), show=False)
     with pytest.raises(ConfigError, match="teacher_path"):
-        run_compare(_cfg(tmp_path / "d", ["compare.methods=[teacher]", "compare.teacher_path=null"]), show=False)
+        run_compare(compare_config(tmp_path / "d", ["compare.methods=[teacher]", "compare.teacher_path=null"]), show=False)
     with pytest.raises(ConfigError):
-        run_compare(_cfg(tmp_path / "b", ["compare.set=[epochs=5]"]), show=False)
+        run_compare(compare_config(tmp_path / "b", ["compare.set=[epochs=5]"]), show=False)
     with pytest.raises(ConfigError):
-        run_compare(_cfg(tmp_path / "c", ["compare.methods=[external]"]), show=False)
+        run_compare(compare_config(tmp_path / "c", ["compare.methods=[external]"]), show=False)
 
 
 def test_compare_end_to_end(tiny_organism, tmp_path):
     from thinksafe.compare import COLUMNS, run_compare
     out = tmp_path / "cmp"
-    cfg = _cfg(out, ["compare.set=[direct_refusal:train.epochs=2, teacher:generate.max_new_tokens=96]"])
+    cfg = compare_config(out, ["compare.set=[direct_refusal:train.epochs=2, teacher:generate.max_new_tokens=96]"])
     logs = []
     table = run_compare(cfg, show=False, log=logs.append)
     done = [x.split("]")[0][len("[compare "):] for x in logs if x.startswith("[compare ") and ":" not in x.split("]")[0]]

@@ -10,16 +10,12 @@ import pytest
 from thinksafe.config import load_config
 from thinksafe.organism.build import TINY, build
 from thinksafe.pipeline import run_all
-
-SMALL = ["prompts.n_harmful=8", "prompts.n_reasoning=8", "prompts.n_borderline=4",
-         "evaluate.n_harmful=6", "evaluate.n_reasoning=4", "evaluate.n_borderline=4",
-         "generate.max_new_tokens=24", "evaluate.max_new_tokens=24", "train.epochs=1",
-         "train.batch_size=4", "model.batch_size=8", "guard.batch_size=8"]
+from conftest import SMALL_RUN, fake_stages
 
 
 def _config(out, seed=0):
     from thinksafe.config import demo_config_path
-    return load_config(demo_config_path(), SMALL + [f"out={out}", f"seed={seed}"])
+    return load_config(demo_config_path(), SMALL_RUN + [f"out={out}", f"seed={seed}"])
 
 
 def test_build_writes_standard_hf_folders(tiny_organism):
@@ -136,27 +132,9 @@ def test_keys_ignore_speed_settings_and_follow_what_a_stage_reads():
     assert key("generate", tries) == key("generate", cfg) and key("judge", tries) != key("judge", cfg)
 
 
-def _fake_stages(monkeypatch, calls):
-    """Every stage writes its first output and returns a summary; nothing is loaded."""
-    from thinksafe import pipeline
-
-    def fake(stage, cfg, run_dir, show):
-        calls.append(stage.name)
-        out = run_dir / stage.outputs[0].replace("*", "x")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if stage.name == "evaluate":
-            (run_dir / "eval" / "base").mkdir(parents=True, exist_ok=True)
-            (run_dir / "eval" / "thinksafe").mkdir(parents=True, exist_ok=True)
-            return {"base": {}, "thinksafe": {}}
-        out.write_text(f"{stage.name} {len(calls)}\n")
-        return {"n": len(calls)}
-    monkeypatch.setattr(pipeline, "_call", fake)
-    monkeypatch.setattr("thinksafe.compute.for_run", lambda *a, **k: {"flops": 0.0})
-
-
 def test_force_and_from_rerun_on_purpose(tmp_path, monkeypatch):
     calls = []
-    _fake_stages(monkeypatch, calls)
+    fake_stages(monkeypatch, calls)
     cfg = load_config(None, [f"out={tmp_path / 'r'}"])
     run_all(cfg, show=False, log=lambda s: None)
     assert calls == ["generate", "judge", "dataset", "train", "evaluate", "report"]
@@ -181,7 +159,7 @@ def test_same_sft_bytes_do_not_retrain(tmp_path, monkeypatch):
     """dataset's fingerprint is the content of sft.jsonl: a rerun that keeps the rows keeps train."""
     from thinksafe import pipeline
     calls = []
-    _fake_stages(monkeypatch, calls)
+    fake_stages(monkeypatch, calls)
     real = pipeline._call
 
     def same_rows(stage, cfg, run_dir, show):
@@ -203,7 +181,7 @@ def test_a_failed_start_puts_moved_outputs_back(tmp_path, monkeypatch):
     from thinksafe import pipeline
     from thinksafe.errors import DataError
     calls = []
-    _fake_stages(monkeypatch, calls)
+    fake_stages(monkeypatch, calls)
     cfg = load_config(None, [f"out={tmp_path / 'r'}"])
     run_all(cfg, show=False, log=lambda s: None)
     before = (tmp_path / "r" / "judged.jsonl").read_text()
@@ -222,7 +200,7 @@ def test_a_crashed_rerun_is_not_mistaken_for_the_finished_run(tmp_path, monkeypa
     report A's (moved) outputs as kept."""
     from thinksafe import pipeline
     calls = []
-    _fake_stages(monkeypatch, calls)
+    fake_stages(monkeypatch, calls)
     cfg = load_config(None, [f"out={tmp_path / 'r'}"])
     run_all(cfg, show=False, log=lambda s: None)
     real = pipeline._call

@@ -16,6 +16,9 @@ with the usual files and ``manifest.json`` (compute per stage, ``compute_total``
   training prompt: no data stages; its FLOPs (rollouts, teacher, student) are all in train.
 - ``opsa_searched_context`` — ``opsa`` with ``opsa.context`` set to the context ``thinksafe steer`` picks
   by teacher flip rate (the search runs in the sub-run's ``steer/``; its compute is noted, not counted).
+- ``thinksafe_2_rounds`` — iterative ThinkSafe (``thinksafe.rounds``): round 1 is the ``thinksafe`` sub-run,
+  round 2 (its own sub-run) generates with round 1's student, judges, builds its set, trains (per
+  ``rounds_from``); its FLOPs are both rounds' data + training.
 - ``direct_refusal`` / ``no_steering`` / ``no_reasoning`` / ``teacher`` / ``external`` — the training set from
   ``thinksafe.baselines`` (written as the sub-run's ``sft.jsonl``), then the same train stage and
   the same evaluation. no_reasoning derives from ThinkSafe's accepted rows, and no_steering (and
@@ -52,11 +55,12 @@ from thinksafe.validation import validate
 from thinksafe.errors import ConfigError, DataError
 from thinksafe.io import read_jsonl, write_json, write_text
 from thinksafe.pipeline import BY_NAME, EVAL_READS, PERPLEXITY, STEER, ensure, prepare_run_dir
+from thinksafe.rounds import second_round
 from thinksafe.stagekeys import Stage
 
 METHODS = ("base", "thinksafe", "thinksafe_kl", "direct_refusal", "no_steering", "no_reasoning", "teacher",
-           "external", "grpo", "opsa", "opsa_searched_context")
-NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering"}
+           "external", "grpo", "opsa", "opsa_searched_context", "thinksafe_2_rounds")
+NEEDS_THINKSAFE = {"thinksafe", "thinksafe_kl", "no_reasoning", "no_steering", "thinksafe_2_rounds"}
 # built-in settings of a method (a user's compare.set for it comes after, and wins)
 METHOD_DEFAULTS = {"thinksafe_kl": ["train.objective=kl"], "opsa": ["train.objective=opsa"],
                    "opsa_searched_context": ["train.objective=opsa"]}
@@ -126,7 +130,7 @@ def _prefixed(log, method: str):
 
 def derives_from_thinksafe(method: str, cfg) -> bool:
     """The method's set is made from ThinkSafe's accepted rows (its dataset stage runs first)."""
-    return method in NEEDS_THINKSAFE - {"thinksafe"} or (method == "direct_refusal" and cfg.compare.direct_refusal_benign)
+    return method in NEEDS_THINKSAFE - {"thinksafe", "thinksafe_2_rounds"} or (method == "direct_refusal" and cfg.compare.direct_refusal_benign)
 
 
 def set_stage(method: str, cfg) -> Stage:
@@ -213,11 +217,14 @@ def _run_method(cfg, method: str, overrides, ts_dir: Path | None, results: dict,
     sub = sub_config(cfg, method, overrides)
     if method == "grpo":
         sub = grpo_config(cfg, sub, results.get("thinksafe"), notes)
+    if method == "thinksafe_2_rounds":       # round 2 on the thinksafe sub-run's student (thinksafe.rounds)
+        sub = second_round(sub, sub_config(cfg, "thinksafe", overrides), ts_dir, show,
+                           _prefixed(log, method), ensure, prepare_run_dir)
     d = prepare_run_dir(sub) if method != "thinksafe" else ts_dir
     say = _prefixed(log, method)
     if method == "grpo":
         ensure("grpo", sub, d, show, log=say)
-    elif method not in ("base", "thinksafe"):
+    elif method not in ("base", "thinksafe", "thinksafe_2_rounds"):
         ensure(set_stage(method, cfg), sub, d, show, log=say)
     if method == "opsa_searched_context":     # the context picked by teacher flip rate (`thinksafe steer`)
         sub = searched_context(sub, d, show, say, notes)
@@ -243,6 +250,10 @@ def _row(cfg, method: str, sub, d: Path, metrics: dict, ts_dir: Path | None, sho
         flops = None if flops is None or f2 is None else flops + f2
         secs += s2
         notes.append("data compute = ThinkSafe's generate + judge")
+    if method == "thinksafe_2_rounds" and ts_dir is not None:    # both rounds' data + training
+        f2, s2 = _compute(ts_dir, TRAIN_STAGES, notes)
+        flops, secs = (None if flops is None or f2 is None else flops + f2), secs + s2
+        notes.append("FLOPs = round 1 (ThinkSafe's data + training) + round 2 (the round-1 student's)")
     notes.extend(_notes(cfg, method, sub, d))
     row.update(flops=flops, seconds=secs, flops_eval=_compute(d, ("evaluate",))[0], notes="; ".join(notes))
     return row

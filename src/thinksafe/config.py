@@ -277,6 +277,12 @@ class RunConfig:
     opsa: OPSAConfig = field(default_factory=OPSAConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # iterative ThinkSafe (thinksafe.rounds): round r >= 2 generates with round r-1's student
+    rounds: int = 1                 # rounds of generate -> judge -> dataset -> train -> evaluate
+    rounds_from: str = "base"       # each later round trains from: base | previous (round r-1's adapter / model)
+    student: str | None = None      # generate (and resample) with this trained model: a LoRA adapter
+                                    # folder on model.path, or a full model folder; null = the base.
+                                    # Set per round by `rounds`
 
 
 # Names users bring from PEFT / transformers, for did-you-mean.

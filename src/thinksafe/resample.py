@@ -12,7 +12,7 @@ from thinksafe.generation import OUTPUT as GENERATED
 from thinksafe.generation import generate_records
 from thinksafe.judging import acceptance, accepted, judge_records
 from thinksafe.runtime import guard as make_guard
-from thinksafe.runtime import has_engine, model_backend, release
+from thinksafe.runtime import has_engine, release, student_backend
 from thinksafe.types import Record, stable_id
 
 JUDGED = "judged.jsonl"
@@ -50,7 +50,7 @@ def resample(cfg, run_dir: Path, guard, judged: list[Record], show: bool = True)
         new = attempt_records(todo, attempt, cfg.generate.samples)
         if swap:
             release(guard)
-        backend = backend or model_backend(cfg)
+        backend = backend or student_backend(cfg)   # iterative rounds: the previous student
         gen = generate_records(backend, new, cfg, cfg.generate.steering, run_dir / GENERATED,
                                cfg.generate.max_new_tokens, f"resample {attempt}", show)
         done = {r.id for r in judged}

@@ -37,6 +37,18 @@ def model_backend(cfg, adapter: str | None = None):
                         vllm_kwargs=_vllm_kwargs(m, cfg.seed), hf_kwargs={"generation": m.generation})
 
 
+def student_backend(cfg):
+    """The model that writes training data: the base, or ``cfg.student`` (iterative rounds: the
+    previous round's LoRA adapter on ``model.path``, or its fully fine-tuned model folder)."""
+    student = getattr(cfg, "student", None)
+    if not student:
+        return model_backend(cfg)
+    from pathlib import Path
+    if (Path(student) / "adapter_config.json").is_file():
+        return model_backend(cfg, student)
+    return model_backend(replace(cfg, model=replace(cfg.model, path=student)))
+
+
 def _vllm_kwargs(m, seed: int) -> dict:
     return {"tensor_parallel_size": m.tensor_parallel_size, "max_model_len": m.max_model_len,
             "gpu_memory_utilization": m.gpu_memory_utilization, "seed": seed,

@@ -55,7 +55,8 @@ def extra_reads(stage: Stage, cfg: RunConfig) -> tuple[str, ...]:
     used): train with ``objective: opsa`` also reads ``opsa`` and the rollout length fallback."""
     if stage.name == "train" and getattr(cfg.train, "objective", None) == "opsa":
         return ("opsa", "generate.max_new_tokens")
-    return ()
+    from thinksafe.rounds import round_reads        # iterative rounds: the previous student
+    return round_reads(stage.name, cfg)
 
 
 def config_values(stage: Stage, cfg: RunConfig) -> dict:
@@ -67,6 +68,8 @@ def config_values(stage: Stage, cfg: RunConfig) -> dict:
         for k in path.split("."):
             node = node[k]
         _flatten(node, path, out)
+    from thinksafe.rounds import student_identity   # its path + the fingerprint of its training
+    out = {k: student_identity(v) if k == "student" else v for k, v in out.items()}
     return {k: v for k, v in sorted(_as_used(cfg, out).items()) if k not in PERFORMANCE}
 
 

@@ -15,7 +15,7 @@ from thinksafe import steering
 from thinksafe.generation import (expected_records, generate_records, in_shard, output_path, parse_shard,
                                   read_generated, summarize)
 from thinksafe.io import iter_jsonl
-from thinksafe.runtime import model_backend, release
+from thinksafe.runtime import release, student_backend
 from thinksafe.types import Record
 
 
@@ -32,7 +32,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     if reused:
         print(f"generate: reused {reused} of {len(records)} records already generated in {run_dir}",
               file=sys.stderr, flush=True)
-    backend = _LazyBackend(cfg) if n == 1 and reused == len(records) else model_backend(cfg)
+    backend = _LazyBackend(cfg) if n == 1 and reused == len(records) else student_backend(cfg)
     try:
         out = generate_records(backend, records, cfg, cfg.generate.steering, output_path(run_dir, i, n),
                                cfg.generate.max_new_tokens, "generate" if n == 1 else f"generate {i}/{n}",

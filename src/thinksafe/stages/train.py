@@ -98,6 +98,19 @@ def make_trainer(tc, packing: bool, ref_model=None, **kwargs):
     return SFTTrainer(**kwargs)
 
 
+def continued_from(cfg) -> str | None:
+    """The trained model a round continues (``rounds_from: previous`` with a ``student``: its LoRA
+    adapter, or its full model folder), else None (train from ``model.path``)."""
+    student = getattr(cfg, "student", None)
+    if not student or getattr(cfg, "rounds_from", "base") != "previous":
+        return None
+    want = "adapter_config.json" if cfg.train.method == "lora" else "config.json"
+    if not (Path(student) / want).is_file():
+        raise ConfigError(f"rounds_from=previous with train.method={cfg.train.method}: {student} holds no "
+                          f"{want} (a LoRA round continues an adapter, a full round a model folder)")
+    return student
+
+
 def packing_summary(trainer, packing: bool, note: str | None) -> dict:
     """``packing`` (+ ``packing_note``); when packed, this session's rows, real tokens per row and the
     padding tokens that right-padding the same micro-batches would have added (all processes)."""
@@ -210,8 +223,9 @@ def _sft_rows(cfg, run_dir: Path) -> list[dict]:
     return rows
 
 
-def _adapt(cfg, model):
-    """(the model to train: a PEFT model for LoRA, reference model for full fine-tuning with KL)."""
+def _adapt(cfg, model, start: str | None = None):
+    """(the model to train: a PEFT model for LoRA — ``start``'s adapter continued when a round
+    continues the previous one —, reference model for full fine-tuning with KL)."""
     import copy
 
     from peft import get_peft_model
@@ -221,6 +235,9 @@ def _adapt(cfg, model):
         if missing:         # PEFT fails only when no target matches: one typo trains half an adapter
             raise ConfigError(f"train.lora.target_modules: {', '.join(map(repr, missing))} match no module "
                               f"of {cfg.model.path}")
+        if start:                                   # continue the previous round's adapter
+            from peft import PeftModel
+            return PeftModel.from_pretrained(model, start, is_trainable=True), None
         return get_peft_model(model, lora_config(tc.lora, model)), None
     return model, (copy.deepcopy(model) if tc.objective == "kl" else None)   # the reference: a frozen copy
 
@@ -234,19 +251,20 @@ def run_sft(cfg, run_dir: Path, show: bool = True) -> dict:
     main = is_main_process()
     show = show and main
     path, tok = _tokenizer(cfg)
+    start = continued_from(cfg)                     # iterative rounds, rounds_from: previous
     tok.padding_side = "right"
     examples, cut_stats = tokenize_rows_stats(tok, rows, family_of(cfg), tc.max_length, tc.truncation)
     if not examples:
         raise DataError(f"train: none of the {len(rows)} examples is usable (over max_length={tc.max_length}: "
                         f"{cut_stats['dropped_too_long']}, response does not survive tokenization: "
                         f"{cut_stats['dropped_untokenizable']})")
-    model, use_bf16 = _model(path)
+    model, use_bf16 = _model(start if start and tc.method == "full" else path)
     packing, packing_note = packing_choice(tc, model.config)
     if not packing and getattr(tc, "micro_batch_tokens", None):
         extra = "train.micro_batch_tokens ignored without packing (batch_size x grad_accum accumulation steps)"
         packing_note = f"{packing_note}; {extra}" if packing_note else extra
     _note(main, packing_note)
-    model, ref_model = _adapt(cfg, model)
+    model, ref_model = _adapt(cfg, model, start)
     checkpointing, ckpt_note = checkpointing_choice(tc, model, packing)
     _note(main, ckpt_note)
     columns = ["input_ids", "labels"] + (["is_benign"] if tc.objective == "kl" else [])
@@ -259,6 +277,7 @@ def run_sft(cfg, run_dir: Path, show: bool = True) -> dict:
     result, out, resume = _train(trainer, tc, run_dir)
     summary = {**_sft_summary(trainer, tc, examples, cut_stats, result, t0, model),
                "output": out.name, "resumed": resume, "seconds": round(time.time() - t0, 1),
+               **({"continued_from": start} if start else {}),
                "gradient_checkpointing": checkpointing,
                **({"gradient_checkpointing_note": ckpt_note} if ckpt_note else {}),
                **packing_summary(trainer, packing, packing_note)}
