@@ -3,7 +3,6 @@ pass `thinksafe check` offline with nothing cached reporting only the missing as
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -10,7 +10,8 @@ import pytest
 
 from thinksafe.config import load_config
 from thinksafe.errors import ConfigError
-from thinksafe.pipeline import BY_NAME, ORDER, config_values, read_manifest, run_all, stage_key
+from thinksafe.pipeline import BY_NAME, ORDER, read_manifest, run_all
+from thinksafe.stagekeys import config_values, stage_key
 from thinksafe.rounds import student_identity
 from conftest import SMALL_RUN, compare_config, fake_stages
 
@@ -160,7 +161,7 @@ def test_compare_thinksafe_2_rounds(tiny_organism, tmp_path):
     """`compare.methods=[base,thinksafe,thinksafe_2_rounds]`: round 2 is its own sub-run on the
     thinksafe sub-run's student; its FLOPs are both rounds' data + training."""
 
-    from thinksafe.stages.compare import run_compare
+    from thinksafe.compare import run_compare
     out = tmp_path / "cmp"
     cfg = compare_config(out, ["compare.methods=[base,thinksafe_2_rounds,thinksafe]", "compare.perplexity=false"])
     table = run_compare(cfg, show=False, log=lambda s: None)
