@@ -122,7 +122,7 @@ def test_progress_line_shows_each_replicas_tokens_per_second(monkeypatch):
     pool.actors, pool.busy, pool.lost, pool.retried = {0: None, 1: None}, {0: 2.0, 1: 4.0}, 0, 0
     pool.records = pool.tokens = 0
     pool.replica_records, pool.replica_tokens = {}, {}
-    with cluster._progress("generate", 6, pool, True) as advance:
+    with cluster.progress("generate", 6, pool, True) as advance:
         for replica, rows, tokens in ((0, 2, 300), (1, 2, 200), (0, 2, 100)):
             pool.last_replica = replica
             pool.credit(rows, tokens)

@@ -118,7 +118,7 @@ def generate_and_judge(gen_cfg, judge_cfg, run_dir: Path, todo: list[Record], na
     import time
 
     from thinksafe.compute import verdict_input_tokens
-    from thinksafe.runtime import guard as make_guard
+    from thinksafe.runtime import make_guard
     from thinksafe.runtime import model_backend
     from thinksafe.generation import generate_records, summarize
     from thinksafe.judging import judge_records

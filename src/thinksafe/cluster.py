@@ -93,7 +93,7 @@ class _Replica:
         import torch
         if threads > 0 and not torch.cuda.is_available():
             torch.set_num_threads(threads)
-        # ``build``: runtime.model_backend / runtime.guard, handed over by reference (this module
+        # ``build``: runtime.model_backend / runtime.make_guard, handed over by reference (this module
         # imports neither runtime nor generation: no import cycle)
         self.kind = kind
         self.obj = build(cfg, adapter) if kind == "model" else build(cfg)

@@ -68,7 +68,7 @@ class RayGenerator:
 
 # ============================================================================== the guard
 class RayGuard:
-    """What ``runtime.guard`` returns with ``cluster.engine: ray``: verdicts from guard replicas
+    """What ``runtime.make_guard`` returns with ``cluster.engine: ray``: verdicts from guard replicas
     (``judging.judge_records`` hands it the chunks, ``distributed``)."""
 
     distributed = True

@@ -11,7 +11,7 @@ from thinksafe.families import get_family
 from thinksafe.generation import OUTPUT as GENERATED
 from thinksafe.generation import generate_records
 from thinksafe.judging import acceptance, accepted, judge_records
-from thinksafe.runtime import guard as make_guard
+from thinksafe.runtime import make_guard
 from thinksafe.runtime import has_engine, release, student_backend
 from thinksafe.types import Record, stable_id
 

@@ -55,22 +55,23 @@ def _vllm_kwargs(m, seed: int) -> dict:
             **({"enforce_eager": True} if m.enforce_eager else {})}
 
 
-def guard(cfg):
+def make_guard(cfg):
+    """The one guard factory: ``cfg.guard`` on its backend (local, served, or replicas on Ray)."""
     from thinksafe.backends import make_backend
-    from thinksafe.guards import make_guard
+    from thinksafe.guards import over_backend
     g = cfg.guard
     if getattr(getattr(cfg, "cluster", None), "engine", "local") == "ray" and not g.server_url:
         from thinksafe.cluster_clients import RayGuard
-        return RayGuard(cfg, build=guard)
+        return RayGuard(cfg, build=make_guard)
     if g.server_url:                # served (vLLM's OpenAI-compatible server), health-checked here
         from thinksafe.backends.server import ServerBackend
         backend = ServerBackend(g.server_url, resolve_model_path(g.path), model_name=g.server_model or g.path,
                                 timeout=g.server_timeout, batch_size=g.batch_size)
-        return make_guard(g, backend)
+        return over_backend(g, backend)
     backend = make_backend(g.backend or cfg.model.backend, resolve_model_path(g.path),
                            batch_size=g.batch_size, dtype=cfg.model.dtype, device=cfg.model.device,
                            vllm_kwargs=guard_vllm_kwargs(g, cfg.seed), what="guard")
-    return make_guard(g, backend)
+    return over_backend(g, backend)
 
 
 def guard_vllm_kwargs(g, seed: int) -> dict:

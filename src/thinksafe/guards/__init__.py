@@ -7,7 +7,9 @@ from thinksafe.errors import ConfigError
 KINDS = ("llama_guard", "wildguard")
 
 
-def make_guard(cfg, backend):
+def over_backend(cfg, backend):
+    """The guard of ``cfg.kind`` over a backend already built (``runtime.make_guard`` is the factory
+    every stage uses: it builds the backend, local, served or on Ray)."""
     if cfg.kind == "llama_guard":
         from thinksafe.guards.llama_guard import LlamaGuard
         return LlamaGuard(backend, top_k=cfg.top_k, max_input_tokens=cfg.max_input_tokens,

@@ -46,7 +46,7 @@ from thinksafe.memory import release_memory
 from thinksafe.metrics import eval_summary, rate, score_organism, score_reasoning, score_safety, wilson
 from thinksafe.refusal import refusal_guard_config, refusal_of
 from thinksafe.runfolder import move_aside
-from thinksafe.runtime import guard as make_guard
+from thinksafe.runtime import make_guard
 from thinksafe.runtime import model_backend
 from thinksafe.think import split_response
 from thinksafe.types import Record

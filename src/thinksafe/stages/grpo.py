@@ -206,7 +206,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
     from trl import GRPOTrainer
 
     from thinksafe.backends.hf import causal_lm, load_tokenizer
-    from thinksafe.runtime import guard as make_guard
+    from thinksafe.runtime import make_guard
     from thinksafe.trainers.setup import check_reporter, is_main_process, lora_config, progress_callback
 
     g = cfg.grpo

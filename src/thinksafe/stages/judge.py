@@ -17,7 +17,7 @@ from thinksafe.families import get_family
 from thinksafe.generation import expected_records, missing_by_shard, read_generated, shard_files
 from thinksafe.judging import acceptance, judge_records
 from thinksafe.resample import resample
-from thinksafe.runtime import guard as make_guard
+from thinksafe.runtime import make_guard
 
 INPUT, OUTPUT = "generated.jsonl", "judged.jsonl"
 

@@ -83,7 +83,7 @@ def _refusal_judge(cfg):
     if cfg.prompts.source == "organism":
         from thinksafe.organism import oracle
         return lambda pairs: [oracle.classify(p, r) == oracle.REFUSED for p, r in pairs], "organism oracle"
-    from thinksafe.runtime import guard as make_guard
+    from thinksafe.runtime import make_guard
     from thinksafe.refusal import refusal_guard_config, refusal_of
     rcfg = refusal_guard_config(cfg)
     g = make_guard(rcfg)
@@ -110,7 +110,7 @@ def run(cfg, run_dir: Path, show: bool = True) -> dict:
 def run_steer(cfg, show: bool = True, log=print) -> dict:
     from thinksafe.generation import generate_records
     from thinksafe.prompts import load_prompts
-    from thinksafe.runtime import guard as make_guard
+    from thinksafe.runtime import make_guard
     from thinksafe.runtime import model_backend
     sc = cfg.steer
     contexts = _contexts(sc.contexts)
