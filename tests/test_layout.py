@@ -24,3 +24,16 @@ def test_no_test_file_imports_another():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad += [f"{path.relative_to(TESTS)}: {n}" for n in names if n.split(".")[0].startswith("test_")]
     assert not bad, "import shared helpers from conftest instead: " + "; ".join(bad)
+
+
+def test_source_modules_and_functions_stay_small():
+    """Modules under ~400 lines, functions under ~60 (split by meaning when one grows past them)."""
+    big = []
+    for path in (ROOT / "src" / "thinksafe").rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 400:
+            big.append(f"{path.name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                big.append(f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not big, big
