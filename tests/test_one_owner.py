@@ -27,3 +27,20 @@ def test_no_factory_imported_under_another_name():
                for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ImportFrom)
                for a in n.names if a.asname and a.name in ("make_guard", "guard", "over_backend")]
     assert not aliased, aliased
+
+
+def test_one_way_to_free_a_model(monkeypatch):
+    """``runtime.release`` stops an engine (close, or shutdown, on the object or its backend) and then
+    empties the caches; nothing else in the package calls the cache step but a vLLM engine's close."""
+    import types
+
+    from thinksafe import memory, runtime
+    emptied, stopped = [], []
+    monkeypatch.setattr(memory, "release_memory", lambda: emptied.append(1))
+    runtime.release(types.SimpleNamespace(close=lambda: stopped.append("close")))
+    runtime.release(types.SimpleNamespace(backend=types.SimpleNamespace(shutdown=lambda: stopped.append("shutdown"))))
+    runtime.release(types.SimpleNamespace())                  # a transformers model: caches only
+    assert stopped == ["close", "shutdown"] and len(emptied) == 3
+    callers = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                     if "release_memory()" in p.read_text())
+    assert callers == ["backends/vllm.py", "runtime.py"], callers

@@ -1,4 +1,5 @@
-"""The one way to free a model's memory once it is dropped (engines, models, guards)."""
+"""Python's garbage and CUDA's cached memory, collected: the last step of ``runtime.release`` (the one
+way to free a model, guard or backend) and of a vLLM engine's own close."""
 
 from __future__ import annotations
 

@@ -83,13 +83,16 @@ def guard_vllm_kwargs(g, seed: int) -> dict:
 
 
 def release(obj) -> None:
-    """Free a backend's engine (or a guard's) now, before the next model loads; no-op for
-    backends without one (transformers models go with their last reference)."""
+    """The one way to free a model, guard or backend: its engine (vLLM's, a Ray pool's: ``close`` or
+    ``shutdown``) now, then Python's garbage and CUDA's cached memory. A transformers model has no
+    engine: it goes with its last reference, and the cache is emptied here."""
+    from thinksafe.memory import release_memory
     for target in (obj, getattr(obj, "backend", None)):
-        close = getattr(target, "close", None)
-        if callable(close):
-            close()
-            return
+        stop = getattr(target, "close", None) or getattr(target, "shutdown", None)
+        if callable(stop):
+            stop()
+            break
+    release_memory()
 
 
 def has_engine(obj) -> bool:

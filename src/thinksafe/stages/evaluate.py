@@ -42,12 +42,10 @@ from thinksafe.families import get_family
 from thinksafe.generation import expand, generate_records
 from thinksafe.io import iter_jsonl, write_json, write_jsonl
 from thinksafe.judging import judge_records
-from thinksafe.memory import release_memory
 from thinksafe.metrics import eval_summary, rate, score_organism, score_reasoning, score_safety, wilson
 from thinksafe.refusal import refusal_guard_config, refusal_of
 from thinksafe.runfolder import move_aside
-from thinksafe.runtime import make_guard
-from thinksafe.runtime import model_backend
+from thinksafe.runtime import make_guard, model_backend, release
 from thinksafe.think import split_response
 from thinksafe.types import Record
 
@@ -110,12 +108,7 @@ class Lazy:
         if self._obj is None or self._make is None:
             return
         obj, self._obj = self._obj, None
-        for target in (obj, getattr(obj, "backend", None)):      # a backend's own release, if any
-            release = getattr(target, "close", None) or getattr(target, "shutdown", None)
-            if callable(release):
-                release()
-        del obj
-        release_memory()
+        release(obj)
 
 
 def _lazy(given, make) -> Lazy:
