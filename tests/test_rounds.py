@@ -119,10 +119,10 @@ def test_previous_rounds_key_train_by_the_student(tmp_path, monkeypatch):
 
 
 def test_rounds_settings_are_checked(tmp_path):
-    from thinksafe.rounds import check_rounds
-    for bad in (["rounds=0"], ["rounds_from=last"], ["rounds=2", "train.objective=opsa"]):
-        with pytest.raises(ConfigError):
-            check_rounds(load_config(None, [f"out={tmp_path}", *bad]))
+    for bad, what in ((["rounds=0"], "rounds must be"), (["rounds_from=last"], "rounds_from must be"),
+                      (["rounds=2", "train.objective=opsa"], "use rounds: 1")):
+        with pytest.raises(ConfigError, match=what):        # at load, as every setting
+            load_config(None, [f"out={tmp_path}", *bad])
 
 
 def test_two_rounds_on_the_organism(tiny_organism, tmp_path):

@@ -292,8 +292,6 @@ def run_all(cfg: RunConfig, show: bool = True, force: list[str] | tuple[str, ...
     forced = set(_stage_names(force or (), "--force"))
     if start is not None:
         forced |= set(ORDER[ORDER.index(_stage_names([start], "--from")[0]):])
-    from thinksafe.rounds import check_rounds       # iterative ThinkSafe (thinksafe.rounds)
-    check_rounds(cfg)
     run_dir = prepare_run_dir(cfg)
     done = {name: ensure(name, cfg, run_dir, show, name in forced, log) for name in ORDER}
     if getattr(cfg, "rounds", 1) > 1:               # iterative ThinkSafe: rounds 2..k (thinksafe.rounds)

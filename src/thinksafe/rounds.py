@@ -30,20 +30,8 @@ from pathlib import Path
 from thinksafe.errors import ConfigError
 from thinksafe.io import write_json, write_text
 
-FROM = ("base", "previous")
 METRICS = ("harmful_rate", "harmful_rate_oracle", "over_refusal_rate", "reasoning_accuracy")
 DATA_TRAIN = ("generate", "judge", "dataset", "train")
-
-
-def check_rounds(cfg) -> None:
-    k = getattr(cfg, "rounds", 1)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"rounds must be an integer >= 1, got {k!r}")
-    if getattr(cfg, "rounds_from", "base") not in FROM:
-        raise ConfigError(f"rounds_from must be one of {', '.join(FROM)}, got {cfg.rounds_from!r}")
-    if k > 1 and cfg.train.objective == "opsa":
-        raise ConfigError("rounds > 1 is iterative ThinkSafe (generated data each round); "
-                          "train.objective=opsa trains on its own rollouts: use rounds: 1")
 
 
 def round_reads(stage: str, cfg) -> tuple[str, ...]:
@@ -110,7 +98,6 @@ def later_rounds(cfg, show: bool, log, ensure, prepare_run_dir, order) -> dict:
     """Rounds 2..k after round 1 finished in ``cfg.out``: each an ordinary run folder, kept or rerun
     stage by stage by its keys (``ensure``, ``prepare_run_dir`` and the stage ``order`` are the
     pipeline's, handed over: this module does not import it); then ``rounds.json`` / ``rounds.md``."""
-    check_rounds(cfg)
     first = previous = Path(cfg.out)
     done = {}
     for r in range(2, cfg.rounds + 1):

@@ -22,6 +22,9 @@ TRUNCATIONS = ("drop", "cut")
 REPORTERS = ("none", "wandb", "tensorboard")
 LM_HEAD_LOSSES = ("auto", "torch", "liger", "cce")
 VALIDATIONS = ("auto", "organism", "heldout")
+ROUNDS_FROM = ("base", "previous")
+DIVERGENCES = ("reverse", "forward", "jsd")
+CONTEXT_ON = ("harmful", "all")
 
 # (low, low inclusive, high, high inclusive[, note]); None = unbounded. The note goes into the message.
 _GE0, _GE1, _GT0 = (0, True, None, False), (1, True, None, False), (0, False, None, False)
@@ -54,7 +57,7 @@ RANGES: dict[str, tuple] = {
     "grpo.max_completion_length": _GE1, "grpo.max_flops": _GT0, "grpo.check_every": _GE0,
     "grpo.stop_at_harmful": _PROB, "grpo.save_steps": _GE1, "grpo.logging_steps": _GE1,
     "grpo.validation_fraction": (0, False, 1, False), "grpo.validation_n": _GE1,
-    "opsa.max_new_tokens": _GE1, "opsa.temperature": _GE0,
+    "rounds": _GE1, "opsa.max_new_tokens": _GE1, "opsa.temperature": _GE0,
     "opsa.top_p": _UNIT, "opsa.top_k": _GE0,
     "steer.n_harmful": _GE1, "steer.n_benign": _GE1, "steer.max_false_refusal": _PROB,
     "cluster.replicas": _GE1, "cluster.cpus_per_replica": _GE0, "cluster.gpus_per_replica": _GE0,
@@ -67,6 +70,7 @@ CHOICES: dict[str, tuple] = {
     "train.report_to": REPORTERS, "train.lm_head_loss": LM_HEAD_LOSSES,
     "grpo.vllm_mode": ("colocate", "server"),
     "cluster.engine": ("local", "ray"),
+    "rounds_from": ROUNDS_FROM, "opsa.divergence": DIVERGENCES, "opsa.context_on": CONTEXT_ON,
 }
 
 
@@ -116,12 +120,49 @@ def _grpo_validation(cfg) -> str | None:
     return None
 
 
+def _rounds_objective(cfg) -> str | None:
+    if cfg.rounds > 1 and cfg.train.objective == "opsa":
+        return ("rounds > 1 is iterative ThinkSafe (generated data each round); "
+                "train.objective=opsa trains on its own rollouts: use rounds: 1")
+    return None
+
+
+def _rounds_integer(cfg) -> str | None:
+    k = cfg.rounds
+    return None if isinstance(k, int) and not isinstance(k, bool) else f"rounds must be an integer >= 1, got {k!r}"
+
+
+def _opsa_jsd(cfg) -> str | None:
+    o = cfg.opsa
+    if o.divergence == "jsd" and not 0.0 < o.jsd_alpha < 1.0:
+        return f"opsa.jsd_alpha must be in (0, 1), got {o.jsd_alpha}"
+    return None
+
+
+def _opsa_context(cfg) -> str | None:
+    from thinksafe import steering
+    if cfg.train.objective != "opsa":
+        return None
+    try:
+        text = steering.resolve(cfg.opsa.context)
+    except ConfigError as e:
+        return f"opsa.context: {e}"
+    if text is None:
+        return ("opsa.context must be a privileged context (prefix, suffix, opsa or a template with "
+                "{prompt}), not none: without it the teacher is the student's own start")
+    return None
+
+
 # (the keys a rule reads, the rule: the config -> a message, or None when it holds)
 RULES: list[tuple[tuple[str, ...], Callable[[Any], str | None]]] = [
     (("train.method", "train.lora.layers"), _lora_layers),
     (("grpo.batch_size", "grpo.grad_accum", "grpo.num_generations"), _grpo_group),
     (("grpo.stop_at_harmful", "grpo.check_every"), _grpo_stop),
     (("grpo.validation",), _grpo_validation),
+    (("rounds",), _rounds_integer),
+    (("rounds", "train.objective"), _rounds_objective),
+    (("opsa.divergence", "opsa.jsd_alpha"), _opsa_jsd),
+    (("train.objective", "opsa.context"), _opsa_context),
 ]
 
 

@@ -92,18 +92,22 @@ def test_train_key_changes_only_when_opsa_is_used(tmp_path):
 
 
 def test_teacher_text_and_config_checks():
-    from thinksafe.config import OPSAConfig
+    from thinksafe.config import load_config
     from thinksafe.errors import ConfigError
-    from thinksafe.trainers.opsa_data import check_opsa_config, prompt_rows, teacher_text
+    from thinksafe.trainers.opsa_data import prompt_rows, teacher_text
     assert teacher_text("suffix", "Q", "harmful").startswith("Q\n\n")
     assert teacher_text("suffix", "Q", "benign") == "Q"
     assert teacher_text("suffix", "Q", "benign", "all") != "Q"
     rows = prompt_rows([{"prompt": "a", "label": "harmful"}, {"prompt": "a", "label": "benign"},
                         {"prompt": "b", "label": "benign"}])
     assert rows == [{"prompt": "a", "label": "harmful"}, {"prompt": "b", "label": "benign"}]
-    for bad in ({"context": "none"}, {"divergence": "tv"}, {"context_on": "some"}):
-        with pytest.raises(ConfigError):
-            check_opsa_config(OPSAConfig(**bad))
+    for bad, what in ((["train.objective=opsa", "opsa.context=none"], "privileged context"),
+                      (["train.objective=opsa", "opsa.context=plain words"], "opsa.context"),
+                      (["opsa.divergence=tv"], "opsa.divergence"), (["opsa.context_on=some"], "opsa.context_on"),
+                      (["opsa.divergence=jsd", "opsa.jsd_alpha=1.5"], "jsd_alpha")):
+        with pytest.raises(ConfigError, match=what):        # at load, as every setting
+            load_config(None, bad)
+    assert load_config(None, ["opsa.context=none"]).opsa.context == "none"     # only OPSA needs one
 
 
 def test_organism_opsa_run_trains_and_counts(tmp_path):
@@ -177,7 +181,7 @@ def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
 
 def test_the_context_search_is_a_keyed_stage(tiny_organism, tmp_path):
     """compare's opsa_searched_context: the steer stage through pipeline.ensure, kept while its key holds."""
-    from thinksafe.cli import demo_config_path
+    from thinksafe.config import demo_config_path
     from thinksafe.config import load_config
     from thinksafe.pipeline import STEER, ensure, prepare_run_dir
     cfg = load_config(demo_config_path(), [f"out={tmp_path}", "prompts.n_harmful=4", "prompts.n_reasoning=2",

@@ -30,7 +30,7 @@ from thinksafe.io import read_jsonl, write_json
 from thinksafe.organism import resolve_model_path
 from thinksafe.runtime import family_of
 from thinksafe.trainers.examples import tokenize_rows_stats
-from thinksafe.trainers.opsa_data import build_examples, check_opsa_config, prompt_rows, sampling_kwargs
+from thinksafe.trainers.opsa_data import build_examples, prompt_rows, sampling_kwargs
 from thinksafe.trainers.setup import (
     FULL_OUTPUT,
     OUTPUT,
@@ -315,7 +315,6 @@ def run_opsa(cfg, run_dir: Path, show: bool = True) -> dict:
 
     from thinksafe.trainers.opsa import OPSATrainer, divergence_alpha
     tc, o = cfg.train, cfg.opsa
-    check_opsa_config(o)
     t0 = time.time()
     rows = prompt_rows(read_jsonl(run_dir / INPUT))
     if not rows:

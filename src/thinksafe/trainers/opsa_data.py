@@ -1,5 +1,5 @@
 """OPSA's inputs (``train.objective: opsa``, the loop in ``thinksafe.stages.train``): the ``opsa``
-settings check, the distinct prompts of ``sft.jsonl`` with their labels (its responses are not
+distinct prompts of ``sft.jsonl`` with their labels (its responses are not
 used), each prompt rendered twice — as it is (the student's input, the rollouts' prompt) and
 inside ``opsa.context`` (the teacher's input; harmful prompts only with ``opsa.context_on:
 harmful``, the default) — and the rollouts' sampling."""
@@ -7,24 +7,6 @@ harmful``, the default) — and the rollouts' sampling."""
 from __future__ import annotations
 
 from thinksafe import steering
-from thinksafe.errors import ConfigError
-
-CONTEXT_ON = ("harmful", "all")
-
-
-def check_opsa_config(o) -> None:
-    from thinksafe.trainers.opsa import divergence_alpha
-    try:
-        divergence_alpha(o.divergence, o.jsd_alpha)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if o.context_on not in CONTEXT_ON:
-        raise ConfigError(f"opsa.context_on must be one of {', '.join(CONTEXT_ON)}, got {o.context_on!r}")
-    if steering.resolve(o.context) is None:
-        raise ConfigError("opsa.context must be a privileged context (prefix, suffix, opsa or a template "
-                          "with {prompt}), not none: without it the teacher is the student's own start")
-    if o.max_new_tokens is not None and o.max_new_tokens < 1:
-        raise ConfigError(f"opsa.max_new_tokens must be >= 1, got {o.max_new_tokens}")
 
 
 def teacher_text(context: str, prompt: str, label: str, context_on: str = "harmful") -> str:
