@@ -124,7 +124,8 @@ def step_opsa(model, tok, prompt, teacher, completion) -> float:
 
 def step_sft(model, tok, prompt, teacher, completion) -> float:
     from thinksafe.trainers.packed import packed_lm_loss
-    from thinksafe.trainers.packing import VARLEN_ATTENTION, PackedCollator, register_varlen_attention
+    from thinksafe.trainers.packing import PackedCollator
+    from thinksafe.trainers.varlen import VARLEN_ATTENTION, register_varlen_attention
     register_varlen_attention()
     for m in (model, model.get_base_model()):
         m.config._attn_implementation = VARLEN_ATTENTION
