@@ -13,7 +13,9 @@ from conftest import compare_config
 def test_shipped_compare_config_loads():
     cfg = compare_config("x")
     assert cfg.compare.methods == ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal",
-                                   "no_steering", "no_reasoning", "grpo"]
+                                   "no_steering", "no_reasoning", "grpo", "opsa", "opsa_searched_context",
+                                   "thinksafe_2_rounds"]
+    assert "opsa:train.epochs=1" in cfg.compare.set
     assert cfg.compare.teacher_path == "organism-teacher"
 
 
@@ -32,7 +34,9 @@ def test_bad_method_and_override_fail_early(tmp_path):
 def test_compare_end_to_end(tiny_organism, tmp_path):
     from thinksafe.compare import COLUMNS, run_compare
     out = tmp_path / "cmp"
-    cfg = compare_config(out, ["compare.set=[direct_refusal:train.epochs=2, teacher:generate.max_new_tokens=96]"])
+    cfg = compare_config(out, ["compare.set=[direct_refusal:train.epochs=2, teacher:generate.max_new_tokens=96]",
+                               "compare.methods=[base, thinksafe, thinksafe_kl, teacher, direct_refusal, no_steering,"
+                               " no_reasoning, grpo]"])       # the OPSA and rounds methods: test_opsa, test_rounds
     logs = []
     table = run_compare(cfg, show=False, log=logs.append)
     done = [x.split("]")[0][len("[compare "):] for x in logs if x.startswith("[compare ") and ":" not in x.split("]")[0]]

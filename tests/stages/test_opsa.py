@@ -110,17 +110,22 @@ def test_teacher_text_and_config_checks():
     assert load_config(None, ["opsa.context=none"]).opsa.context == "none"     # only OPSA needs one
 
 
-def test_organism_opsa_run_trains_and_counts(tmp_path):
-    """End to end on the organism: rollouts, teacher, a trained adapter, counts and FLOPs."""
+def test_organism_opsa_run_trains_and_counts(tmp_path, monkeypatch):
+    """End to end on the organism: rollouts, teacher, a trained adapter, counts and FLOPs; on a CPU
+    the trainer fixes glibc's heap threshold (tests/test_memory.py)."""
     from safetensors.torch import load_file
 
+    import thinksafe.trainers.opsa as opsa_trainer
     from thinksafe.compute import stage_compute
     from thinksafe.stages import train
+    fixed = []
+    monkeypatch.setattr(opsa_trainer, "fix_heap_threshold", lambda: fixed.append(1) or True)
     d = tmp_path / "run"
     write_rows(d, sft_rows(8))
     cfg = organism_config(d, "train.objective=opsa", "opsa.max_new_tokens=12", "train.lr=2e-3")
     s = train.run(cfg, d, show=False)
     assert s["objective"] == "opsa" and s["steps"] == 2 and s["rollouts"] == 8
+    assert fixed == [1]
     assert 0 < s["rollout_completion_tokens"] <= 8 * 12
     assert s["teacher_tokens"] > s["rollout_completion_tokens"]
     assert s["flops"] > 0 and s["mean_divergence"] >= 0

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from thinksafe.memory import fix_heap_threshold
 from thinksafe.trainers.kl import (
     _chunked,
     _logits,
@@ -199,6 +200,8 @@ class OPSATrainer(Trainer):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._log_sums = [0.0, 0, 0]                # divergence sum, tokens, rollout tokens since last log
         self.ref_model = None
+        if self.args.device.type == "cpu":          # freed chunk buffers go back to the system
+            fix_heap_threshold()
         if ref_model is not None:
             ref_model.eval()
             ref_model.requires_grad_(False)
