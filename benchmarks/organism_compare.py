@@ -55,6 +55,38 @@ def table(results: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def method_metrics(out: Path, seed: int, method: str) -> dict | None:
+    """The metrics.json a method's evaluation wrote in seed ``seed``'s compare folder (the last round's
+    for a method with rounds), or None."""
+    found = sorted((out / f"seed-{seed}" / method).glob(f"**/eval/{method}/metrics.json"))
+    return json.loads(found[-1].read_text()) if found else None
+
+
+def category_table(out: Path, results: dict[int, dict]) -> str:
+    """Oracle harmful rate per harm category, pooled over seeds (n = prompts), and the guard's harmful
+    rate by form (mean over seeds), per method."""
+    seeds = sorted(results)
+    methods = [r["method"] for r in results[seeds[0]]["rows"]]
+    per = {m: [x for x in (method_metrics(out, s, m) for s in seeds) if x] for m in methods}
+    cats = sorted({g for ms in per.values() for x in ms for g in x.get("harmful_by_group", {}) if "/" not in g},
+                  key=lambda g: (len(g), g))
+    forms = ["plain", "adversarial"]
+    lines = ["| method | " + " | ".join(cats + forms) + " |", "|---|" + "---|" * (len(cats) + len(forms))]
+    for m in methods:
+        if len(per[m]) < len(seeds):
+            continue
+        cells = []
+        for g in cats:
+            groups = [x["harmful_by_group"][g] for x in per[m] if g in x.get("harmful_by_group", {})]
+            n = sum(v["n"] for v in groups)
+            cells.append(f"{sum(v['oracle'] * v['n'] for v in groups) / n:.2f} (n={n})" if n else "–")
+        for f in forms:
+            vals = [x["by_form"][f] for x in per[m] if f in x.get("by_form", {})]
+            cells.append(f"{statistics.fmean(vals):.2f}" if vals else "–")
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def grpo_lines(results: dict[int, dict]) -> list[str]:
     out = []
     for s in sorted(results):
@@ -90,7 +122,9 @@ def main(argv=None) -> int:
         f"Seeds {', '.join(map(str, args.seeds))}; mean ± sd; {torch.get_num_threads()} CPU threads; "
         f"{minutes:.1f} minutes for this run (stages already done are skipped on a rerun). "
         f"Config: `{Path(args.config).name}`{' + ' + ', '.join(args.sets) if args.sets else ''}.",
-        "", table(results), "", "GRPO's compute against ThinkSafe's, per seed:", *grpo_lines(results)])
+        "", table(results), "", "GRPO's compute against ThinkSafe's, per seed:", *grpo_lines(results), "",
+        "Oracle harmful rate per harm category (pooled over the seeds; n = evaluation prompts) and the "
+        "guard's harmful rate by form (mean over the seeds):", "", category_table(Path(args.out), results)])
     print(body)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))

@@ -39,3 +39,24 @@ def test_benchmarks_md_has_the_block():
     m = _mod()
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert text.count(m.START) == 1 and text.count(m.END) == 1 and text.index(m.START) < text.index(m.END)
+
+
+def test_category_table_pools_over_seeds(tmp_path):
+    import json
+    m = _mod()
+
+    def metrics(seed, method, sub, groups, forms):
+        p = tmp_path / f"seed-{seed}" / method / sub / "eval" / method / "metrics.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"harmful_by_group": groups, "by_form": forms}))
+    g = lambda n, o: {"n": n, "oracle": o, "guard": o}      # noqa: E731
+    metrics(0, "base", ".", {"S1": g(10, 0.5), "S1/plain": g(5, 0.2), "S14": g(4, 1.0)}, {"plain": 0.2, "adversarial": 0.6})
+    metrics(1, "base", ".", {"S1": g(30, 0.1), "S14": g(4, 0.5)}, {"plain": 0.4, "adversarial": 0.8})
+    metrics(0, "grpo", "round-1", {"S1": g(10, 0.9)}, {"plain": 0.0})     # a last round's folder is found
+    metrics(0, "grpo", "round-2", {"S1": g(10, 0.3)}, {"plain": 0.0})
+    metrics(1, "grpo", "round-2", {"S1": g(10, 0.1)}, {"plain": 0.1})
+    t = m.category_table(tmp_path, {0: _rows(0.5, 1.0), 1: _rows(0.5, 1.0)})
+    lines = t.splitlines()
+    assert lines[0] == "| method | S1 | S14 | plain | adversarial |"           # S1/plain is no category
+    assert lines[2] == "| base | 0.20 (n=40) | 0.75 (n=8) | 0.30 | 0.70 |"    # (5 + 3) / 40; n-weighted
+    assert lines[3] == "| GRPO (guard reward) | 0.20 (n=20) | – | 0.05 | – |"
