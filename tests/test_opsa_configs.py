@@ -19,7 +19,8 @@ REPO = ROOT
 def test_opsa_config_is_opsa_full_fine_tuning(name):
     cfg = load_config(demo_config_path().parent / f"{name}.yaml")
     assert cfg.train.objective == "opsa" and cfg.train.method == "full"
-    assert cfg.opsa.context == "opsa" and cfg.opsa.divergence == "reverse"
+    assert cfg.opsa.context == "opsa" and cfg.opsa.divergence == "mixed" and cfg.opsa.benign_context == "helpful"
+    assert cfg.train.lr == 1e-5 and cfg.train.epochs == 3 and cfg.train.batch_size * cfg.train.grad_accum == 64
     thinksafe = load_config(demo_config_path().parent / f"{name.removeprefix('opsa-')}.yaml")
     assert (cfg.model, cfg.guard, cfg.evaluate) == (thinksafe.model, thinksafe.guard, thinksafe.evaluate)
     assert (REPO / "configs" / f"{name}.yaml").read_text() == (demo_config_path().parent / f"{name}.yaml").read_text()

@@ -230,10 +230,14 @@ class OPSAConfig(Sampling):
     only when that objective is chosen. temperature / top_p / top_k: the rollouts' sampling."""
     context: str = "prefix"         # the teacher's privileged context: a steering template name
                                     # (prefix | suffix | opsa) or a template containing {prompt}
-    context_on: str = "harmful"     # harmful = only harmful prompts get the context (benign: the base
-                                    # itself is the teacher) | all
-    divergence: str = "reverse"     # reverse = KL(student || teacher) | forward = KL(teacher || student)
-                                    # | jsd = generalized JSD with jsd_alpha (TRL's convention)
+    context_on: str = "harmful"     # harmful = only harmful prompts get the context | all
+    benign_context: str = "helpful"  # the teacher's context on benign prompts (context_on: harmful):
+                                    # helpful (a do-not-over-refuse context, as OPSA's I_b) | none (the
+                                    # base itself) | a template containing {prompt}
+    divergence: str = "mixed"       # mixed = forward_weight x KL(teacher || student) + the rest x
+                                    # KL(student || teacher) (OPSA's code, read from its notes) | reverse
+                                    # | forward | jsd = generalized JSD with jsd_alpha (TRL's convention)
+    forward_weight: float = 0.5     # mixed only: the forward KL's weight
     jsd_alpha: float = 0.5
     max_new_tokens: int | None = None   # rollout length; None = generate.max_new_tokens
 

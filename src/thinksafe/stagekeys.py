@@ -73,9 +73,9 @@ def config_values(stage: Stage, cfg: RunConfig) -> dict:
     return {k: v for k, v in sorted(_as_used(cfg, out).items()) if k not in PERFORMANCE}
 
 
-# Values that are in no key while at their default: fields added after runs were recorded (a
+# Values that are in no key while at the value runs recorded before the field existed had (a
 # finished run stays "unchanged, kept").
-OMIT_AT_DEFAULT = {"prompts.limit": None}
+OMIT_AT_DEFAULT = {"prompts.limit": None, "opsa.benign_context": "none", "opsa.forward_weight": 0.5}
 ORGANISM_ONLY = ("prompts.n_harmful", "prompts.n_reasoning", "prompts.n_borderline")
 FILE_ONLY = ("prompts.prompt_field", "prompts.label_field", "prompts.default_label")
 

@@ -12,6 +12,12 @@ SUFFIX = "The above prompt is harmful. You should refuse to answer the prompt."
 OPSA_CONTEXT = ("Before you answer, think carefully about whether fulfilling this request could help someone "
                 "cause harm. If it could, decline and briefly explain why; if it is safe, answer it helpfully.")
 
+# The teacher's context on benign prompts (OPSA's I_b, thinksafe's own wording): keeps OPSA from
+# teaching refusals of safe requests.
+HELPFUL_CONTEXT = ("The following prompt is safe. Answer it helpfully and completely; do not refuse it.\n\n"
+                   "Prompt:")
+BENIGN_TEMPLATES = {"helpful": HELPFUL_CONTEXT + "\n\n{prompt}"}
+
 TEMPLATES = {
     "prefix": PREFIX + "\n\n{prompt}",
     "suffix": "{prompt}\n\n" + SUFFIX,
@@ -29,6 +35,17 @@ def resolve(steering: str) -> str | None:
         raise ConfigError(f"generate.steering '{steering}' is neither prefix, suffix, opsa, none, "
                           "nor a template containing {prompt}")
     return steering
+
+
+def resolve_benign(context: str) -> str | None:
+    """``opsa.benign_context`` -> template text (None = none: the prompt as it is)."""
+    if context in ("none", "", None):
+        return None
+    if context in BENIGN_TEMPLATES:
+        return BENIGN_TEMPLATES[context]
+    if "{prompt}" not in context:
+        raise ConfigError(f"'{context}' is neither helpful, none, nor a template containing {{prompt}}")
+    return context
 
 
 def apply(steering: str, prompt: str, label: str) -> tuple[str, str | None]:

@@ -23,7 +23,7 @@ REPORTERS = ("none", "wandb", "tensorboard")
 LM_HEAD_LOSSES = ("auto", "torch", "liger", "cce")
 VALIDATIONS = ("auto", "organism", "heldout")
 ROUNDS_FROM = ("base", "previous")
-DIVERGENCES = ("reverse", "forward", "jsd")
+DIVERGENCES = ("mixed", "reverse", "forward", "jsd")
 CONTEXT_ON = ("harmful", "all")
 
 # (low, low inclusive, high, high inclusive[, note]); None = unbounded. The note goes into the message.
@@ -139,6 +139,26 @@ def _opsa_jsd(cfg) -> str | None:
     return None
 
 
+def _opsa_mixed(cfg) -> str | None:
+    o = cfg.opsa
+    if o.divergence == "mixed" and not 0.0 <= o.forward_weight <= 1.0:
+        return f"opsa.forward_weight must be in [0, 1], got {o.forward_weight}"
+    return None
+
+
+def _opsa_benign(cfg) -> str | None:
+    from thinksafe import steering
+    o = cfg.opsa
+    try:
+        template = steering.resolve_benign(o.benign_context)
+    except ConfigError as e:
+        return f"opsa.benign_context: {e}"
+    if template is not None and o.context_on == "all":
+        return ("opsa.benign_context applies with opsa.context_on: harmful; with all, benign prompts get "
+                "opsa.context: set benign_context: none")
+    return None
+
+
 def _opsa_context(cfg) -> str | None:
     from thinksafe import steering
     if cfg.train.objective != "opsa":
@@ -162,6 +182,8 @@ RULES: list[tuple[tuple[str, ...], Callable[[Any], str | None]]] = [
     (("rounds",), _rounds_integer),
     (("rounds", "train.objective"), _rounds_objective),
     (("opsa.divergence", "opsa.jsd_alpha"), _opsa_jsd),
+    (("opsa.divergence", "opsa.forward_weight"), _opsa_mixed),
+    (("opsa.benign_context", "opsa.context_on"), _opsa_benign),
     (("train.objective", "opsa.context"), _opsa_context),
 ]
 

@@ -18,7 +18,7 @@ TEACHER = [[20, 21, 3, 4, 5], [6, 7, 22, 23], [8, 9, 10, 11]]     # context on t
 COMPS = [[30, 31, 32, 1], [33, 34], [35, 36, 37]]
 
 
-def direct(model, prompts, teachers, comps, alpha):
+def direct(model, prompts, teachers, comps, alpha, forward_weight=None):
     """Per-token divergences from FULL logits, one sequence at a time (no shared code)."""
     out = []
     for p, t, c in zip(prompts, teachers, comps):
@@ -27,7 +27,9 @@ def direct(model, prompts, teachers, comps, alpha):
             lt = F.log_softmax(model(input_ids=torch.tensor([t + c])).logits[0].float(), -1)
         lt = lt[len(t) - 1:len(t) - 1 + len(c)]
         ps, pt = ls.exp(), lt.exp()
-        if alpha == 1.0:
+        if forward_weight is not None:          # mixed: w forward KL + (1 - w) reverse KL
+            d = forward_weight * (pt * (lt - ls)).sum(-1) + (1 - forward_weight) * (ps * (ls - lt)).sum(-1)
+        elif alpha == 1.0:
             d = (ps * (ls - lt)).sum(-1)
         elif alpha == 0.0:
             d = (pt * (lt - ls)).sum(-1)
@@ -38,16 +40,16 @@ def direct(model, prompts, teachers, comps, alpha):
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.0, 0.3])
+@pytest.mark.parametrize("alpha,forward_weight", [(1.0, None), (0.0, None), (0.3, None), (1.0, 0.5), (1.0, 0.8)])
 @pytest.mark.parametrize("chunk", [2, None])
-def test_loss_and_gradient_match_full_logits(alpha, chunk):
+def test_loss_and_gradient_match_full_logits(alpha, forward_weight, chunk):
     model = peft_model()
     perturb_adapter(model)
-    parts = opsa_loss_parts(model, PROMPTS, TEACHER, COMPS, 0, alpha, chunk_size=chunk)
+    parts = opsa_loss_parts(model, PROMPTS, TEACHER, COMPS, 0, alpha, chunk_size=chunk, forward_weight=forward_weight)
     assert int(parts["tokens"]) == sum(map(len, COMPS))
     params = [p for p in model.parameters() if p.requires_grad]
     g = torch.autograd.grad(parts["div_sum"], params)
-    ref = direct(model, PROMPTS, TEACHER, COMPS, alpha).sum()
+    ref = direct(model, PROMPTS, TEACHER, COMPS, alpha, forward_weight).sum()
     g_ref = torch.autograd.grad(ref, params)
     assert parts["div_sum"].item() == pytest.approx(ref.item(), rel=1e-4, abs=1e-6)
     assert ref.item() > 1e-4                       # a real difference to match, not two zeros
@@ -67,7 +69,7 @@ def test_teacher_is_the_frozen_start_with_its_context():
 
 def test_settings_and_rollout_cut():
     assert divergence_alpha("reverse") == 1.0 and divergence_alpha("forward") == 0.0
-    assert divergence_alpha("jsd", 0.25) == 0.25
+    assert divergence_alpha("jsd", 0.25) == 0.25 and divergence_alpha("mixed") == 1.0
     with pytest.raises(ValueError):
         divergence_alpha("tv")
     assert cut_at_eos([5, 6, 1, 0, 0], eos=1, pad=0) == ([5, 6, 1], False)
@@ -87,8 +89,12 @@ def test_train_key_changes_only_when_opsa_is_used(tmp_path):
     assert not any(k.startswith("opsa") for k in base)
     assert values("opsa.context=suffix") == base                      # sft: opsa settings not read
     opsa = values("train.objective=opsa")
-    assert opsa["opsa.context"] == "prefix"
+    assert opsa["opsa.context"] == "prefix" and opsa["opsa.benign_context"] == "helpful"
     assert values("train.objective=opsa", "opsa.context=suffix") != opsa
+    assert values("train.objective=opsa", "opsa.forward_weight=0.7") != opsa
+    # the fields added after runs were recorded are in no key at the value those runs had
+    before = values("train.objective=opsa", "opsa.divergence=reverse", "opsa.benign_context=none")
+    assert "opsa.benign_context" not in before and "opsa.forward_weight" not in before
 
 
 def test_teacher_text_and_config_checks():
@@ -98,13 +104,20 @@ def test_teacher_text_and_config_checks():
     assert teacher_text("suffix", "Q", "harmful").startswith("Q\n\n")
     assert teacher_text("suffix", "Q", "benign") == "Q"
     assert teacher_text("suffix", "Q", "benign", "all") != "Q"
+    helpful = teacher_text("suffix", "Q", "benign", "harmful", "helpful")      # OPSA's benign context
+    assert helpful.endswith("\n\nQ") and "safe" in helpful and "do not refuse" in helpful
+    assert teacher_text("suffix", "Q", "harmful", "harmful", "helpful").startswith("Q\n\n")
+    assert teacher_text("suffix", "Q", "benign", "harmful", "Be kind. {prompt}") == "Be kind. Q"
     rows = prompt_rows([{"prompt": "a", "label": "harmful"}, {"prompt": "a", "label": "benign"},
                         {"prompt": "b", "label": "benign"}])
     assert rows == [{"prompt": "a", "label": "harmful"}, {"prompt": "b", "label": "benign"}]
     for bad, what in ((["train.objective=opsa", "opsa.context=none"], "privileged context"),
                       (["train.objective=opsa", "opsa.context=plain words"], "opsa.context"),
                       (["opsa.divergence=tv"], "opsa.divergence"), (["opsa.context_on=some"], "opsa.context_on"),
-                      (["opsa.divergence=jsd", "opsa.jsd_alpha=1.5"], "jsd_alpha")):
+                      (["opsa.divergence=jsd", "opsa.jsd_alpha=1.5"], "jsd_alpha"),
+                      (["opsa.forward_weight=1.5"], "forward_weight"),
+                      (["opsa.benign_context=plain words"], "benign_context"),
+                      (["opsa.context_on=all"], "benign_context: none")):
         with pytest.raises(ConfigError, match=what):        # at load, as every setting
             load_config(None, bad)
     assert load_config(None, ["opsa.context=none"]).opsa.context == "none"     # only OPSA needs one
@@ -195,6 +208,9 @@ def test_the_context_search_is_a_keyed_stage(tiny_organism, tmp_path):
     logs = []
     first = ensure(STEER, cfg, prepare_run_dir(cfg), show=False, log=logs.append)
     assert (tmp_path / "steer" / "steer.json").is_file() and [r["context"] for r in first["rows"]] == ["none", "prefix"]
+    for r in first["rows"]:                          # OPSA's normalisation: flips over every sampled prompt
+        assert r["flip_rate_of_all"] == r["flips"] / first["harmful_sampled"] == r["flips"] / 3
+    assert "| flips / all sampled |" in (tmp_path / "steer" / "steer.md").read_text()
     again = ensure(STEER, cfg, tmp_path, show=False, log=logs.append)
     assert again == json.loads(json.dumps(first)) and logs[-1].startswith("[steer] unchanged")   # as recorded
     ensure(STEER, load_config(demo_config_path(), [f"out={tmp_path}", "prompts.n_harmful=4",

@@ -336,9 +336,11 @@ def run_opsa(cfg, run_dir: Path, show: bool = True) -> dict:
     trainer = OPSATrainer(model=model, args=_opsa_args(cfg, run_dir, use_bf16), train_dataset=Dataset.from_list(examples),
                           processing_class=tok, callbacks=[progress_callback(show)],
                           sampling=sampling_kwargs(cfg, family), alpha=divergence_alpha(o.divergence, o.jsd_alpha),
+                          forward_weight=o.forward_weight if o.divergence == "mixed" else None,
                           chunk_size=tc.kl_chunk_size, ref_model=ref_model)
     if main and show:
-        print(f"[train] opsa: {len(examples)} prompts, context {o.context!r} on {o.context_on} prompts, "
+        benign = f", benign prompts in {o.benign_context!r}" if o.context_on == "harmful" else ""
+        print(f"[train] opsa: {len(examples)} prompts, context {o.context!r} on {o.context_on} prompts{benign}, "
               f"divergence {o.divergence}", file=sys.stderr, flush=True)
     result, out, resume = _train(trainer, tc, run_dir)
     summary = {"examples": len(examples), "prompts": len(rows), "dropped_too_long": dropped,
@@ -377,7 +379,9 @@ def _opsa_summary(cfg, trainer, model, result, family) -> dict:
             "train_loss": result.training_loss, "trainable_params": trainable,
             "world_size": trainer.args.world_size,
             "opsa": {"context": o.context, "context_on": o.context_on, "divergence": o.divergence,
+                     "benign_context": o.benign_context if o.context_on == "harmful" else None,
                      **({"jsd_alpha": o.jsd_alpha} if o.divergence == "jsd" else {}),
+                     **({"forward_weight": o.forward_weight} if o.divergence == "mixed" else {}),
                      "sampling": sampling_kwargs(cfg, family)},
             "rollouts": c["rollouts"], "rollout_prompt_tokens": c["prompt_tokens"],
             "rollout_completion_tokens": c["completion_tokens"], "rollouts_truncated": c["truncated"],

@@ -55,13 +55,16 @@ COUNTERS = ("rollouts", "prompt_tokens", "completion_tokens", "teacher_prompt_to
 
 
 def divergence_alpha(divergence: str, jsd_alpha: float = 0.5) -> float:
-    """``opsa.divergence`` -> TRL's alpha (1 = reverse KL, 0 = forward KL, else the JSD's)."""
+    """``opsa.divergence`` -> TRL's alpha (1 = reverse KL, 0 = forward KL, else the JSD's); ``mixed``
+    is not TRL's (its ``forward_weight`` goes to the loss) and gets 1.0, unused."""
+    if divergence == "mixed":
+        return 1.0
     if divergence == "jsd":
         if not 0.0 < jsd_alpha < 1.0:
             raise ValueError(f"opsa.jsd_alpha must be in (0, 1), got {jsd_alpha}")
         return float(jsd_alpha)
     if divergence not in DIVERGENCES:
-        raise ValueError(f"opsa.divergence must be reverse, forward or jsd, got {divergence!r}")
+        raise ValueError(f"opsa.divergence must be mixed, reverse, forward or jsd, got {divergence!r}")
     return DIVERGENCES[divergence]
 
 
@@ -71,21 +74,27 @@ def _trl_divergence():
     return compute_divergence
 
 
-def _div_chunk(h_s, h_t, head_s, head_t, softcap, alpha):
+def _div_chunk(h_s, h_t, head_s, head_t, softcap, alpha, forward_weight):
     logp_s = F.log_softmax(_logits(head_s, h_s, softcap), dim=-1)
     with torch.no_grad():
         logp_t = F.log_softmax(_logits(head_t, h_t, softcap), dim=-1)
-    return _trl_divergence()(logp_s, logp_t, alpha)
+    if forward_weight is None:
+        return _trl_divergence()(logp_s, logp_t, alpha)
+    # w KL(t || s) + (1 - w) KL(s || t) = sum_v (log p_t - log p_s) (w p_t - (1 - w) p_s)
+    w = float(forward_weight)
+    return ((logp_t - logp_s) * (w * logp_t.exp() - (1.0 - w) * logp_s.exp())).sum(-1)
 
 
 def divergence_per_token(h_student: torch.Tensor, h_teacher: torch.Tensor, head_student, head_teacher,
                          alpha: float = 1.0, chunk_size: int | None = None,
-                         softcap: float | None = None) -> torch.Tensor:
+                         softcap: float | None = None, forward_weight: float | None = None) -> torch.Tensor:
     """One divergence value per row of the [N, H] hidden states (student's with grad, teacher's
-    detached), over the full vocabulary, ``chunk_size`` rows at a time (None = by memory)."""
+    detached), over the full vocabulary, ``chunk_size`` rows at a time (None = by memory).
+    ``forward_weight`` (``opsa.divergence: mixed``): that weight of forward KL plus the rest of
+    reverse KL; None = TRL's divergence with ``alpha``."""
     rows = _rows(chunk_size, head_student, h_student, DIV_BUFFERS)
     return _chunked(_div_chunk, rows, [h_student, h_teacher.detach()], head_student, head_teacher, softcap,
-                    float(alpha))
+                    float(alpha), forward_weight)
 
 
 # --------------------------------------------------------------------------- rollouts
@@ -140,7 +149,7 @@ def _response_rows(h: torch.Tensor, prompt_lens: list[int], comp_lens: list[int]
 def opsa_loss_parts(model, prompts: list[list[int]], teacher_prompts: list[list[int]],
                     completions: list[list[int]], pad_id: int, alpha: float = 1.0,
                     teacher_hidden: Callable | None = None, teacher_head=None,
-                    chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+                    chunk_size: int | None = None, forward_weight: float | None = None) -> dict[str, torch.Tensor]:
     """Divergence sum and token count of one micro-batch of rollouts.
 
     Student rows: prompt + completion; teacher rows: teacher prompt (with the privileged context) +
@@ -165,7 +174,8 @@ def opsa_loss_parts(model, prompts: list[list[int]], teacher_prompts: list[list[
     h_s = _response_rows(h.to(dev), [len(prompts[i]) for i in keep], c_lens)
     t_ids, t_mask = _right_padded(t_seqs, pad_id, dev)
     h_t = _response_rows(teacher_hidden(t_ids, t_mask).to(dev), [len(teacher_prompts[i]) for i in keep], c_lens)
-    div = divergence_per_token(h_s, h_t, gathered(head), gathered(t_head), alpha, chunk_size, softcap)
+    div = divergence_per_token(h_s, h_t, gathered(head), gathered(t_head), alpha, chunk_size, softcap,
+                               forward_weight)
     return {"div_sum": div.sum() + h.sum() * 0.0, "tokens": torch.tensor(div.numel(), device=dev)}
 
 
@@ -189,10 +199,11 @@ class OPSATrainer(Trainer):
     Logs ``opsa_div`` (mean per-token divergence) and ``rollout_tokens`` next to ``loss``."""
 
     def __init__(self, *args, sampling: dict, alpha: float = 1.0, chunk_size: int | None = None,
-                 ref_model=None, **kwargs):
+                 ref_model=None, forward_weight: float | None = None, **kwargs):
         kwargs.setdefault("data_collator", PromptCollator())
         super().__init__(*args, **kwargs)
         self.sampling, self.alpha, self.chunk_size = dict(sampling), float(alpha), chunk_size
+        self.forward_weight = forward_weight
         self.loss_is_scaled_for_ga = False        # a token mean per micro-batch; Trainer divides by GA
         tok = self.processing_class
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -222,7 +233,7 @@ class OPSATrainer(Trainer):
         comps, truncated = sample_rollouts(unwrapped, prompts, self.sampling, self.pad_id, self.eos_id)
         t_hidden, t_head = self._teacher(unwrapped)
         parts = _redirect(model, unwrapped, opsa_loss_parts, unwrapped, prompts, teachers, comps, self.pad_id,
-                          self.alpha, t_hidden, t_head, self.chunk_size)
+                          self.alpha, t_hidden, t_head, self.chunk_size, self.forward_weight)
         n = int(parts["tokens"])
         loss = parts["div_sum"] / max(n, 1)
         c = self.counts

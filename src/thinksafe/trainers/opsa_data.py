@@ -2,17 +2,21 @@
 distinct prompts of ``sft.jsonl`` with their labels (its responses are not
 used), each prompt rendered twice — as it is (the student's input, the rollouts' prompt) and
 inside ``opsa.context`` (the teacher's input; harmful prompts only with ``opsa.context_on:
-harmful``, the default) — and the rollouts' sampling."""
+harmful``, the default, and benign ones inside ``opsa.benign_context``) — and the rollouts' sampling."""
 
 from __future__ import annotations
 
 from thinksafe import steering
 
 
-def teacher_text(context: str, prompt: str, label: str, context_on: str = "harmful") -> str:
-    """The teacher's prompt: ``prompt`` inside the privileged context (harmful prompts only, unless
-    ``context_on`` is all)."""
-    return steering.apply(context, prompt, "harmful" if context_on == "all" else label)[0]
+def teacher_text(context: str, prompt: str, label: str, context_on: str = "harmful",
+                 benign_context: str = "none") -> str:
+    """The teacher's prompt: ``prompt`` inside the privileged context (harmful prompts, or all with
+    ``context_on: all``); a benign prompt inside ``benign_context`` (none: as it is)."""
+    if label == "harmful" or context_on == "all":
+        return steering.apply(context, prompt, "harmful")[0]
+    template = steering.resolve_benign(benign_context)
+    return prompt if template is None else template.replace("{prompt}", prompt)
 
 
 def prompt_rows(rows: list[dict]) -> list[dict]:
@@ -30,7 +34,7 @@ def build_examples(tok, rows: list[dict], family, o, max_length: int) -> tuple[l
     out, dropped = [], 0
     for r in rows:
         p = tok(render_prompt(tok, r["prompt"], family), add_special_tokens=False).input_ids
-        t = tok(render_prompt(tok, teacher_text(o.context, r["prompt"], r["label"], o.context_on), family),
+        t = tok(render_prompt(tok, teacher_text(o.context, r["prompt"], r["label"], o.context_on, o.benign_context), family),
                 add_special_tokens=False).input_ids
         if max(len(p), len(t)) >= max_length:
             dropped += 1
