@@ -15,7 +15,7 @@ def test_shipped_compare_config_loads():
     assert cfg.compare.methods == ["base", "thinksafe", "thinksafe_kl", "teacher", "direct_refusal",
                                    "no_steering", "no_reasoning", "grpo", "opsa", "opsa_searched_context",
                                    "thinksafe_2_rounds"]
-    assert "opsa:train.epochs=1" in cfg.compare.set
+    assert "opsa:train.epochs=1" in cfg.compare.set and "opsa:opsa.benign_context=none" in cfg.compare.set
     assert cfg.compare.teacher_path == "organism-teacher"
 
 
