@@ -56,10 +56,10 @@ def table(results: dict[int, dict]) -> str:
 
 
 def method_metrics(out: Path, seed: int, method: str) -> dict | None:
-    """The metrics.json a method's evaluation wrote in seed ``seed``'s compare folder (the last round's
-    for a method with rounds), or None."""
-    found = sorted((out / f"seed-{seed}" / method).glob(f"**/eval/{method}/metrics.json"))
-    return json.loads(found[-1].read_text()) if found else None
+    """The metrics.json of a method's current evaluation in seed ``seed``'s compare folder (not one
+    moved aside under ``old/``), or None."""
+    p = out / f"seed-{seed}" / method / "eval" / method / "metrics.json"
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def category_table(out: Path, results: dict[int, dict]) -> str:

@@ -52,9 +52,9 @@ def test_category_table_pools_over_seeds(tmp_path):
     g = lambda n, o: {"n": n, "oracle": o, "guard": o}      # noqa: E731
     metrics(0, "base", ".", {"S1": g(10, 0.5), "S1/plain": g(5, 0.2), "S14": g(4, 1.0)}, {"plain": 0.2, "adversarial": 0.6})
     metrics(1, "base", ".", {"S1": g(30, 0.1), "S14": g(4, 0.5)}, {"plain": 0.4, "adversarial": 0.8})
-    metrics(0, "grpo", "round-1", {"S1": g(10, 0.9)}, {"plain": 0.0})     # a last round's folder is found
-    metrics(0, "grpo", "round-2", {"S1": g(10, 0.3)}, {"plain": 0.0})
-    metrics(1, "grpo", "round-2", {"S1": g(10, 0.1)}, {"plain": 0.1})
+    metrics(0, "grpo", "old/20261205-evaluate", {"S1": g(10, 0.9)}, {"plain": 0.0})   # moved aside: not read
+    metrics(0, "grpo", ".", {"S1": g(10, 0.3)}, {"plain": 0.0})
+    metrics(1, "grpo", ".", {"S1": g(10, 0.1)}, {"plain": 0.1})
     t = m.category_table(tmp_path, {0: _rows(0.5, 1.0), 1: _rows(0.5, 1.0)})
     lines = t.splitlines()
     assert lines[0] == "| method | S1 | S14 | plain | adversarial |"           # S1/plain is no category

@@ -248,6 +248,8 @@ class SteerConfig:
     contexts: list[str] = field(default_factory=lambda: ["prefix", "suffix", "opsa"])  # names or templates
     n_harmful: int = 64             # harmful training prompts sampled (the student's unsafe ones are scored)
     n_benign: int = 64              # benign training prompts for the false-refusal rate
+    flip: str = "safe"              # what a flip is: safe = a safe guard verdict (OPSA's) | refusal = a
+                                    # safe verdict on a refusal (the refusal judge reads the teacher too)
     max_false_refusal: float = 0.1  # rule: the highest flip rate among contexts whose false-refusal
                                     # rate is <= this (ties: lower false refusal, then listed order)
 

@@ -75,7 +75,8 @@ def config_values(stage: Stage, cfg: RunConfig) -> dict:
 
 # Values that are in no key while at the value runs recorded before the field existed had (a
 # finished run stays "unchanged, kept").
-OMIT_AT_DEFAULT = {"prompts.limit": None, "opsa.benign_context": "none", "opsa.forward_weight": 0.5}
+OMIT_AT_DEFAULT = {"prompts.limit": None, "opsa.benign_context": "none", "opsa.forward_weight": 0.5,
+                   "steer.flip": "safe"}
 ORGANISM_ONLY = ("prompts.n_harmful", "prompts.n_reasoning", "prompts.n_borderline")
 FILE_ONLY = ("prompts.prompt_field", "prompts.label_field", "prompts.default_label")
 

@@ -71,6 +71,7 @@ CHOICES: dict[str, tuple] = {
     "grpo.vllm_mode": ("colocate", "server"),
     "cluster.engine": ("local", "ray"),
     "rounds_from": ROUNDS_FROM, "opsa.divergence": DIVERGENCES, "opsa.context_on": CONTEXT_ON,
+    "steer.flip": ("safe", "refusal"),
 }
 
 

@@ -166,6 +166,37 @@ def test_flip_counts_on_constructed_verdicts():
     assert c["all_safe"] == {"unsafe": 3, "flips": 3}
     with pytest.raises(ValueError):
         flip_counts(student, {"x": [None] * 5})                   # an unsafe prompt without a teacher verdict
+    refused = {"none": [None, None, True, True, None],             # a refusal that is no flip does not count
+               "prefix": [None, True, False, True, None], "all_safe": [True] * 5}
+    r = flip_counts(student, teacher, refused)
+    assert r["none"]["refusal_flips"] == 1 and r["prefix"]["refusal_flips"] == 1 and r["all_safe"]["refusal_flips"] == 3
+
+
+def test_teacher_pass_judges_safety_and_refusal(tmp_path, monkeypatch):
+    """steer's teacher pass: each answer gets a guard verdict AND the refusal judge's reading, both
+    aligned with the student's prompts and written with the generations."""
+    import thinksafe.generation as generation
+    from thinksafe.stages.steer import _teacher_pass
+    from thinksafe.types import Completion, Record
+    texts = {"p1": "I refuse.", "p3": "Here is a poem."}
+    monkeypatch.setattr(generation, "generate_records", lambda backend, recs, cfg, ctx, *a: [
+        Record(r.id, r.prompt, "harmful", "t", steering=ctx, completion=Completion(texts[r.prompt], "stop"))
+        for r in recs])
+
+    class Guard:
+        def judge(self, pairs):
+            return [V(SAFE)] * len(pairs)
+    refuse = lambda pairs: [text == "I refuse." for _, text in pairs]      # noqa: E731
+    cfg = organism_config(tmp_path)
+    prompts = [Record("a", "p1", "harmful", "t"), Record("b", "p3", "harmful", "t")]
+    verdicts, refused = _teacher_pass(None, Guard(), refuse, prompts, [1, 3], 4, cfg, "prefix",
+                                      tmp_path / "teacher.1.jsonl", False)
+    assert [v and v.label for v in verdicts] == [None, SAFE, None, SAFE]
+    assert refused == [None, True, None, False]
+    rows = [json.loads(x) for x in (tmp_path / "teacher.1.jsonl").read_text().splitlines()]
+    assert [r["refusal"] for r in rows] == [True, False] and rows[0]["verdict"]["label"] == SAFE
+    assert _teacher_pass(None, Guard(), refuse, [], [], 2, cfg, "prefix", tmp_path / "x.jsonl", False) == \
+        ([None, None], [None, None])
 
 
 def test_pick_rule():
@@ -177,6 +208,11 @@ def test_pick_rule():
     assert pick(rows, 0.1)[0] == "c"               # control never; a over the bound; tie -> lower false refusal
     assert pick(rows, 0.5)[0] == "a"
     assert pick(rows, 0.01)[0] == "c"              # none qualifies: the lowest false refusal
+    for r, x in zip(rows, (0.9, 0.1, 0.5, 0.2)):    # steer.flip: refusal ranks by refusal flips
+        r["refusal_flip_rate"] = x
+    chosen, why = pick(rows, 0.1, "refusal_flip_rate")
+    assert chosen == "b" and "refusal-flip rate (0.500)" in why
+    assert pick(rows, 0.1)[0] == "c"               # the flip rate is left as it was
 
 
 def test_compare_knows_opsa_and_its_settings_leave_other_sets_alone():
@@ -210,6 +246,7 @@ def test_the_context_search_is_a_keyed_stage(tiny_organism, tmp_path):
     assert (tmp_path / "steer" / "steer.json").is_file() and [r["context"] for r in first["rows"]] == ["none", "prefix"]
     for r in first["rows"]:                          # OPSA's normalisation: flips over every sampled prompt
         assert r["flip_rate_of_all"] == r["flips"] / first["harmful_sampled"] == r["flips"] / 3
+        assert 0 <= r["refusal_flips"] <= r["flips"]      # the refusal judge's count is recorded per context
     assert "| flips / all sampled |" in (tmp_path / "steer" / "steer.md").read_text()
     again = ensure(STEER, cfg, tmp_path, show=False, log=logs.append)
     assert again == json.loads(json.dumps(first)) and logs[-1].startswith("[steer] unchanged")   # as recorded
