@@ -1,7 +1,7 @@
 """The paper's comparisons reproduced on the organism: every method of
 ``configs/compare-organism.yaml`` over several world seeds, mean ± sd, written into BENCHMARKS.md.
 
-    PYTHONPATH=src python benchmarks/organism_compare.py            # 5 seeds, ~26 min on 2 cores
+    PYTHONPATH=src python benchmarks/organism_compare.py            # 5 seeds, ~45 min on 2 quiet cores
     PYTHONPATH=src python benchmarks/organism_compare.py --seeds 0 --no-write
 
 Each seed is one ``thinksafe compare`` run (``runs/organism-compare/seed-N``; a rerun resumes and
@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     import torch
     body = "\n".join([
         f"Seeds {', '.join(map(str, args.seeds))}; mean ± sd; {torch.get_num_threads()} CPU threads; "
-        f"{minutes:.1f} minutes for this run (stages already done are skipped on a rerun). "
+        f"{minutes:.1f} minutes for this invocation (stages already done were kept; each method's own time "
+        f"is its seconds column). "
         f"Config: `{Path(args.config).name}`{' + ' + ', '.join(args.sets) if args.sets else ''}.",
         "", table(results), "", "GRPO's compute against ThinkSafe's, per seed:", *grpo_lines(results), "",
         "Oracle harmful rate per harm category (pooled over the seeds; n = evaluation prompts) and the "
