@@ -25,27 +25,26 @@ TEMPLATES = {
 }
 
 
+def _template(value: str, named: dict[str, str], key: str) -> str | None:
+    """A template name of ``named`` or a literal template -> template text (None = none)."""
+    if value in ("none", "", None):
+        return None
+    if value in named:
+        return named[value]
+    if "{prompt}" not in value:
+        raise ConfigError(f"{key} '{value}' is neither {', '.join(named)}, none, "
+                          "nor a template containing {prompt}")
+    return value
+
+
 def resolve(steering: str) -> str | None:
     """Template name or literal template -> template text (None = no steering)."""
-    if steering in ("none", "", None):
-        return None
-    if steering in TEMPLATES:
-        return TEMPLATES[steering]
-    if "{prompt}" not in steering:
-        raise ConfigError(f"generate.steering '{steering}' is neither prefix, suffix, opsa, none, "
-                          "nor a template containing {prompt}")
-    return steering
+    return _template(steering, TEMPLATES, "generate.steering")
 
 
 def resolve_benign(context: str) -> str | None:
     """``opsa.benign_context`` -> template text (None = none: the prompt as it is)."""
-    if context in ("none", "", None):
-        return None
-    if context in BENIGN_TEMPLATES:
-        return BENIGN_TEMPLATES[context]
-    if "{prompt}" not in context:
-        raise ConfigError(f"'{context}' is neither helpful, none, nor a template containing {{prompt}}")
-    return context
+    return _template(context, BENIGN_TEMPLATES, "opsa.benign_context")
 
 
 def apply(steering: str, prompt: str, label: str) -> tuple[str, str | None]:

@@ -153,7 +153,7 @@ def _opsa_benign(cfg) -> str | None:
     try:
         template = steering.resolve_benign(o.benign_context)
     except ConfigError as e:
-        return f"opsa.benign_context: {e}"
+        return str(e)
     if template is not None and o.context_on == "all":
         return ("opsa.benign_context applies with opsa.context_on: harmful; with all, benign prompts get "
                 "opsa.context: set benign_context: none")
