@@ -114,9 +114,14 @@ class VocabWatch:
                 self.vocab_bytes, self.vocab_rows = size, t.numel() // self.vocab
 
 
+DIVERGENCE = ["mixed"]      # opsa.divergence of the OPSA step (--divergence); mixed: 0.5 forward + 0.5 reverse
+
+
 def step_opsa(model, tok, prompt, teacher, completion) -> float:
-    from thinksafe.trainers.opsa import opsa_loss_parts
-    parts = opsa_loss_parts(model, [prompt], [teacher], [completion], tok.pad_token_id, alpha=1.0)
+    from thinksafe.trainers.opsa import divergence_alpha, opsa_loss_parts
+    d = DIVERGENCE[0]
+    parts = opsa_loss_parts(model, [prompt], [teacher], [completion], tok.pad_token_id, alpha=divergence_alpha(d),
+                            forward_weight=0.5 if d == "mixed" else None)
     loss = parts["div_sum"] / parts["tokens"]
     loss.backward()
     return float(loss.detach())
@@ -170,7 +175,8 @@ def run_child(path: str, tokens: int, inprocess: bool, glibc_default: bool = Fal
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     if not glibc_default:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    r = subprocess.run([sys.executable, __file__, "--child", path, "--tokens", str(tokens)],
+    r = subprocess.run([sys.executable, __file__, "--child", path, "--tokens", str(tokens),
+                        "--divergence", DIVERGENCE[0]],
                        capture_output=True, text=True, env=env)
     lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
     if r.returncode != 0 or not lines:
@@ -186,15 +192,19 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--glibc-default", action="store_true",
                     help="leave glibc's adaptive mmap threshold (RSS then holds freed heap chunks)")
+    ap.add_argument("--divergence", choices=["mixed", "reverse", "forward"], default="mixed",
+                    help="opsa.divergence of the OPSA step (default: the trainer's, mixed)")
     ap.add_argument("--child", choices=["opsa", "sft"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    DIVERGENCE[0] = args.divergence
     tokens = 256 if args.tiny else args.tokens
     if args.child:
         print(json.dumps(measure(args.child, tokens)), flush=True)
         return 0
     rows = [run_child(p, tokens, args.inprocess, args.glibc_default) for p in ("sft", "opsa")]
     sft, opsa = rows
-    print(f"One loss + backward step, {tokens:,}-token response, vocabulary {VOCAB:,}, random 2-layer Qwen3 "
+    print(f"One loss + backward step, {tokens:,}-token response, OPSA divergence {args.divergence}, "
+          f"vocabulary {VOCAB:,}, random 2-layer Qwen3 "
           "(hidden 64), LoRA r 32, fp32 CPU; peak RSS per process (VmHWM), from after the model was built"
           + ("; glibc's adaptive mmap threshold." if args.glibc_default or args.inprocess else
              f"; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', MMAP_THRESHOLD)}."))
@@ -209,7 +219,7 @@ def main(argv=None) -> int:
     ratio = opsa["peak_rss_mib"] / sft["peak_rss_mib"]
     step_ratio = opsa["step_rss_mib"] / sft["step_rss_mib"] if sft["step_rss_mib"] > 0 else None
     print(f"OPSA / SFT peak RSS: {ratio:.2f}" + (f"; step memory: {step_ratio:.2f}" if step_ratio else ""))
-    out = {"tokens": tokens, "vocab": VOCAB, "rows": rows, "peak_ratio": round(ratio, 3),
+    out = {"tokens": tokens, "vocab": VOCAB, "divergence": args.divergence, "rows": rows, "peak_ratio": round(ratio, 3),
            "step_ratio": round(step_ratio, 3) if step_ratio else None}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -22,7 +22,7 @@ def test_opsa_memory_tiny(tmp_path, capsys):
     rc = opsa_memory.main(["--tiny", "--inprocess", "--json", str(out)])
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
-    assert rc == 0 and "OPSA / SFT peak RSS" in printed
+    assert rc == 0 and "OPSA / SFT peak RSS" in printed and data["divergence"] == "mixed"   # the trainer default
     rows = {r["path"]: r for r in data["rows"]}
     assert set(rows) == {"opsa", "sft"}
     for r in rows.values():
